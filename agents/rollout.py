@@ -1,0 +1,136 @@
+"""The rollout engine: many episodes, advanced turn by turn, all turns of a step batched together.
+
+Every episode runs under one system prompt; each turn, the replies of every live episode are
+generated in one ``Sampler.generate`` call, then each env is stepped. A single-turn task is the
+one-turn case of the same loop. An exception inside an env is recorded on that episode (reward
+0, ``error`` set): a bad rollout is data, not a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import gymnasium as gym
+
+from agents.sampler import Sampler, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """What to run: a system prompt on one problem of a split."""
+
+    system_prompt: str
+    split: str
+    index: int
+    tags: dict = field(default_factory=dict)  # carried into the record untouched (program id, slot...)
+
+
+@dataclass
+class Rollout:
+    """One finished episode with everything the rater, the learner and the reflector need."""
+
+    spec: EpisodeSpec
+    problem_id: str = ""
+    messages: list[dict] = field(default_factory=list)
+    reward: float = 0.0
+    success: bool = False
+    valid: bool = False
+    answer: str = ""
+    turns: int = 0
+    truncated: bool = False
+    error: str | None = None
+    metadata: dict = field(default_factory=dict)
+    prompt_ids: list[int] = field(default_factory=list)
+    completion_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = ""
+
+    @property
+    def response(self) -> str:
+        """The last reply of the model."""
+        for message in reversed(self.messages):
+            if message["role"] == "assistant":
+                return message["content"]
+        return ""
+
+    def to_record(self, *, with_tokens: bool = False) -> dict:
+        record = asdict(self)
+        if not with_tokens:
+            for key in ("prompt_ids", "completion_ids", "logprobs"):
+                record.pop(key)
+        return record
+
+
+class RolloutEngine:
+    """Runs episodes for a set of specs with one env instance per live episode."""
+
+    def __init__(self, env_factory: Callable[[], gym.Env], sampler: Sampler, *, max_turns: int | None = None):
+        self.env_factory = env_factory
+        self.sampler = sampler
+        self.max_turns = max_turns
+        self._envs: list[gym.Env] = []
+
+    def _env(self, i: int) -> gym.Env:
+        while len(self._envs) <= i:
+            self._envs.append(self.env_factory())
+        return self._envs[i]
+
+    def run(self, specs: Sequence[EpisodeSpec], params: SamplingParams) -> list[Rollout]:
+        rollouts = [Rollout(spec=spec) for spec in specs]
+        live: list[int] = []
+        for i, (spec, rollout) in enumerate(zip(specs, rollouts)):
+            try:
+                observation, info = self._env(i).reset(seed=params.seed, options={"split": spec.split, "index": spec.index})
+            except Exception as exc:  # a broken reset is one failed episode
+                rollout.error = f"reset: {type(exc).__name__}: {exc}"
+                continue
+            rollout.problem_id = str(info.get("problem_id", f"{spec.split}/{spec.index}"))
+            rollout.messages = [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": observation}]
+            live.append(i)
+        turn = 0
+        while live:
+            turn += 1
+            completions = self.sampler.generate([rollouts[i].messages for i in live], SamplingParams(
+                max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                seed=params.seed + turn))
+            still_live = []
+            for i, completion in zip(live, completions):
+                rollout = rollouts[i]
+                rollout.messages.append({"role": "assistant", "content": completion.text})
+                if turn == 1:
+                    rollout.prompt_ids = completion.prompt_ids
+                # Multi-turn token bookkeeping (environment tokens masked) arrives with multi-turn envs.
+                rollout.completion_ids = completion.completion_ids
+                rollout.logprobs = completion.logprobs
+                rollout.finish_reason = completion.finish_reason
+                rollout.turns = turn
+                if self._step(i, rollout, completion.text, turn):
+                    still_live.append(i)
+            live = still_live
+        return rollouts
+
+    def _step(self, i: int, rollout: Rollout, action: str, turn: int) -> bool:
+        """Step env ``i``; returns whether the episode goes on."""
+        try:
+            observation, reward, terminated, truncated, info = self._env(i).step(action)
+        except Exception as exc:
+            rollout.error = f"step: {type(exc).__name__}: {exc}"
+            log.warning("env step failed on %s: %s", rollout.problem_id, rollout.error)
+            return False
+        rollout.reward = float(reward)
+        rollout.success = bool(info.get("success", reward >= 1.0))
+        rollout.valid = bool(info.get("valid", True))
+        rollout.answer = str(info.get("answer", ""))
+        rollout.metadata = dict(info.get("metadata", {}))
+        if terminated or truncated:
+            rollout.truncated = bool(truncated and not terminated)
+            return False
+        if self.max_turns is not None and turn >= self.max_turns:
+            rollout.truncated = True
+            return False
+        rollout.messages.append({"role": "user", "content": observation})
+        return True

@@ -1,0 +1,160 @@
+"""The ``Sampler`` seam: chat prompts in, completions with token ids and logprobs out.
+
+Contract:
+    ``generate(conversations, params)`` returns exactly one :class:`Completion` per conversation,
+    in order. Every completion carries the prompt's token ids (as the learner will tokenize
+    them), the sampled token ids, and the per-token log-probabilities under the sampling
+    distribution (temperature applied, before top-p truncation), which TRL uses for its
+    importance-sampling correction.
+
+Error policy:
+    A backend failure that affects the whole batch (model missing, out of memory) raises; a single
+    degenerate completion (empty, truncated) is returned as data with its ``finish_reason``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``seed`` makes a call reproducible on the same backend and hardware."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled answer, with everything the learner needs to train on it."""
+
+    text: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str = "stop"  # "stop" (EOS) or "length" (hit max_new_tokens)
+    metadata: dict = field(default_factory=dict)
+
+
+class Sampler(Protocol):
+    """Generates completions for chat conversations with the current policy weights."""
+
+    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[Completion]:
+        """One completion per conversation, same order. See the module docstring for the contract."""
+        ...
+
+
+class TransformersSampler:
+    """In-process sampling with Hugging Face ``generate``, batched and length-sorted.
+
+    It samples from ``model`` as it is at call time, so when the learner trains that same model
+    object (LoRA in place) every call already uses the current policy: no weight sync needed.
+    """
+
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 32):
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self._torch = torch
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._eos_ids = _eos_ids(model, tokenizer)
+
+    def encode(self, conversation: list[Message]) -> list[int]:
+        """Token ids of ``conversation`` rendered by the chat template, ready for the reply."""
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[Completion]:
+        encoded = [self.encode(c) for c in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+        results: list[Completion | None] = [None] * len(encoded)
+        torch = self._torch
+        # fork_rng keeps the caller's global torch RNG untouched: sampling is seeded per call.
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), _eval_mode(self.model):
+            torch.manual_seed(params.seed)
+            for start in range(0, len(order), self.max_batch_size):
+                chunk = order[start : start + self.max_batch_size]
+                for i, completion in zip(chunk, self._generate_batch([encoded[i] for i in chunk], params)):
+                    results[i] = completion
+        return [r for r in results if r is not None]
+
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+        torch = self._torch
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        sampling = params.temperature > 0
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=params.max_new_tokens,
+            do_sample=sampling,
+            temperature=params.temperature if sampling else None,
+            top_p=params.top_p if sampling else None,
+            top_k=None,
+            pad_token_id=pad,
+            eos_token_id=sorted(self._eos_ids),
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        new_tokens = out.sequences[:, width:]
+        logits = torch.stack(out.logits, dim=1).float()
+        if sampling:
+            logits = logits / params.temperature
+        logps = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        completions = []
+        for row, prompt in enumerate(prompts):
+            ids = new_tokens[row].tolist()
+            length, finish = _trim(ids, self._eos_ids, pad)
+            ids = ids[:length]
+            completions.append(
+                Completion(
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    prompt_ids=list(prompt),
+                    completion_ids=ids,
+                    logprobs=[float(x) for x in logps[row, :length]],
+                    finish_reason=finish,
+                )
+            )
+        return completions
+
+
+def _trim(ids: list[int], eos_ids: set[int], pad: int) -> tuple[int, str]:
+    """Length to keep (EOS included, padding after it dropped) and the finish reason."""
+    for i, tok in enumerate(ids):
+        if tok in eos_ids:
+            return i + 1, "stop"
+    return len(ids), "length"
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    return set(ids if isinstance(ids, list) else [ids])
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        if was_training:
+            model.train()

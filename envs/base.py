@@ -1,0 +1,66 @@
+"""The one text-environment contract every espl-bench task follows.
+
+Any ``gymnasium.Env`` whose observations and actions are strings works with espl-bench;
+:class:`TextEnv` only adds conveniences. The contract:
+
+* ``reset(*, seed=None, options=None) -> (observation, info)``. ``options`` may hold
+  ``{"split": "train" | "test", "index": int}`` to pick one problem of a split; otherwise a
+  problem of the train split is drawn with the env's seeded generator.
+* observation: ``str``, the next user-turn text (the agent keeps the chat history).
+* action: ``str``, the model's whole reply for the turn.
+* ``step(action) -> (observation, reward, terminated, truncated, info)`` with ``reward`` in
+  [0, 1]; ``terminated`` when the episode is over, ``truncated`` when the turn limit cut it.
+* ``info`` always carries ``answer`` (the reference answer), ``success`` (bool), ``valid``
+  (whether the action followed the answer format) and ``metadata`` (task-specific, JSON-safe).
+  An invalid action earns no partial reward.
+* A problem is a pure function of (split, index, env seed): two copies built with the same
+  arguments give identical episodes.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+import gymnasium as gym
+from gymnasium import spaces
+
+SPLITS = ("train", "test")
+# Gymnasium's Text space checks every character against its charset; model output is arbitrary
+# unicode, so the charset is the Basic Multilingual Plane minus surrogates.
+_CHARSET = frozenset(chr(c) for c in range(0x20, 0xD800)) | frozenset(string.whitespace)
+MAX_TEXT = 65536
+
+
+def text_space() -> spaces.Text:
+    return spaces.Text(max_length=MAX_TEXT, min_length=0, charset=_CHARSET)
+
+
+class TextEnv(gym.Env[str, str]):
+    """Base class for text tasks; see the module docstring for the contract."""
+
+    metadata: dict[str, Any] = {"render_modes": [], "kind": "reasoning"}
+
+    def __init__(self, max_turns: int = 1):
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        self.max_turns = max_turns
+        self.observation_space = text_space()
+        self.action_space = text_space()
+
+    def split_size(self, split: str) -> int:
+        """How many problems ``split`` holds."""
+        raise NotImplementedError
+
+    def _pick(self, options: dict | None) -> tuple[str, int]:
+        options = options or {}
+        split = options.get("split", "train")
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; use one of {SPLITS}")
+        size = self.split_size(split)
+        index = options.get("index")
+        if index is None:
+            index = int(self.np_random.integers(size))
+        if not 0 <= index < size:
+            raise ValueError(f"index {index} is outside the {split} split (size {size})")
+        return split, int(index)

@@ -1,0 +1,103 @@
+"""The ``espl-bench`` command line. Flags are generated from :class:`espl.config.RunConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import typing
+
+from espl.config import RunConfig, build_config, field_help, load_file
+from espl.errors import EsplError
+
+log = logging.getLogger("espl")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML or TOML file with any of these options (flags override it)")
+    for name, (default, help_text) in field_help().items():
+        flag = "--" + name.replace("_", "-")
+        annotation = RunConfig.model_fields[name].annotation
+        shown = f"{help_text} (default: {default})" if default not in (None, {}) else help_text
+        if annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
+        elif typing.get_origin(annotation) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=shown)
+        elif annotation in (int, float):
+            parser.add_argument(flag, type=annotation, default=argparse.SUPPRESS, help=shown)
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, help=shown)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="espl-bench", description="Evolutionary System Prompt Learning benchmark suite")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train with E-SPL or a baseline on one environment")
+    _add_run_flags(run)
+    envs = sub.add_parser("envs", help="list the environment ids")
+    envs.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from espl.runner import run
+
+    values = load_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "verbose", "json")})
+    cfg = build_config(values)
+    result = run(cfg)
+    sys.stdout.write(_screen(result, cfg.out))
+    return 0
+
+
+def _screen(s: dict, out: str) -> str:
+    test = s.get("test") or {}
+    lines = [
+        "",
+        f"E-SPL run finished: {s['env']}  method={s['method']}  model={s['model']}",
+        f"  iterations      {s['iterations_completed']}/{s['iterations_planned']}",
+        f"  train reward    {' -> '.join(f'{x:.3f}' for x in s['train_reward'])}",
+    ]
+    if test:
+        ks = "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k.startswith("pass@"))
+        lines.append(f"  test success    {test['success']:.3f}  {ks}  ({test['problems']} problems x {test['samples']})")
+    lines += [
+        f"  test program    {s['test_program']['id']} ({s['test_program']['rule']})",
+        f"  pool size       {s['pool_size']}   reflection failures {s['reflection_failures']}",
+        f"  run folder      {out}  (summary.json, best_prompt.txt, iterations/)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from envs.registry import describe, list_env_ids
+
+    ids = list_env_ids()
+    if args.json:
+        sys.stdout.write(json.dumps([{"id": i, "description": describe(i)} for i in ids], indent=1) + "\n")
+    else:
+        sys.stdout.write("".join(f"{i:28s} {describe(i)}\n" for i in ids))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "LiteLLM", "litellm", "transformers", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return {"run": _run, "envs": _envs}[args.command](args)
+    except EsplError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; the last committed iteration is kept: continue with --resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The one typed run configuration: the single source for CLI flags and config files.
+
+Every field becomes a ``--flag`` (underscores as dashes) and a key in a YAML or TOML file; the
+CLI overrides the file. Invalid values raise :class:`ConfigError` naming the field, the value and
+the fix. Defaults follow the paper where it is specific (M=3 programs, 10 problems, 5 samples,
+window 10, lambda 2, crossover 0.2, at most 2 ops, 32 words, delta sigma 1, lr 4e-5, no KL, no
+std scaling); sampling lengths are sized for a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from espl.errors import ConfigError
+
+Method = Literal["espl", "rl", "evolution", "self-reflection"]
+
+
+class RunConfig(BaseModel):
+    """Everything that defines a run; see the module docstring."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str = Field(description="environment id, e.g. espl/Arithmetic-v0 or mypkg:MyTask-v0")
+    method: Method = Field("espl", description="espl (evolution + RL), rl (fixed prompt), evolution (frozen weights), self-reflection (one program, mutation only)")
+    model: str = Field("smollm2-135m", description="policy: smollm2-135m (embedded default), a local HF folder, or a cached hub id")
+    reflector: str = Field("espl-local/reference", description="litellm model string for reflection; the default is the frozen reference policy, in-process")
+    iterations: int = Field(2, ge=1, description="E-SPL iterations (one RL step each)")
+    batch_size: int = Field(10, ge=1, description="problems per iteration (B)")
+    group_size: int = Field(5, ge=1, description="samples per (program, problem) pair (N)")
+    programs: int = Field(3, ge=1, description="programs selected per iteration (M)")
+    seed: int = Field(0, description="seed for every random choice of the run")
+    out: str = Field("runs/latest", description="run folder")
+    resume: bool = Field(False, description="continue the run in --out from its last committed iteration")
+    force: bool = Field(False, description="with --resume: accept a changed config or changed prompt templates")
+    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="JSON object of keyword arguments for the env")
+    selection: Literal["uniform", "lucb", "ucb", "softmax"] = Field("lucb", description="program selection strategy")
+    window: int = Field(10, ge=1, description="select from the K most recent programs")
+    max_pool_size: int = Field(100, ge=1, description="FIFO pool capacity")
+    ucb_lambda: float = Field(2.0, ge=0, description="lambda in mu +/- lambda sigma")
+    baseline: Literal["normal", "marginalize"] = Field("normal", description="normal: mean of the program's group on the problem (paper); marginalize: mean over all programs on the problem")
+    crossover_prob: float = Field(0.2, ge=0, le=1, description="probability of a crossover per iteration, besides mutation")
+    max_ops: int = Field(2, ge=1, description="at most this many edits per critique (K_ops)")
+    revision_fallback: bool = Field(True, description="when the batch revision is unusable after one repair, apply the critiques' validated edits instead of keeping the parent (small reflectors need this)")
+    max_words: int = Field(32, ge=4, description="word cap per principle")
+    sigma_inflation: float = Field(1.0, ge=0, description="delta sigma added (in quadrature) to a child's sigma")
+    tie_tolerance: float = Field(0.01, ge=0, description="mean rewards this close rank as a tie")
+    test_program: Literal["lcb", "latest"] = Field("lcb", description="program used at test time: lcb = best mu - 2 sigma (ratings from training rollouts only); latest = newest program (the reference code's choice)")
+    eval_every: int = Field(1, ge=0, description="evaluate on the test split every N iterations (0: only at the end)")
+    eval_problems: int = Field(4, ge=1, description="test problems per evaluation")
+    eval_samples: int = Field(2, ge=1, description="samples per test problem (k of pass@k goes up to this)")
+    learning_rate: float = Field(4e-5, gt=0, description="Adam learning rate (paper: 4e-5)")
+    lora_rank: int = Field(16, ge=1, description="LoRA rank (paper: 32 on a 671B model)")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo"] = Field("dr_grpo", description="TRL loss type; dr_grpo sums token terms with a constant normaliser, closest to the paper's summed loss")
+    scale_rewards: Literal["none", "group", "batch"] = Field("none", description="TRL reward scaling; none = the paper's plain r - V")
+    micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward pass (gradient accumulation covers the rest)")
+    max_new_tokens: int = Field(128, ge=1, description="tokens per policy reply")
+    temperature: float = Field(0.7, gt=0, description="policy sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="policy nucleus sampling")
+    reflector_max_tokens: int = Field(256, ge=16, description="tokens per reflector reply")
+    reflector_timeout: float = Field(300.0, gt=0, description="seconds per reflector call")
+    preamble: str = Field("You are a careful problem solver.", description="fixed first line of every system prompt")
+
+    @property
+    def selected_programs(self) -> int:
+        """M for this method: self-reflection is a population of one."""
+        return 1 if self.method in ("self-reflection", "rl") else self.programs
+
+    @property
+    def trains_weights(self) -> bool:
+        return self.method in ("espl", "rl")
+
+    @property
+    def evolves(self) -> bool:
+        return self.method in ("espl", "evolution", "self-reflection")
+
+    def identity(self) -> dict:
+        """The fields that define the run's results (resume refuses a change to them)."""
+        return self.model_dump(exclude={"resume", "force", "out", "iterations"})
+
+
+def field_help() -> dict[str, tuple[Any, str]]:
+    """``{name: (default, help)}`` for every field, for the CLI."""
+    return {name: (f.default if f.default is not None else None, f.description or "")
+            for name, f in RunConfig.model_fields.items()}
+
+
+def load_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path!r} does not exist; fix: pass an existing .yaml, .yml or .toml file")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"config file {path!r} has an unknown type; fix: use .yaml, .yml or .toml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"config file {path!r} is not valid {p.suffix[1:].upper()}: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of options")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(values: dict) -> RunConfig:
+    """Validate ``values`` into a :class:`RunConfig`, turning errors into one clear line."""
+    if isinstance(values.get("env_kwargs"), str):
+        try:
+            values = {**values, "env_kwargs": json.loads(values["env_kwargs"])}
+        except json.JSONDecodeError:
+            raise ConfigError("env_kwargs must be a JSON object; fix: --env-kwargs '{\"max_terms\": 4}'") from None
+    try:
+        return RunConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "config"
+        flag = "--" + field.replace("_", "-")
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"unknown option {field!r}; fix: remove it (see espl-bench run --help)") from None
+        if err["type"] == "missing":
+            raise ConfigError(f"{flag} is required; fix: pass {flag} (espl-bench envs lists the ids)") from None
+        raise ConfigError(f"{flag}={err.get('input')!r} is invalid: {err['msg']}; fix: see espl-bench run --help") from None

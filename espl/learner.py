@@ -1,0 +1,280 @@
+"""The ``Learner`` seam: RL weight updates on the iteration's rollouts.
+
+Contract:
+    ``submit(batch)`` starts one optimizer step on ``batch`` and returns at once; ``wait()``
+    blocks until that step is applied (and its checkpoint written) and returns its metrics. Between
+    ``wait()`` and the next ``submit()`` the policy model is idle, so samplers may use it. The
+    batch is grouped: ``group_size`` consecutive samples share one baseline (the group mean), so
+    the advantage is ``r - mean(group)``; see :mod:`espl.advantage` for how groups are formed.
+
+Error policy:
+    A failure inside the trainer is re-raised from ``wait()``; it is a broken system, not data.
+
+:class:`TRLLearner` drives TRL's ``GRPOTrainer`` (its loss, optimizer, scheduler, LoRA through
+peft, checkpointing and resume). The trainer owns its loop, so it runs in a worker thread and
+pulls each iteration's batch through ``rollout_func``: that is how the paper's weight update runs
+concurrently with the reflection calls, while the E-SPL loop stays in charge of the iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingSample:
+    """One completion to train on: token ids, sampling logprobs and its scalar reward."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+    reward: float
+
+
+class Learner(Protocol):
+    """Applies RL weight updates to the policy; see the module docstring for the contract."""
+
+    trainable: bool
+
+    def submit(self, batch: list[TrainingSample]) -> None: ...
+
+    def wait(self) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+class FrozenLearner:
+    """Frozen weights (the ``evolution`` and ``self-reflection`` methods): updates are no-ops."""
+
+    trainable = False
+
+    def submit(self, batch: list[TrainingSample]) -> None:
+        return None
+
+    def wait(self) -> dict[str, float]:
+        return {}
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """What the TRL learner needs beyond the run config (derived by the runner)."""
+
+    model_path: str
+    output_dir: Path
+    rows_per_step: int
+    group_size: int
+    total_steps: int
+    learning_rate: float
+    lora_rank: int
+    lora_alpha: int
+    loss_type: str
+    scale_rewards: str
+    max_completion_length: int
+    micro_batch_size: int
+    seed: int
+    resume_step: int = 0  # optimizer steps already committed; 0 starts fresh
+
+
+class _Stop(Exception):
+    """Raised inside ``rollout_func`` to end the trainer's loop early on close()."""
+
+
+class TRLLearner:
+    """GRPO weight updates through TRL with a LoRA adapter; see the module docstring."""
+
+    trainable = True
+
+    def __init__(self, settings: LearnerSettings):
+        from peft import LoraConfig
+        from transformers import TrainerCallback
+        from trl import GRPOConfig, GRPOTrainer
+        from datasets import Dataset
+
+        self.settings = settings
+        if settings.rows_per_step % settings.group_size:
+            raise ValueError(f"rows per step ({settings.rows_per_step}) must be a multiple of the group size ({settings.group_size})")
+        micro = _largest_divisor_at_most(settings.rows_per_step, settings.micro_batch_size)
+        args = GRPOConfig(
+            output_dir=str(settings.output_dir),
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=settings.rows_per_step // micro,
+            num_generations=settings.group_size,
+            max_steps=settings.total_steps,
+            learning_rate=settings.learning_rate,
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            beta=0.0,
+            loss_type=settings.loss_type,
+            scale_rewards=settings.scale_rewards,
+            max_completion_length=settings.max_completion_length,
+            gradient_checkpointing=False,
+            use_cpu=not _cuda_available(),
+            bf16=False,
+            save_strategy="steps",
+            save_steps=1,
+            save_total_limit=2,
+            save_only_model=False,
+            logging_steps=1,
+            report_to=[],
+            disable_tqdm=True,
+            shuffle_dataset=False,
+            seed=settings.seed,
+            dataloader_num_workers=0,
+        )
+        slots = settings.rows_per_step // settings.group_size
+        placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
+        peft_config = LoraConfig(
+            r=settings.lora_rank,
+            lora_alpha=settings.lora_alpha,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+        self._inbox: queue.Queue = queue.Queue(maxsize=1)
+        # submitted/completed count optimizer steps; a step is complete when the trainer comes
+        # back for the next batch (its checkpoint is on disk by then) or its loop has ended.
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._completed = 0
+        self._in_step = False
+        self._finished = False
+        self._error: BaseException | None = None
+        self._last_logs: dict[str, float] = {}
+        learner = self
+
+        class _Logs(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    learner._last_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        self.trainer = GRPOTrainer(
+            model=settings.model_path,
+            reward_funcs=[_reward_from_rollout],
+            args=args,
+            train_dataset=placeholder,
+            peft_config=peft_config,
+            rollout_func=self._rollout_func,
+            callbacks=[_Logs()],
+        )
+        from transformers.trainer_callback import PrinterCallback
+
+        self.trainer.remove_callback(PrinterCallback)  # metrics go to our logs, not stdout
+        self.model = self.trainer.model
+        self.tokenizer = self.trainer.processing_class
+        self._thread: threading.Thread | None = None
+
+    # -- the trainer's side (worker thread) ------------------------------------------------------
+
+    def _rollout_func(self, prompts, trainer) -> dict:
+        self._mark_step_done()
+        batch = self._inbox.get()
+        if batch is None:
+            raise _Stop()
+        with self._cond:
+            self._in_step = True
+        if len(batch) != len(prompts):
+            raise RuntimeError(f"the trainer asked for {len(prompts)} rows, the iteration produced {len(batch)}")
+        return {
+            "prompt_ids": [s.prompt_ids for s in batch],
+            "completion_ids": [s.completion_ids for s in batch],
+            "logprobs": [s.logprobs for s in batch],
+            "espl_reward": [s.reward for s in batch],
+        }
+
+    def _train(self, checkpoint: str | None) -> None:
+        try:
+            self.trainer.train(resume_from_checkpoint=checkpoint)
+        except _Stop:
+            pass
+        except BaseException as exc:  # surfaced to the loop by wait()
+            self._error = exc
+        finally:
+            self._mark_step_done(finished=True)
+
+    def _mark_step_done(self, finished: bool = False) -> None:
+        with self._cond:
+            if self._in_step:
+                self._completed += 1
+                self._in_step = False
+            self._finished = self._finished or finished
+            self._cond.notify_all()
+
+    # -- the loop's side ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the trainer thread, resuming from the committed checkpoint when there is one."""
+        checkpoint = None
+        if self.settings.resume_step:
+            checkpoint = str(self.checkpoint_dir(self.settings.resume_step))
+            if not Path(checkpoint).is_dir():
+                from espl.errors import RunDirError
+
+                raise RunDirError(f"the learner checkpoint {checkpoint} is missing; fix: resume from a complete run folder or start a new run")
+        self._drop_uncommitted_checkpoints(self.settings.resume_step)
+        self._thread = threading.Thread(target=self._train, args=(checkpoint,), name="trl-learner", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: list[TrainingSample]) -> None:
+        if self._thread is None:
+            self.start()
+        if self._error is not None:
+            raise self._error
+        with self._cond:
+            if self._finished:
+                raise RuntimeError("the trainer has already run all its steps; raise --iterations to train further")
+            self._submitted += 1
+        self._inbox.put(list(batch))
+
+    def wait(self) -> dict[str, float]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._completed >= self._submitted or self._finished)
+        if self._error is not None:
+            raise self._error
+        return dict(self._last_logs)
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.settings.output_dir / f"checkpoint-{step}"
+
+    def close(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._inbox.put(None)
+            self._thread.join(timeout=60)
+
+    def _drop_uncommitted_checkpoints(self, committed: int) -> None:
+        # A checkpoint newer than the last committed iteration belongs to a step whose iteration
+        # was never committed; it will be redone, so it must not be mistaken for progress.
+        if not self.settings.output_dir.is_dir():
+            return
+        for path in self.settings.output_dir.glob("checkpoint-*"):
+            step = path.name.split("-", 1)[1]
+            if step.isdigit() and int(step) > committed:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _reward_from_rollout(prompts, completions, espl_reward, **kwargs) -> list[float]:
+    """The environment already scored each rollout; TRL just reads the score."""
+    return [float(r) for r in espl_reward]
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    return max(d for d in range(1, min(n, max(cap, 1)) + 1) if n % d == 0)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

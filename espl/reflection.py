@@ -1,0 +1,274 @@
+"""Reflection operators: mutation of the iteration's best program, and crossover of winners.
+
+Mutation (paper, steps 7a-c): summarise each rollout of the best program on the problems it
+neither always solved nor always failed; critique each such problem with at most ``max_ops``
+add/modify edits; then one batch revision turns all proposals into the child's edits.
+Crossover (step 8): from the per-problem win matrix, the best program is edited with the
+principles of programs that alone solved some problems.
+
+Any malformed answer gets one repair attempt that quotes the error; if that fails too the
+reflection is recorded as failed, no child is made, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from string import Template
+
+from agents.rollout import Rollout
+from espl.edits import ReflectionParseError, parse_ops
+from espl.program import EditOp, Pool, Program, apply_edits
+from espl.rating import crossover_prior, mutation_prior
+from espl.reflector import Reflector, ReflectorCallError
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_NAMES = ("summarize", "critique", "revise", "crossover", "repair")
+_MAX_TEXT = 3000  # characters of a problem or response shown to the reflector
+
+
+def load_templates() -> dict[str, Template]:
+    root = resources.files("espl") / "prompts"
+    return {name: Template((root / f"{name}.md").read_text(encoding="utf-8")) for name in TEMPLATE_NAMES}
+
+
+def template_hashes() -> dict[str, str]:
+    """sha256 of each prompt template, recorded in the run so a changed template is detectable."""
+    root = resources.files("espl") / "prompts"
+    return {name: hashlib.sha256((root / f"{name}.md").read_bytes()).hexdigest() for name in TEMPLATE_NAMES}
+
+
+@dataclass
+class ReflectionOutcome:
+    """What one mutation or crossover produced: a child, or why not."""
+
+    kind: str  # mutation | crossover
+    status: str  # ok | failed | skipped
+    reason: str = ""
+    child: Program | None = None
+    calls: int = 0
+    repairs: int = 0
+    fallback: bool = False  # the batch revision failed and the critiques' edits were applied
+    log: list[dict] = field(default_factory=list)  # every prompt and answer, for audit and replay
+
+    def to_record(self) -> dict:
+        return {"kind": self.kind, "status": self.status, "reason": self.reason,
+                "child": self.child.id if self.child else None, "calls": self.calls, "repairs": self.repairs, "fallback": self.fallback,
+                "log": self.log}
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT // 2] + "\n[...]\n" + text[-_MAX_TEXT // 2 :]
+
+
+def _principles_text(program: Program) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in program.principles.items()) or "(none yet)"
+
+
+def _problem_text(rollout: Rollout) -> str:
+    users = [m["content"] for m in rollout.messages if m["role"] == "user"]
+    return _clip(users[0] if users else "")
+
+
+class _Session:
+    """Calls the reflector for one operator, recording every exchange."""
+
+    def __init__(self, reflector: Reflector, templates: dict[str, Template], outcome: ReflectionOutcome):
+        self.reflector = reflector
+        self.templates = templates
+        self.outcome = outcome
+
+    def ask(self, template: str, purpose: str, **values) -> str:
+        prompt = self.templates[template].safe_substitute(**values)
+        return self.chat([{"role": "user", "content": prompt}], purpose)
+
+    def chat(self, messages: list[dict], purpose: str) -> str:
+        self.outcome.calls += 1
+        try:
+            answer = self.reflector.complete(messages, purpose=purpose)
+        except ReflectorCallError as exc:
+            self.outcome.log.append({"purpose": purpose, "error": str(exc)})
+            raise
+        self.outcome.log.append({"purpose": purpose, "prompt": messages[-1]["content"], "answer": answer})
+        return answer
+
+    def ask_ops(self, template: str, purpose: str, *, allowed: set[str], valid_ids: set[str], max_ops: int,
+                **values) -> list[EditOp]:
+        """Ask for edit operations; on a parse error, one repair attempt that quotes the error."""
+        prompt = self.templates[template].safe_substitute(max_ops=max_ops, **values)
+        messages = [{"role": "user", "content": prompt}]
+        answer = self.chat(messages, purpose)
+        try:
+            return parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
+        except ReflectionParseError as exc:
+            self.outcome.repairs += 1
+            repair = self.templates["repair"].safe_substitute(error=str(exc))
+            messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": repair}]
+            answer = self.chat(messages, f"{purpose} (repair)")
+            return parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
+
+
+class Mutation:
+    """Reflective mutation of one program from its rollouts (paper step 7)."""
+
+    def __init__(self, reflector: Reflector, *, max_ops: int = 2, max_words: int = 32, inflation: float = 1.0,
+                 max_revision_ops: int = 8, concurrency: int = 16, revision_fallback: bool = True,
+                 templates: dict[str, Template] | None = None):
+        self.revision_fallback = revision_fallback
+        self.reflector = reflector
+        self.max_ops = max_ops
+        self.max_words = max_words
+        self.inflation = inflation
+        self.max_revision_ops = max_revision_ops
+        self.concurrency = concurrency
+        self.templates = templates or load_templates()
+
+    def __call__(self, parent: Program, rollouts: list[Rollout], pool: Pool, iteration: int) -> ReflectionOutcome:
+        outcome = ReflectionOutcome(kind="mutation", status="ok")
+        by_problem: dict[str, list[Rollout]] = {}
+        for rollout in rollouts:
+            by_problem.setdefault(rollout.problem_id, []).append(rollout)
+        mixed = {p: rs for p, rs in by_problem.items() if 0 < _mean(rs) < 1}
+        # With no mixed-outcome problem (common for small models), reflect on the failures instead.
+        chosen = mixed or {p: rs for p, rs in by_problem.items() if _mean(rs) < 1}
+        if not chosen:
+            outcome.status, outcome.reason = "skipped", "every rollout succeeded: nothing to learn from"
+            return outcome
+        session = _Session(self.reflector, self.templates, outcome)
+        valid_ids = set(parent.principles)
+        try:
+            summaries = self._summaries(session, parent, chosen)
+            proposals = self._critiques(session, parent, chosen, summaries)
+            if not proposals:
+                outcome.status, outcome.reason = "failed", "no critique produced a valid edit"
+                return outcome
+            try:
+                ops = session.ask_ops("revise", "batch revision", allowed={"add", "modify", "merge"},
+                                      valid_ids=valid_ids, max_ops=self.max_revision_ops,
+                                      principles=_principles_text(parent), proposals=json.dumps(proposals, indent=1),
+                                      max_words=self.max_words)
+            except ReflectionParseError as exc:
+                if not self.revision_fallback:
+                    raise
+                # Small reflectors often manage a one-problem critique but not the batch revision;
+                # the critiques' own validated edits are then better than no child at all.
+                outcome.reason = f"batch revision unusable ({exc}); applied the critiques' edits"
+                outcome.fallback = True
+                ops = [EditOp(**p) for p in proposals[: self.max_revision_ops]]
+        except ReflectionParseError as exc:
+            outcome.status, outcome.reason = "failed", f"revision unusable after one repair: {exc}"
+            return outcome
+        except ReflectorCallError as exc:
+            outcome.status, outcome.reason = "failed", str(exc)
+            return outcome
+        mu, sigma = mutation_prior(parent, self.inflation)
+        outcome.child = Program(
+            id=pool.new_id(), principles=apply_edits(parent.principles, ops, max_words=self.max_words),
+            preamble=parent.preamble, parents=[parent.id], origin="mutation", iteration=iteration, mu=mu,
+            sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
+        return outcome
+
+    def _critiques(self, session: _Session, parent: Program, chosen: dict[str, list[Rollout]],
+                   summaries: dict[str, str]) -> list[dict]:
+        """Per-problem critiques, asked concurrently; an unusable one is logged and skipped."""
+
+        def critique(item: tuple[str, list[Rollout]]) -> list[dict]:
+            problem_id, rs = item
+            try:
+                ops = session.ask_ops("critique", f"critique {problem_id}", allowed={"add", "modify"},
+                                      valid_ids=set(parent.principles), max_ops=self.max_ops,
+                                      principles=_principles_text(parent), problem=_problem_text(rs[0]),
+                                      answer=rs[0].answer, summaries=summaries[problem_id], max_words=self.max_words)
+            except ReflectionParseError as exc:
+                session.outcome.log.append({"purpose": f"critique {problem_id}", "parse_error": str(exc)})
+                return []
+            return [op.model_dump(exclude_defaults=True) for op in ops]
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(chosen)))) as executor:
+            results = list(executor.map(critique, chosen.items()))
+        unique: dict[str, dict] = {}
+        for proposal in (p for ops in results for p in ops):
+            unique.setdefault(json.dumps(proposal, sort_keys=True), proposal)
+        return list(unique.values())
+
+    def _summaries(self, session: _Session, parent: Program, chosen: dict[str, list[Rollout]]) -> dict[str, str]:
+        jobs = [(p, r) for p, rs in chosen.items() for r in rs]
+
+        def summarise(job: tuple[str, Rollout]) -> str:
+            problem_id, rollout = job
+            return session.ask("summarize", f"summary {problem_id}", system_prompt=parent.render(),
+                               problem=_problem_text(rollout), response=_clip(rollout.response),
+                               reward=f"{rollout.reward:g}", answer=rollout.answer)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(jobs)))) as executor:
+            texts = list(executor.map(summarise, jobs))
+        out: dict[str, list[str]] = {}
+        for (problem_id, rollout), text in zip(jobs, texts):
+            out.setdefault(problem_id, []).append(f"- reward {rollout.reward:g}: {text.strip()}")
+        return {p: "\n".join(lines) for p, lines in out.items()}
+
+
+class Crossover:
+    """Recombination of the best program with programs that alone won some problems (step 8)."""
+
+    def __init__(self, reflector: Reflector, *, max_ops: int = 8, max_words: int = 32, inflation: float = 1.0,
+                 templates: dict[str, Template] | None = None):
+        self.reflector = reflector
+        self.max_ops = max_ops
+        self.max_words = max_words
+        self.inflation = inflation
+        self.templates = templates or load_templates()
+
+    def __call__(self, best: Program, programs: list[Program], wins: dict[str, list[str]],
+                 problems: dict[str, str], pool: Pool, iteration: int) -> ReflectionOutcome:
+        outcome = ReflectionOutcome(kind="crossover", status="ok")
+        others = [p for p in programs if p.id != best.id and wins.get(p.id)]
+        if not others:
+            outcome.status, outcome.reason = "skipped", "no other program won a problem outright"
+            return outcome
+        winners = "\n\n".join(
+            f"### Prompt {p.id}\n{_principles_text(p)}\nSolved only by it:\n"
+            + "\n".join(f"- {_clip(problems[q])}" for q in wins[p.id])
+            for p in others)
+        session = _Session(self.reflector, self.templates, outcome)
+        try:
+            ops = session.ask_ops("crossover", "crossover", allowed={"add", "modify", "remove"},
+                                  valid_ids=set(best.principles), max_ops=self.max_ops,
+                                  principles=_principles_text(best), winners=winners, max_words=self.max_words)
+        except ReflectionParseError as exc:
+            outcome.status, outcome.reason = "failed", f"crossover unusable after one repair: {exc}"
+            return outcome
+        except ReflectorCallError as exc:
+            outcome.status, outcome.reason = "failed", str(exc)
+            return outcome
+        parents = [best, *others]
+        mu, sigma = crossover_prior(parents, self.inflation)
+        outcome.child = Program(
+            id=pool.new_id(), principles=apply_edits(best.principles, ops, max_words=self.max_words),
+            preamble=best.preamble, parents=[p.id for p in parents], origin="crossover", iteration=iteration,
+            mu=mu, sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
+        return outcome
+
+
+def win_matrix(rollouts: list[Rollout]) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
+    """Per-program, per-problem mean reward (the paper's Phi) and the problems each program won outright."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for r in rollouts:
+        sums.setdefault(r.spec.tags["program"], {}).setdefault(r.problem_id, []).append(r.reward)
+    phi = {p: {q: sum(v) / len(v) for q, v in row.items()} for p, row in sums.items()}
+    problems = sorted({q for row in phi.values() for q in row})
+    wins: dict[str, list[str]] = {p: [] for p in phi}
+    for q in problems:
+        scores = sorted(((row.get(q, 0.0), p) for p, row in phi.items()), reverse=True)
+        if len(scores) > 1 and scores[0][0] > scores[1][0]:
+            wins[scores[0][1]].append(q)
+    return phi, wins
+
+
+def _mean(rollouts: list[Rollout]) -> float:
+    return sum(r.reward for r in rollouts) / len(rollouts)

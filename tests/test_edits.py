@@ -1,0 +1,85 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from espl.edits import ReflectionParseError, parse_ops
+from espl.program import EditOp, apply_edits
+
+IDS = {"G0", "G1", "G2"}
+ALL = {"add", "modify", "merge", "remove"}
+
+
+def parse(text, allowed=ALL, max_ops=5):
+    return parse_ops(text, allowed=allowed, valid_ids=IDS, max_ops=max_ops)
+
+
+def test_parses_fenced_list():
+    ops = parse('Sure!\n```json\n[{"op": "add", "text": "Check signs."}, {"op": "modify", "id": "G1", "text": "x"}]\n```')
+    assert ops == [EditOp(op="add", text="Check signs."), EditOp(op="modify", id="G1", text="x")]
+
+
+def test_parses_bare_list_and_single_object():
+    assert parse('[{"op": "remove", "id": "G2"}]') == [EditOp(op="remove", id="G2")]
+    assert parse('```json\n{"op": "add", "text": "t"}\n```') == [EditOp(op="add", text="t")]
+
+
+def test_last_valid_fence_wins():
+    text = '```json\n[{"op": "add", "text": "draft"}]\n```\nFinal:\n```json\n[{"op": "add", "text": "final"}]\n```'
+    assert parse(text)[0].text == "final"
+
+
+MALFORMED = {
+    "empty": "",
+    "whitespace": "   \n ",
+    "no json": "I think the prompt is fine as it is.",
+    "truncated json": '```json\n[{"op": "add", "text": "Check the',
+    "not a list of ops": '```json\n["add a principle"]\n```',
+    "unknown operation": '[{"op": "delete", "id": "G0"}]',
+    "missing id": '[{"op": "modify", "id": "G9", "text": "x"}]',
+    "modify without id": '[{"op": "modify", "text": "x"}]',
+    "merge of one": '[{"op": "merge", "ids": ["G0"], "text": "x"}]',
+    "merge of missing": '[{"op": "merge", "ids": ["G0", "G7"], "text": "x"}]',
+    "empty add": '[{"op": "add", "text": "  "}]',
+    "empty list": "```json\n[]\n```",
+    "thousands of ops": json.dumps([{"op": "add", "text": f"p{i}"} for i in range(5000)]),
+    "several broken fences": "```json\n[{\n```\n```json\n{]\n```",
+    "non-utf8 garbage": b"\xff\xfe[{\x00".decode("utf-8", errors="replace"),
+    "not a string": None,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_answers_raise_parse_error(name):
+    with pytest.raises(ReflectionParseError):
+        parse(MALFORMED[name])
+
+
+def test_disallowed_operation_is_rejected():
+    with pytest.raises(ReflectionParseError, match="not allowed"):
+        parse('[{"op": "remove", "id": "G0"}]', allowed={"add", "modify"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_fuzzed_text_gives_valid_ops_or_parse_error(text):
+    try:
+        ops = parse(text)
+    except ReflectionParseError:
+        return
+    assert 1 <= len(ops) <= 5
+    assert all(op.op in ALL for op in ops)
+
+
+def test_apply_edits_add_modify_merge_remove_and_renumber():
+    principles = {"G0": "a", "G1": "b", "G2": "c", "G3": "d"}
+    ops = [EditOp(op="modify", id="G0", text="A"), EditOp(op="merge", ids=["G1", "G2"], text="BC"),
+           EditOp(op="remove", id="G3"), EditOp(op="add", text="E")]
+    assert apply_edits(principles, ops, max_words=32) == {"G0": "A", "G1": "BC", "G2": "E"}
+    assert principles == {"G0": "a", "G1": "b", "G2": "c", "G3": "d"}  # the parent is untouched
+
+
+def test_apply_edits_caps_words():
+    out = apply_edits({}, [EditOp(op="add", text=" ".join(["w"] * 50))], max_words=32)
+    assert len(out["G0"].split()) == 32

@@ -1,0 +1,26 @@
+"""The README's first command, on the real embedded model (minutes on a 2-core CPU)."""
+
+import json
+
+import pytest
+
+from espl.cli import main
+
+
+@pytest.mark.slow
+def test_quickstart_run_on_embedded_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "--env", "espl/Arithmetic-v0", "--iterations", "2", "--programs", "2", "--batch-size", "2",
+                 "--group-size", "2", "--eval-problems", "2", "--max-new-tokens", "96", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations_completed"] == 2 and summary["model"] == "smollm2-135m"
+    assert len(summary["train_reward"]) == 2 and summary["test"] is not None
+    assert 0.0 <= summary["test"]["success"] <= 1.0
+    assert (out / "best_prompt.txt").read_text().strip()
+    pool = json.loads((out / "iterations" / "000002" / "pool.json").read_text())
+    assert pool["programs"][0]["id"] == "p0"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["rollouts"] == 8 for m in metrics)
+    assert all(m["reflection_calls"] > 0 for m in metrics)  # the reference model was asked every iteration
+    assert "E-SPL run finished" in capsys.readouterr().out

@@ -1,0 +1,105 @@
+"""The iteration on a tiny random model: weights move with RL and stay put without it."""
+
+import random
+
+import pytest
+import torch
+
+from agents.rollout import RolloutEngine
+from agents.sampler import Completion, TransformersSampler
+from envs.registry import make_env
+from espl.config import RunConfig
+from espl.learner import FrozenLearner, LearnerSettings, TRLLearner
+from espl.loop import EsplLoop, Parts
+from espl.program import Pool
+from espl.reflection import Crossover, Mutation
+from espl.selection import make_selector
+from espl.testing import ScriptedReflector
+
+REVISION = '```json\n[{"op": "add", "text": "Work out each operation separately."}]\n```'
+
+
+class RewardingSampler:
+    """Wraps a real sampler but answers correctly in a fixed fraction of rows, so rewards vary."""
+
+    def __init__(self, inner, env):
+        self.inner, self.env = inner, env
+
+    def generate(self, conversations, params):
+        out = self.inner.generate(conversations, params)
+        return [Completion(text=(f"<answer>{self._answer(c)}</answer>" if i % 2 else c_out.text),
+                           prompt_ids=c_out.prompt_ids, completion_ids=c_out.completion_ids, logprobs=c_out.logprobs,
+                           finish_reason=c_out.finish_reason)
+                for i, (c, c_out) in enumerate(zip(conversations, out))]
+
+    def _answer(self, conversation):
+        question = conversation[1]["content"]
+        for split in ("train", "test"):
+            for entry in self.env._splits[split]:
+                if question.startswith(entry["question"]):
+                    return entry["answer"]
+        return "0"
+
+
+def build(tiny_model, tmp_path, method, **overrides):
+    cfg = RunConfig(env="espl/Arithmetic-v0", method=method, model=str(tiny_model), iterations=2, batch_size=2,
+                    group_size=2, programs=2, max_new_tokens=8, eval_problems=2, eval_samples=2,
+                    learning_rate=1e-2, crossover_prob=1.0, out=str(tmp_path), **overrides)
+    env = make_env(cfg.env)
+    if cfg.trains_weights:
+        learner = TRLLearner(LearnerSettings(model_path=str(tiny_model), output_dir=tmp_path / "learner",
+                                             rows_per_step=cfg.selected_programs * 4, group_size=2, total_steps=2,
+                                             learning_rate=cfg.learning_rate, lora_rank=4, lora_alpha=8,
+                                             loss_type="dr_grpo", scale_rewards="none", max_completion_length=8,
+                                             micro_batch_size=4, seed=0))
+        model, tokenizer = learner.model, learner.tokenizer
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        learner = FrozenLearner()
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+    sampler = RewardingSampler(TransformersSampler(model, tokenizer), env)
+    reflector = ScriptedReflector(lambda messages: "summary" if "Summarise" in messages[0]["content"] else REVISION)
+    parts = Parts(engine=RolloutEngine(lambda: make_env(cfg.env), sampler), learner=learner,
+                  selector=make_selector("uniform"), mutation=Mutation(reflector) if cfg.evolves else None,
+                  crossover=Crossover(reflector) if cfg.evolves else None, train_size=env.split_size("train"),
+                  test_size=env.split_size("test"), eos_id=tokenizer.eos_token_id)
+    loop = EsplLoop(cfg, parts, Pool.with_root(), random.Random(0))
+    return loop, model
+
+
+def params(model, key):
+    return {k: v.detach().clone() for k, v in model.named_parameters() if key in k}
+
+
+@pytest.mark.parametrize("method", ["rl", "espl"])
+def test_rl_and_espl_change_lora_weights(tiny_model, tmp_path, method):
+    loop, model = build(tiny_model, tmp_path, method)
+    before = params(model, "lora_B")
+    assert before and all(torch.count_nonzero(v) == 0 for v in before.values())  # LoRA B starts at zero
+    result = loop.iteration(1)
+    after = params(model, "lora_B")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert result.metrics["rollouts"] == loop.cfg.selected_programs * 2 * 2
+    assert 0 < result.metrics["train_reward"] < 1
+    loop.parts.learner.close()
+
+
+def test_evolution_keeps_weights_and_grows_pool(tiny_model, tmp_path):
+    loop, model = build(tiny_model, tmp_path, "evolution")
+    before = params(model, "")
+    result = loop.iteration(1)
+    after = params(model, "")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert result.metrics["reflections"]["mutation"] == "ok"
+    child = loop.pool[result.metrics["children"][0]]
+    assert child.parents == ["p0"] and "Work out each operation separately." in child.principles.values()
+    assert len(loop.pool) == 1 + len(result.metrics["children"])
+
+
+def test_self_reflection_is_a_population_of_one(tiny_model, tmp_path):
+    loop, _ = build(tiny_model, tmp_path, "self-reflection")
+    result = loop.iteration(1)
+    assert result.metrics["rollouts"] == 4  # one program x 2 problems x 2 samples
+    assert "crossover" not in result.metrics["reflections"]
+    assert "test" in result.metrics and {"pass@1", "pass@2", "success"} <= set(result.metrics["test"])

@@ -1,0 +1,61 @@
+import pytest
+
+from agents.sampler import SamplingParams, TransformersSampler
+from espl.errors import ModelNotFound, ReflectorUnavailable
+from espl.models import cache_root, resolve_model
+from espl.reflector import LiteLLMReflector, register_local_model
+
+
+def test_cache_honours_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "espl-bench"
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    with pytest.raises(ModelNotFound, match="config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_missing_path_is_refused():
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        resolve_model("./no-such-model")
+
+
+def test_local_folder_and_hub_id_pass_through(tiny_model):
+    assert resolve_model(str(tiny_model)) == str(tiny_model)
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="module")
+def tiny_sampler(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return TransformersSampler(AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model))
+
+
+def test_sampler_returns_ids_and_logprobs_per_conversation(tiny_sampler):
+    conversations = [[{"role": "user", "content": f"hello {i}"}] for i in range(3)]
+    out = tiny_sampler.generate(conversations, SamplingParams(max_new_tokens=5, seed=1))
+    assert len(out) == 3
+    for conversation, completion in zip(conversations, out):
+        assert completion.prompt_ids == tiny_sampler.encode(conversation)
+        assert 1 <= len(completion.completion_ids) <= 5
+        assert len(completion.logprobs) == len(completion.completion_ids)
+        assert all(lp <= 0 for lp in completion.logprobs)
+    again = tiny_sampler.generate(conversations, SamplingParams(max_new_tokens=5, seed=1))
+    assert [c.completion_ids for c in again] == [c.completion_ids for c in out]  # seeded
+
+
+def test_local_model_is_reachable_through_litellm_offline(tiny_sampler):
+    model = register_local_model("tiny-test", tiny_sampler)
+    reflector = LiteLLMReflector(model, max_tokens=6)
+    reflector.check()
+    text = reflector.complete([{"role": "user", "content": "Say OK"}])
+    assert isinstance(text, str) and reflector.calls == 2 and reflector.tokens > 0
+
+
+def test_unreachable_reflector_is_one_clear_error(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    reflector = LiteLLMReflector("openai/gpt-4o-mini", num_retries=0, timeout=5)
+    with pytest.raises(ReflectorUnavailable, match="fix"):
+        reflector.check()

@@ -1,0 +1,131 @@
+import json
+
+import pytest
+
+from agents.rollout import EpisodeSpec, Rollout
+from espl.program import Pool, Program
+from espl.reflection import Crossover, Mutation, win_matrix
+from espl.reflector import ReflectorCallError
+from espl.testing import ScriptedReflector
+
+
+def rollout(program, problem, reward, slot=0, sample=0):
+    r = Rollout(spec=EpisodeSpec("sys", "train", 0, {"program": program, "slot": slot, "problem": problem, "sample": sample}))
+    r.problem_id = f"q{problem}"
+    r.messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"problem {problem}"},
+                  {"role": "assistant", "content": f"answer {reward}"}]
+    r.reward, r.success, r.answer = reward, reward >= 1, "42"
+    return r
+
+
+def answer_by_purpose(mapping):
+    def respond(messages):
+        text = messages[0]["content"]
+        for key, value in mapping.items():
+            if key in text:
+                return value(messages) if callable(value) else value
+        raise AssertionError(f"unexpected prompt: {text[:80]}")
+
+    return respond
+
+
+CRITIQUE = '```json\n[{"op": "add", "text": "Evaluate parentheses first."}]\n```'
+REVISION = '```json\n[{"op": "modify", "id": "G0", "text": "Check every sign."}, {"op": "add", "text": "Evaluate parentheses first."}]\n```'
+
+
+def scripted(critique=CRITIQUE, revision=REVISION):
+    return ScriptedReflector(answer_by_purpose({
+        "Summarise the attempt": "Used G0, forgot the sign.",
+        "Propose at most": critique,
+        "Turn them into one coherent revision": revision,
+        "Your previous answer could not be used": revision,
+    }))
+
+
+def setup():
+    parent = Program(id="p0", principles={"G0": "Be careful."}, mu=27.0, sigma=3.0)
+    pool = Pool([parent])
+    rollouts = [rollout("p0", 0, 1.0), rollout("p0", 0, 0.0, sample=1), rollout("p0", 1, 0.0), rollout("p0", 1, 0.0, sample=1)]
+    return parent, pool, rollouts
+
+
+def test_valid_reflection_adds_child_with_parent_edits_and_prior():
+    parent, pool, rollouts = setup()
+    reflector = scripted()
+    outcome = Mutation(reflector, inflation=4.0)(parent, rollouts, pool, iteration=3)
+    assert outcome.status == "ok" and outcome.child is not None
+    child = outcome.child
+    assert child.parents == ["p0"] and child.origin == "mutation" and child.iteration == 3
+    assert child.principles == {"G0": "Check every sign.", "G1": "Evaluate parentheses first."}
+    assert child.edits[0] == {"op": "modify", "id": "G0", "text": "Check every sign."}
+    assert (child.mu, child.sigma) == pytest.approx((27.0, 5.0))
+    # only the mixed-outcome problem q0 is reflected on: 2 summaries, 1 critique, 1 revision
+    assert outcome.calls == 4 and len(reflector.calls) == 4
+
+
+@pytest.mark.parametrize("bad", ["", "no json here", '```json\n[{"op": "add", "text": "trunc', '[{"op": "explode"}]',
+                                 '[{"op": "modify", "id": "G42", "text": "x"}]'])
+def test_malformed_reflection_leaves_pool_unchanged_and_is_counted(bad):
+    parent, pool, rollouts = setup()
+    before = json.dumps(pool.to_dict(), sort_keys=True)
+    outcome = Mutation(scripted(critique=bad, revision=bad), revision_fallback=False)(parent, rollouts, pool, 1)
+    assert outcome.status == "failed" and outcome.child is None
+    assert json.dumps(pool.to_dict(), sort_keys=True) == before
+
+
+def test_bad_revision_gets_one_repair_then_fails_without_fallback():
+    parent, pool, rollouts = setup()
+    outcome = Mutation(scripted(revision="nope"), revision_fallback=False)(parent, rollouts, pool, 1)
+    assert outcome.status == "failed" and outcome.repairs == 1
+    assert "revision" in outcome.reason
+
+
+def test_revision_fallback_applies_validated_critique_edits():
+    parent, pool, rollouts = setup()
+    outcome = Mutation(scripted(revision="nope"))(parent, rollouts, pool, 1)
+    assert outcome.status == "ok" and outcome.fallback
+    assert outcome.child.principles == {"G0": "Be careful.", "G1": "Evaluate parentheses first."}
+
+
+def test_reflector_call_error_is_a_failed_reflection():
+    parent, pool, rollouts = setup()
+
+    class Down:
+        def complete(self, messages, *, purpose=""):
+            raise ReflectorCallError("timeout")
+
+    outcome = Mutation(Down())(parent, rollouts, pool, 1)
+    assert outcome.status == "failed" and outcome.child is None and len(pool) == 1
+
+
+def test_all_solved_is_skipped():
+    parent, pool, _ = setup()
+    outcome = Mutation(scripted())(parent, [rollout("p0", 0, 1.0)], pool, 1)
+    assert outcome.status == "skipped"
+
+
+def test_win_matrix_lists_outright_winners_only():
+    rs = [rollout("a", 0, 1.0), rollout("b", 0, 0.0, slot=1), rollout("a", 1, 0.0), rollout("b", 1, 1.0, slot=1),
+          rollout("a", 2, 1.0), rollout("b", 2, 1.0, slot=1)]
+    phi, wins = win_matrix(rs)
+    assert phi == {"a": {"q0": 1.0, "q1": 0.0, "q2": 1.0}, "b": {"q0": 0.0, "q1": 1.0, "q2": 1.0}}
+    assert wins == {"a": ["q0"], "b": ["q1"]}  # q2 is a tie: nobody wins it
+
+
+def test_crossover_child_has_both_parents_and_precision_weighted_prior():
+    a = Program(id="a", principles={"G0": "x"}, mu=30.0, sigma=1.0)
+    b = Program(id="b", principles={"G0": "y"}, mu=20.0, sigma=2.0)
+    pool = Pool([a, b])
+    reflector = ScriptedReflector(['```json\n[{"op": "add", "text": "y too"}]\n```'])
+    outcome = Crossover(reflector, inflation=0.0)(a, [a, b], {"a": ["q0"], "b": ["q1"]}, {"q0": "P0", "q1": "P1"}, pool, 2)
+    assert outcome.status == "ok"
+    assert outcome.child.parents == ["a", "b"] and outcome.child.origin == "crossover"
+    assert outcome.child.principles == {"G0": "x", "G1": "y too"}
+    assert outcome.child.mu == pytest.approx(28.0)
+    assert "P1" in reflector.calls[0][0]["content"]  # the winner's problem is shown
+
+
+def test_crossover_skipped_without_other_winners():
+    a = Program(id="a", principles={}, mu=30.0, sigma=1.0)
+    outcome = Crossover(ScriptedReflector(["[]"]))(a, [a], {"a": ["q0"]}, {"q0": "P0"}, Pool([a]), 1)
+    assert outcome.status == "skipped"

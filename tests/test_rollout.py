@@ -1,0 +1,113 @@
+"""The rollout engine and the baseline grouping, with a scripted sampler (no model)."""
+
+import gymnasium as gym
+
+from agents.rollout import EpisodeSpec, RolloutEngine
+from agents.sampler import Completion, SamplingParams
+from envs.base import TextEnv
+from espl.advantage import group_size, training_batch
+
+
+class EchoSampler:
+    def __init__(self):
+        self.batches = []
+
+    def generate(self, conversations, params):
+        self.batches.append(len(conversations))
+        return [Completion(text=f"<answer>{len(c)}</answer>", prompt_ids=[1, 2], completion_ids=[3, 4], logprobs=[-0.1, -0.2])
+                for c in conversations]
+
+
+class CountdownEnv(TextEnv):
+    """Multi-turn toy: the episode lasts `turns` turns; reward 1 if the last answer says 6."""
+
+    def __init__(self, turns=3, fail_on=None):
+        super().__init__(max_turns=turns)
+        self.turns, self.fail_on = turns, fail_on
+
+    def split_size(self, split):
+        return 5
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.split, self.index = self._pick(options)
+        self.t = 0
+        return f"problem {self.index}", {"problem_id": f"{self.split}/{self.index}"}
+
+    def step(self, action):
+        if self.index == self.fail_on:
+            raise RuntimeError("boom")
+        self.t += 1
+        done = self.t >= self.turns
+        reward = float(done and "6" in action)
+        return "next", reward, done, False, {"answer": "6", "success": reward == 1.0, "valid": True, "metadata": {}}
+
+
+def test_multi_turn_episodes_advance_together_and_batch_each_turn():
+    sampler = EchoSampler()
+    engine = RolloutEngine(lambda: CountdownEnv(turns=3), sampler)
+    specs = [EpisodeSpec("sys", "train", i, {"k": i}) for i in range(4)]
+    rollouts = engine.run(specs, SamplingParams())
+    assert sampler.batches == [4, 4, 4]  # one batched call per turn, all episodes in it
+    assert [r.turns for r in rollouts] == [3, 3, 3, 3]
+    assert all(r.reward == 1.0 for r in rollouts)  # 6 messages in the history at the third reply
+    assert [m["role"] for m in rollouts[0].messages] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    assert rollouts[2].spec.tags == {"k": 2}
+
+
+def test_env_exception_is_a_failed_episode_not_a_crash():
+    engine = RolloutEngine(lambda: CountdownEnv(turns=1, fail_on=1), EchoSampler())
+    rollouts = engine.run([EpisodeSpec("s", "train", i) for i in range(3)], SamplingParams())
+    assert rollouts[1].error.startswith("step: RuntimeError") and rollouts[1].reward == 0.0
+    assert rollouts[0].error is None and rollouts[2].error is None
+
+
+def test_turn_limit_truncates():
+    engine = RolloutEngine(lambda: CountdownEnv(turns=5), EchoSampler(), max_turns=2)
+    (rollout,) = engine.run([EpisodeSpec("s", "train", 0)], SamplingParams())
+    assert rollout.turns == 2 and rollout.truncated
+
+
+def make_rollouts():
+    engine = RolloutEngine(lambda: CountdownEnv(turns=1), EchoSampler())
+    specs = [EpisodeSpec("s", "train", q, {"program": f"p{s}", "slot": s, "problem": j, "sample": n})
+             for s in range(2) for j, q in enumerate([0, 1]) for n in range(2)]
+    rollouts = engine.run(specs, SamplingParams())
+    for i, r in enumerate(rollouts):
+        r.reward = float(i)
+    return rollouts
+
+
+def test_normal_baseline_groups_program_problem_pairs():
+    batch = training_batch(make_rollouts()[::-1], "normal", eos_id=0)
+    assert group_size("normal", 2, 2) == 2
+    # blocks of 2: (slot 0, problem 0), (slot 0, problem 1), (slot 1, problem 0), (slot 1, problem 1)
+    assert [s.reward for s in batch] == [0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_marginalize_baseline_groups_all_programs_per_problem():
+    batch = training_batch(make_rollouts(), "marginalize", eos_id=0)
+    assert group_size("marginalize", 2, 2) == 4
+    assert [s.reward for s in batch] == [0, 1, 4, 5, 2, 3, 6, 7]
+
+
+def test_episode_without_tokens_still_fills_its_row():
+    rollouts = make_rollouts()
+    rollouts[0].prompt_ids, rollouts[0].completion_ids = [], []
+    batch = training_batch(rollouts, "normal", eos_id=9)
+    assert batch[0].completion_ids == [9] and batch[0].reward == 0.0 and len(batch) == 8
+
+
+def test_any_text_gymnasium_env_works_without_the_base_class():
+    class Plain(gym.Env):
+        observation_space = gym.spaces.Text(64)
+        action_space = gym.spaces.Text(64)
+
+        def reset(self, *, seed=None, options=None):
+            return "say hi", {}
+
+        def step(self, action):
+            return "", float("hi" in action), True, False, {}
+
+    (rollout,) = RolloutEngine(Plain, EchoSampler()).run([EpisodeSpec("s", "train", 0)], SamplingParams())
+    assert rollout.turns == 1 and rollout.error is None and rollout.problem_id == "train/0"

@@ -44,9 +44,11 @@ class Rollout:
     truncated: bool = False
     error: str | None = None
     metadata: dict = field(default_factory=dict)
+    invalid_actions: int = 0
     prompt_ids: list[int] = field(default_factory=list)
-    completion_ids: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
+    completion_ids: list[int] = field(default_factory=list)  # model and environment tokens after the prompt
+    logprobs: list[float] = field(default_factory=list)  # 0.0 on environment tokens
+    env_mask: list[int] = field(default_factory=list)  # 1 where the model produced the token, 0 for env text
     finish_reason: str = ""
 
     @property
@@ -60,7 +62,7 @@ class Rollout:
     def to_record(self, *, with_tokens: bool = False) -> dict:
         record = asdict(self)
         if not with_tokens:
-            for key in ("prompt_ids", "completion_ids", "logprobs"):
+            for key in ("prompt_ids", "completion_ids", "logprobs", "env_mask"):
                 record.pop(key)
         return record
 
@@ -94,18 +96,20 @@ class RolloutEngine:
         turn = 0
         while live:
             turn += 1
-            completions = self.sampler.generate([rollouts[i].messages for i in live], SamplingParams(
-                max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                seed=params.seed + turn))
+            completions = self.sampler.generate(
+                [rollouts[i].messages for i in live],
+                SamplingParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                               top_p=params.top_p, seed=params.seed + turn),
+                prompt_ids=[rollouts[i].prompt_ids + rollouts[i].completion_ids if turn > 1 else None for i in live])
             still_live = []
             for i, completion in zip(live, completions):
                 rollout = rollouts[i]
                 rollout.messages.append({"role": "assistant", "content": completion.text})
                 if turn == 1:
-                    rollout.prompt_ids = completion.prompt_ids
-                # Multi-turn token bookkeeping (environment tokens masked) arrives with multi-turn envs.
-                rollout.completion_ids = completion.completion_ids
-                rollout.logprobs = completion.logprobs
+                    rollout.prompt_ids = list(completion.prompt_ids)
+                rollout.completion_ids += completion.completion_ids
+                rollout.logprobs += completion.logprobs
+                rollout.env_mask += [1] * len(completion.completion_ids)
                 rollout.finish_reason = completion.finish_reason
                 rollout.turns = turn
                 if self._step(i, rollout, completion.text, turn):
@@ -122,6 +126,7 @@ class RolloutEngine:
             log.warning("env step failed on %s: %s", rollout.problem_id, rollout.error)
             return False
         rollout.reward = float(reward)
+        rollout.invalid_actions += 0 if info.get("valid", True) else 1
         rollout.success = bool(info.get("success", reward >= 1.0))
         rollout.valid = bool(info.get("valid", True))
         rollout.answer = str(info.get("answer", ""))
@@ -132,5 +137,13 @@ class RolloutEngine:
         if self.max_turns is not None and turn >= self.max_turns:
             rollout.truncated = True
             return False
-        rollout.messages.append({"role": "user", "content": observation})
+        new = [{"role": "user", "content": observation}]
+        # The environment's text joins the token record masked out (env_mask 0): the learner
+        # trains only on what the model wrote, and the next turn continues this exact record.
+        env_tokens = self.sampler.continuation(rollout.messages, new, rollout.finish_reason == "stop")
+        rollout.completion_ids += env_tokens
+        rollout.logprobs += [0.0] * len(env_tokens)
+        rollout.env_mask += [0] * len(env_tokens)
+        rollout.messages += new
         return True
+

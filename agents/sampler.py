@@ -50,8 +50,18 @@ class Completion:
 class Sampler(Protocol):
     """Generates completions for chat conversations with the current policy weights."""
 
-    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[Completion]:
-        """One completion per conversation, same order. See the module docstring for the contract."""
+    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
+                 prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
+        """One completion per conversation, same order. See the module docstring for the contract.
+
+        ``prompt_ids[i]``, when given, is the exact token sequence to continue for conversation
+        ``i`` (multi-turn episodes pass their own record so that no turn is re-tokenized).
+        """
+        ...
+
+    def continuation(self, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
+        """Token ids that follow the last reply of ``history`` when ``new`` messages are added,
+        up to and including the prompt for the next reply."""
         ...
 
 
@@ -78,8 +88,13 @@ class TransformersSampler:
         text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams) -> list[Completion]:
-        encoded = [self.encode(c) for c in conversations]
+    def continuation(self, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
+        return chat_continuation(self.tokenizer, history, new, ended_with_eos)
+
+    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
+                 prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
+        given = list(prompt_ids) if prompt_ids is not None else [None] * len(conversations)
+        encoded = [ids if ids is not None else self.encode(c) for c, ids in zip(conversations, given)]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         torch = self._torch
@@ -132,6 +147,35 @@ class TransformersSampler:
                 )
             )
         return completions
+
+
+def chat_continuation(tokenizer, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
+    """What the chat template puts between the end of the last reply and the next reply.
+
+    Rendering the whole conversation again and re-tokenizing it can split the model's own reply
+    into different tokens than it sampled; instead the record keeps the sampled tokens and
+    appends only this continuation: the template's end-of-turn text after the reply (minus the
+    EOS the model already produced), the new messages, and the generation prompt.
+    """
+    reply = history[-1]["content"]
+    before = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=False)
+    full = tokenizer.apply_chat_template(history + new, tokenize=False, add_generation_prompt=True)
+    cut = len(before) if full.startswith(before) else _common_prefix(before, full)
+    at = before.rfind(reply.strip() if reply.strip() else reply, 0, cut)
+    tail = before[at + len(reply.strip()):cut] if reply.strip() and at >= 0 else before[cut:cut]
+    eos = tokenizer.eos_token or ""
+    if ended_with_eos and eos and tail.startswith(eos):
+        tail = tail[len(eos):]
+    return list(tokenizer(tail + full[cut:], add_special_tokens=False)["input_ids"])
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _trim(ids: list[int], eos_ids: set[int], pad: int) -> tuple[int, str]:

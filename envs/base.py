@@ -26,14 +26,23 @@ import gymnasium as gym
 from gymnasium import spaces
 
 SPLITS = ("train", "test")
-# Gymnasium's Text space checks every character against its charset; model output is arbitrary
-# unicode, so the charset is the Basic Multilingual Plane minus surrogates.
-_CHARSET = frozenset(chr(c) for c in range(0x20, 0xD800)) | frozenset(string.whitespace)
-MAX_TEXT = 65536
+MAX_TEXT = 1 << 20
+
+
+class AnyText(spaces.Text):
+    """A Text space that holds any string up to ``max_length`` characters.
+
+    Gymnasium's ``Text`` checks every character against a finite charset, but task text and
+    model output are arbitrary unicode (emoji, CJK, control characters), so membership here only
+    checks type and length; ``sample()`` still draws from printable ASCII.
+    """
+
+    def contains(self, x) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
 
 
 def text_space() -> spaces.Text:
-    return spaces.Text(max_length=MAX_TEXT, min_length=0, charset=_CHARSET)
+    return AnyText(max_length=MAX_TEXT, min_length=0, charset=string.printable)
 
 
 class TextEnv(gym.Env[str, str]):

@@ -72,7 +72,11 @@ class ReasoningGymEnv(TextEnv):
             raise RuntimeError("call reset() before step()")
         answer, rule = extract_answer(action)
         valid = answer is not None
-        reward = float(self._scorer.score_answer(answer=answer, entry=self._entry)) if valid else 0.0
+        error = None
+        try:
+            reward = float(self._scorer.score_answer(answer=answer, entry=self._entry)) if valid else 0.0
+        except Exception as exc:  # some scorers crash on malformed answers: that answer is invalid
+            reward, valid, error = 0.0, False, f"{type(exc).__name__}: {exc}"[:200]
         success = reward >= self.success_threshold
         if not success:
             reward = 0.0  # reasoning-gym gives small partial credit for wrong answers; we do not
@@ -80,7 +84,7 @@ class ReasoningGymEnv(TextEnv):
             "answer": str(self._entry["answer"]),
             "success": success,
             "valid": valid,
-            "metadata": {"problem_id": self._problem_id, "extracted": answer, "format": rule},
+            "metadata": {"problem_id": self._problem_id, "extracted": answer, "format": rule, "score_error": error},
         }
         return "", reward, True, False, info
 
@@ -94,6 +98,7 @@ def _build_splits(task: str, train_size: int, test_size: int, seed: int, config_
     train = list(reasoning_gym.create_dataset(task, size=train_size, seed=seed, **config))
     seen = {e["question"] for e in train}
     # Oversample the test set so that removing overlaps still leaves test_size items.
-    pool = reasoning_gym.create_dataset(task, size=test_size * 2 + 10, seed=seed + _TEST_SEED_OFFSET, **config)
+    pool = reasoning_gym.create_dataset(task, size=test_size + max(5, test_size // 2), seed=seed + _TEST_SEED_OFFSET,
+                                        **config)
     test = [e for e in pool if e["question"] not in seen][:test_size]
     return {"train": train, "test": test}, pool

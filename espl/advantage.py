@@ -32,7 +32,7 @@ def training_batch(rollouts: list[Rollout], baseline: str, eos_id: int) -> list[
     batch = []
     for r in sorted(rollouts, key=key):
         if r.prompt_ids and r.completion_ids:
-            batch.append(TrainingSample(r.prompt_ids, r.completion_ids, r.logprobs, r.reward))
+            batch.append(TrainingSample(r.prompt_ids, r.completion_ids, r.logprobs, r.reward, r.env_mask or None))
         else:
             batch.append(TrainingSample(r.prompt_ids or [eos_id], [eos_id], [0.0], 0.0))
     return batch

@@ -36,8 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train with E-SPL or a baseline on one environment")
     _add_run_flags(run)
-    envs = sub.add_parser("envs", help="list the environment ids")
+    envs = sub.add_parser("envs", help="list the environment ids, or check one: espl-bench envs check ID")
+    envs.add_argument("action", nargs="?", choices=["list", "check"], default="list")
+    envs.add_argument("env_id", nargs="?", help="with check: the id to check (a plugin's too: pkg:Name-v0)")
     envs.add_argument("--json", action="store_true", help="machine-readable output")
+    envs.add_argument("--env-kwargs", default="{}", help="with check: JSON keyword arguments for the env")
+    init = sub.add_parser("init-env", help="scaffold an environment plugin package")
+    init.add_argument("name", help="package name, e.g. my_task")
+    init.add_argument("--dest", default=".", help="folder to create the package in")
     return parser
 
 
@@ -73,13 +79,47 @@ def _screen(s: dict, out: str) -> str:
 
 
 def _envs(args: argparse.Namespace) -> int:
-    from envs.registry import describe, list_env_ids
+    from dataclasses import asdict
 
-    ids = list_env_ids()
+    from envs.registry import list_envs
+
+    if args.action == "check":
+        return _check(args)
+    rows = list_envs()
     if args.json:
-        sys.stdout.write(json.dumps([{"id": i, "description": describe(i)} for i in ids], indent=1) + "\n")
+        sys.stdout.write(json.dumps([{**asdict(e), "splits": ["train", "test"]} for e in rows], indent=1) + "\n")
     else:
-        sys.stdout.write("".join(f"{i:28s} {describe(i)}\n" for i in ids))
+        sys.stdout.write("".join(f"{e.id:32s} {e.kind:9s} turns {e.max_turns or '-':<3} {e.description}\n" for e in rows))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from envs.check import check
+    from espl.errors import ConfigError
+
+    if not args.env_id:
+        raise ConfigError("envs check needs an id; fix: espl-bench envs check espl/Arithmetic-v0")
+    try:
+        kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError:
+        raise ConfigError("--env-kwargs must be a JSON object; fix: --env-kwargs '{\"max_terms\": 4}'") from None
+    report = check(args.env_id, kwargs)
+    for line in report.warnings:
+        log.warning("%s: %s", args.env_id, line)
+    for line in report.failures:
+        log.error("%s: %s", args.env_id, line)
+    sys.stdout.write(f"{args.env_id}: {'ok' if report.ok else 'FAILED'}\n")
+    return 0 if report.ok else 1
+
+
+def _init_env(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from envs.scaffold import scaffold
+
+    root = scaffold(args.name, Path(args.dest))
+    sys.stdout.write(f"created {root}\nnext: pip install -e {root} && espl-bench envs check {root.name}:"
+                     f"{''.join(p.capitalize() for p in root.name.split('_'))}-v0\n")
     return 0
 
 
@@ -90,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "LiteLLM", "litellm", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return {"run": _run, "envs": _envs}[args.command](args)
+        return {"run": _run, "envs": _envs, "init-env": _init_env}[args.command](args)
     except EsplError as exc:
         log.error("%s", exc)
         return 2

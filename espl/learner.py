@@ -38,6 +38,7 @@ class TrainingSample:
     completion_ids: list[int]
     logprobs: list[float]
     reward: float
+    env_mask: list[int] | None = None  # 0 marks environment tokens inside a multi-turn completion
 
 
 class Learner(Protocol):
@@ -188,12 +189,20 @@ class TRLLearner:
             self._in_step = True
         if len(batch) != len(prompts):
             raise RuntimeError(f"the trainer asked for {len(prompts)} rows, the iteration produced {len(batch)}")
-        return {
+        return self._rollout_func_output(batch)
+
+    @staticmethod
+    def _rollout_func_output(batch: list[TrainingSample]) -> dict:
+        output = {
             "prompt_ids": [s.prompt_ids for s in batch],
             "completion_ids": [s.completion_ids for s in batch],
             "logprobs": [s.logprobs for s in batch],
             "espl_reward": [s.reward for s in batch],
         }
+        if any(s.env_mask is not None and 0 in s.env_mask for s in batch):
+            # TRL masks env_mask == 0 tokens out of the loss: only model-written tokens are trained.
+            output["env_mask"] = [s.env_mask if s.env_mask is not None else [1] * len(s.completion_ids) for s in batch]
+        return output
 
     def _train(self, checkpoint: str | None) -> None:
         try:
@@ -250,9 +259,13 @@ class TRLLearner:
         return self.settings.output_dir / f"checkpoint-{step}"
 
     def close(self) -> None:
+        """Stop the trainer thread if it is still waiting for batches (never blocks for long)."""
         if self._thread is not None and self._thread.is_alive():
-            self._inbox.put(None)
-            self._thread.join(timeout=60)
+            try:
+                self._inbox.put_nowait(None)
+            except queue.Full:  # interrupted with a batch pending: the daemon thread dies with us
+                return
+            self._thread.join(timeout=10)
 
     def _drop_uncommitted_checkpoints(self, committed: int) -> None:
         # A checkpoint newer than the last committed iteration belongs to a step whose iteration

@@ -100,6 +100,7 @@ class EsplLoop:
             "train_reward": sum(scores.values()) / len(scores) if scores else 0.0,
             "train_success": _rate(rollouts, "success"),
             "valid_rate": _rate(rollouts, "valid"),
+            "invalid_action_rate": _invalid_rate(rollouts),
             "env_errors": sum(r.error is not None for r in rollouts),
             "program_scores": scores,
             "ratings": {k: {"mu": mu, "sigma": sd} for k, (mu, sd) in rated.items()},
@@ -153,6 +154,7 @@ class EsplLoop:
         return {
             "program": program.id,
             "success": _rate(rollouts, "success"),
+            "invalid_action_rate": _invalid_rate(rollouts),
             **{f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct.values()) / len(correct) for k in ks},
             "problems": len(correct),
             "samples": n,
@@ -168,3 +170,9 @@ def _mean_by(rollouts: list[Rollout], tag: str) -> dict[str, float]:
 
 def _rate(rollouts: list[Rollout], attribute: str) -> float:
     return sum(bool(getattr(r, attribute)) for r in rollouts) / len(rollouts) if rollouts else 0.0
+
+
+def _invalid_rate(rollouts: list[Rollout]) -> float:
+    """Invalid actions per action taken, reported apart from success (an invalid action scores 0)."""
+    turns = sum(r.turns for r in rollouts)
+    return sum(r.invalid_actions for r in rollouts) / turns if turns else 0.0

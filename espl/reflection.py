@@ -70,6 +70,34 @@ def _principles_text(program: Program) -> str:
     return "\n".join(f"{k}: {v}" for k, v in program.principles.items()) or "(none yet)"
 
 
+def render_trajectory(rollout: Rollout, budget: int = _MAX_TEXT) -> str:
+    """The episode as the reflector reads it: every reply and environment message, in order.
+
+    Single-turn episodes are just the reply. Multi-turn ones list each turn's action and the
+    observation it got (tool output, game feedback), then the outcome; each message is clipped
+    and, past ``budget`` characters, the middle turns are elided so the start (the approach) and
+    the end (how it finished) stay visible within the reflector's context.
+    """
+    turns = rollout.messages[2:]
+    if len(turns) <= 1:
+        return _clip(rollout.response)
+    per_message = max(200, budget // max(1, len(turns)))
+    lines = []
+    for n, message in enumerate(turns):
+        who = "ACTION" if message["role"] == "assistant" else "OBSERVATION"
+        text = message["content"]
+        text = text if len(text) <= per_message else text[: per_message - 20] + " [...]"
+        lines.append(f"[{n // 2 + 1}] {who}: {text}")
+    outcome = f"OUTCOME: reward {rollout.reward:g} after {rollout.turns} turns" + (
+        ", cut off by the turn limit" if rollout.truncated else "") + (
+        f", {rollout.invalid_actions} invalid actions" if rollout.invalid_actions else "")
+    text = "\n".join(lines)
+    if len(text) > budget:
+        head, tail = lines[: len(lines) // 3], lines[-len(lines) // 3 :]
+        text = "\n".join([*head, f"[... {len(lines) - len(head) - len(tail)} messages elided ...]", *tail])[:budget * 2]
+    return f"{text}\n{outcome}"
+
+
 def _problem_text(rollout: Rollout) -> str:
     users = [m["content"] for m in rollout.messages if m["role"] == "user"]
     return _clip(users[0] if users else "")
@@ -202,7 +230,7 @@ class Mutation:
         def summarise(job: tuple[str, Rollout]) -> str:
             problem_id, rollout = job
             return session.ask("summarize", f"summary {problem_id}", system_prompt=parent.render(),
-                               problem=_problem_text(rollout), response=_clip(rollout.response),
+                               problem=_problem_text(rollout), response=render_trajectory(rollout),
                                reward=f"{rollout.reward:g}", answer=rollout.answer)
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(jobs)))) as executor:

@@ -42,6 +42,14 @@ def _load_frozen(model_path: str):
     return model, tokenizer
 
 
+def _trl_learner(settings: LearnerSettings) -> TRLLearner:
+    try:
+        return TRLLearner(settings)
+    except OSError as exc:
+        raise ModelNotFound(f"cannot load model {settings.model_path!r} ({str(exc).splitlines()[0]}); fix: pass a local "
+                            "model folder or a hub id already in the local cache") from None
+
+
 def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
     env = make_env(cfg.env, **cfg.env_kwargs)
     train_size, test_size = env.split_size("train"), env.split_size("test")
@@ -51,7 +59,7 @@ def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
     reference = None
     if cfg.trains_weights:
         m = cfg.selected_programs
-        learner = TRLLearner(LearnerSettings(
+        learner = _trl_learner(LearnerSettings(
             model_path=model_path, output_dir=rundir.learner, rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
             group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size,
             total_steps=cfg.iterations, learning_rate=cfg.learning_rate, lora_rank=cfg.lora_rank,

@@ -2,16 +2,15 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from envs.answers import extract_answer
-from envs.registry import list_env_ids, make_env
+from envs.registry import make_env
 from espl.errors import EnvNotFound
 
 
-@pytest.mark.parametrize("env_id", list_env_ids())
-def test_env_passes_gymnasium_checker(env_id):
-    check_env(make_env(env_id), skip_render_check=True)
+def test_env_passes_gymnasium_checker():
+    check_env(make_env("espl/Arithmetic-v0"), skip_render_check=True)
 
 
-@pytest.mark.parametrize("env_id", list_env_ids())
+@pytest.mark.parametrize("env_id", ["espl/Arithmetic-v0", "rg/chain_sum-v0"])
 def test_same_seed_same_episodes(env_id):
     a, b = make_env(env_id), make_env(env_id)
     for seed in range(10):

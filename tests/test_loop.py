@@ -25,8 +25,11 @@ class RewardingSampler:
     def __init__(self, inner, env):
         self.inner, self.env = inner, env
 
-    def generate(self, conversations, params):
-        out = self.inner.generate(conversations, params)
+    def continuation(self, history, new, ended_with_eos):
+        return self.inner.continuation(history, new, ended_with_eos)
+
+    def generate(self, conversations, params, prompt_ids=None):
+        out = self.inner.generate(conversations, params, prompt_ids)
         return [Completion(text=(f"<answer>{self._answer(c)}</answer>" if i % 2 else c_out.text),
                            prompt_ids=c_out.prompt_ids, completion_ids=c_out.completion_ids, logprobs=c_out.logprobs,
                            finish_reason=c_out.finish_reason)
@@ -103,3 +106,47 @@ def test_self_reflection_is_a_population_of_one(tiny_model, tmp_path):
     assert result.metrics["rollouts"] == 4  # one program x 2 problems x 2 samples
     assert "crossover" not in result.metrics["reflections"]
     assert "test" in result.metrics and {"pass@1", "pass@2", "success"} <= set(result.metrics["test"])
+
+
+class RecordingLearner:
+    """Records when the loop submits and waits, to check the RL step overlaps reflection."""
+
+    trainable = True
+
+    def __init__(self, events):
+        self.events = events
+
+    def submit(self, batch):
+        self.events.append(("submit", len(batch)))
+
+    def wait(self):
+        self.events.append(("wait", 0))
+        return {"loss": 0.0}
+
+    def close(self):
+        pass
+
+
+def test_rl_step_is_submitted_before_reflection_and_awaited_after(tiny_model, tmp_path):
+    loop, _ = build(tiny_model, tmp_path, "evolution")
+    events = []
+    loop.parts.learner = RecordingLearner(events)
+    reflector = ScriptedReflector(lambda messages: events.append(("reflect", 0)) or REVISION)
+    loop.parts.mutation = Mutation(reflector)
+    loop.parts.crossover = None
+    loop.iteration(1)
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "submit" and kinds[-1] == "wait" and "reflect" in kinds
+    assert events[0][1] == 8  # M x B x N rows
+
+
+def test_malformed_reflections_are_counted_and_leave_the_pool(tiny_model, tmp_path):
+    loop, _ = build(tiny_model, tmp_path, "evolution")
+    garbage = ScriptedReflector(["```json\n[{\"op\": \"add\", \"text\": \"unterminated"])
+    loop.parts.mutation = Mutation(garbage, revision_fallback=False)
+    loop.parts.crossover = Crossover(garbage)
+    before = loop.pool.to_dict()
+    result = loop.iteration(1)
+    assert result.metrics["reflection_failures"] == len(result.outcomes) >= 1
+    assert result.metrics["children"] == []
+    assert loop.pool.to_dict()["programs"] == before["programs"]

@@ -129,3 +129,28 @@ def test_crossover_skipped_without_other_winners():
     a = Program(id="a", principles={}, mu=30.0, sigma=1.0)
     outcome = Crossover(ScriptedReflector(["[]"]))(a, [a], {"a": ["q0"]}, {"q0": "P0"}, Pool([a]), 1)
     assert outcome.status == "skipped"
+
+
+def test_multi_turn_trajectory_is_rendered_with_actions_observations_and_outcome():
+    from espl.reflection import render_trajectory
+
+    r = rollout("p0", 0, 0.0)
+    r.messages = r.messages[:2] + [
+        {"role": "assistant", "content": '<tool_call>{"name": "search", "arguments": {"query": "Voss"}}</tool_call>'},
+        {"role": "user", "content": "[d3] Voss Prize: an award."},
+        {"role": "assistant", "content": "<answer>Lake Mirrow</answer>"},
+    ]
+    r.turns, r.invalid_actions = 2, 1
+    text = render_trajectory(r)
+    assert "[1] ACTION: <tool_call>" in text and "[1] OBSERVATION: [d3] Voss Prize" in text
+    assert "[2] ACTION: <answer>Lake Mirrow</answer>" in text
+    assert "OUTCOME: reward 0 after 2 turns, 1 invalid actions" in text
+
+
+def test_long_trajectories_fit_the_budget():
+    from espl.reflection import render_trajectory
+
+    r = rollout("p0", 0, 0.0)
+    r.messages = r.messages[:2] + [{"role": "assistant" if i % 2 == 0 else "user", "content": "x" * 5000} for i in range(40)]
+    text = render_trajectory(r, budget=3000)
+    assert len(text) < 7000 and "elided" in text and text.splitlines()[-1].startswith("OUTCOME")

@@ -12,10 +12,14 @@ class EchoSampler:
     def __init__(self):
         self.batches = []
 
-    def generate(self, conversations, params):
+    def generate(self, conversations, params, prompt_ids=None):
         self.batches.append(len(conversations))
         return [Completion(text=f"<answer>{len(c)}</answer>", prompt_ids=[1, 2], completion_ids=[3, 4], logprobs=[-0.1, -0.2])
                 for c in conversations]
+
+
+    def continuation(self, history, new, ended_with_eos):
+        return [7, 8]
 
 
 class CountdownEnv(TextEnv):
@@ -111,3 +115,35 @@ def test_any_text_gymnasium_env_works_without_the_base_class():
 
     (rollout,) = RolloutEngine(Plain, EchoSampler()).run([EpisodeSpec("s", "train", 0)], SamplingParams())
     assert rollout.turns == 1 and rollout.error is None and rollout.problem_id == "train/0"
+
+
+def test_invalid_actions_are_counted_apart_from_success():
+    from espl.loop import _invalid_rate
+    from envs.tool_env import Problem, Tool, ToolEnv
+
+    class Echo(ToolEnv):
+        def split_size(self, split):
+            return 3
+
+        def problem(self, split, index):
+            return Problem(question="Say 6.", answer="6")
+
+        def tools(self):
+            return {"echo": Tool("echo(text)", "repeat text", lambda text: text)}
+
+        def score(self, answer, problem):
+            return float(answer == problem.answer)
+
+    class Scripted(EchoSampler):
+        replies = ["no format here", '<tool_call>{"name": "echo", "arguments": {"text": "6"}}</tool_call>', "<answer>6</answer>"]
+
+        def generate(self, conversations, params, prompt_ids=None):
+            turn = len(self.batches)
+            self.batches.append(len(conversations))
+            return [Completion(text=self.replies[turn], prompt_ids=[1], completion_ids=[3], logprobs=[-0.1])
+                    for _ in conversations]
+
+    (rollout,) = RolloutEngine(lambda: Echo(max_turns=5), Scripted()).run([EpisodeSpec("s", "train", 0)], SamplingParams())
+    assert (rollout.turns, rollout.invalid_actions, rollout.reward, rollout.success) == (3, 1, 1.0, True)
+    assert "Invalid action" in rollout.messages[3]["content"]  # feedback reaches the model
+    assert _invalid_rate([rollout]) == 1 / 3

@@ -9,6 +9,7 @@ one-turn case of the same loop. An exception inside an env is recorded on that e
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -70,10 +71,12 @@ class Rollout:
 class RolloutEngine:
     """Runs episodes for a set of specs with one env instance per live episode."""
 
-    def __init__(self, env_factory: Callable[[], gym.Env], sampler: Sampler, *, max_turns: int | None = None):
+    def __init__(self, env_factory: Callable[[], gym.Env], sampler: Sampler, *, max_turns: int | None = None,
+                 step_timeout: float | None = 60.0):
         self.env_factory = env_factory
         self.sampler = sampler
         self.max_turns = max_turns
+        self.step_timeout = step_timeout
         self._envs: list[gym.Env] = []
 
     def _env(self, i: int) -> gym.Env:
@@ -81,12 +84,37 @@ class RolloutEngine:
             self._envs.append(self.env_factory())
         return self._envs[i]
 
+    def _call(self, i: int, method: str, *args, **kwargs):
+        """``env.<method>(...)`` with a deadline; a hung env is abandoned and replaced."""
+        env = self._env(i)
+        if self.step_timeout is None:
+            return getattr(env, method)(*args, **kwargs)
+        box: dict = {}
+
+        def target() -> None:
+            try:
+                box["result"] = getattr(env, method)(*args, **kwargs)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                box["error"] = exc
+
+        # A daemon thread, because a hung env call cannot be interrupted: it is left behind
+        # (and cannot keep the process alive), and the env instance is never used again.
+        worker = threading.Thread(target=target, name=f"env-{method}", daemon=True)
+        worker.start()
+        worker.join(self.step_timeout)
+        if worker.is_alive():
+            self._envs[i] = self.env_factory()
+            raise TimeoutError(f"env.{method} did not return within {self.step_timeout:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
     def run(self, specs: Sequence[EpisodeSpec], params: SamplingParams) -> list[Rollout]:
         rollouts = [Rollout(spec=spec) for spec in specs]
         live: list[int] = []
         for i, (spec, rollout) in enumerate(zip(specs, rollouts)):
             try:
-                observation, info = self._env(i).reset(seed=params.seed, options={"split": spec.split, "index": spec.index})
+                observation, info = self._call(i, "reset", seed=params.seed, options={"split": spec.split, "index": spec.index})
             except Exception as exc:  # a broken reset is one failed episode
                 rollout.error = f"reset: {type(exc).__name__}: {exc}"
                 continue
@@ -120,7 +148,7 @@ class RolloutEngine:
     def _step(self, i: int, rollout: Rollout, action: str, turn: int) -> bool:
         """Step env ``i``; returns whether the episode goes on."""
         try:
-            observation, reward, terminated, truncated, info = self._env(i).step(action)
+            observation, reward, terminated, truncated, info = self._call(i, "step", action)
         except Exception as exc:
             rollout.error = f"step: {type(exc).__name__}: {exc}"
             log.warning("env step failed on %s: %s", rollout.problem_id, rollout.error)

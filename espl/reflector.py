@@ -52,7 +52,7 @@ class LiteLLMReflector:
         self.failures = 0
         self.tokens = 0
 
-    def complete(self, messages: list[dict], *, purpose: str = "") -> str:
+    def complete(self, messages: list[dict], *, purpose: str = "", num_retries: int | None = None) -> str:
         import litellm
 
         self.calls += 1
@@ -63,7 +63,9 @@ class LiteLLMReflector:
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
                 timeout=self.timeout,
-                num_retries=self.num_retries,
+                # litellm's retry loop is the only one: the provider SDK's own retries are off.
+                num_retries=self.num_retries if num_retries is None else num_retries,
+                max_retries=0,
             )
         except Exception as exc:
             self.failures += 1
@@ -76,7 +78,7 @@ class LiteLLMReflector:
     def check(self) -> None:
         """One tiny call, so an unreachable reflector fails at start, not mid-run."""
         try:
-            self.complete([{"role": "user", "content": "Reply with OK."}], purpose="reachability check")
+            self.complete([{"role": "user", "content": "Reply with OK."}], purpose="reachability check", num_retries=0)
         except ReflectorCallError as exc:
             raise ReflectorUnavailable(
                 f"reflector {self.model!r} is unreachable ({exc.__cause__ or exc}); fix: set its API key in the "

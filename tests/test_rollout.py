@@ -147,3 +147,20 @@ def test_invalid_actions_are_counted_apart_from_success():
     assert (rollout.turns, rollout.invalid_actions, rollout.reward, rollout.success) == (3, 1, 1.0, True)
     assert "Invalid action" in rollout.messages[3]["content"]  # feedback reaches the model
     assert _invalid_rate([rollout]) == 1 / 3
+
+
+def test_hanging_env_step_is_timed_out_as_a_failed_episode():
+    import time
+
+    class Hangs(CountdownEnv):
+        def step(self, action):
+            if self.index == 0:
+                time.sleep(30)
+            return super().step(action)
+
+    engine = RolloutEngine(lambda: Hangs(turns=1), EchoSampler(), step_timeout=0.5)
+    started = time.monotonic()
+    rollouts = engine.run([EpisodeSpec("s", "train", i) for i in range(2)], SamplingParams())
+    assert time.monotonic() - started < 5
+    assert rollouts[0].error == "step: TimeoutError: env.step did not return within 0.5 s"
+    assert rollouts[1].error is None and rollouts[1].turns == 1

@@ -1,0 +1,253 @@
+"""Leaderboards as markdown and as a static, self-contained HTML site.
+
+Contract:
+
+* :func:`render_markdown` gives one table per env (rows as :func:`~leaderboards.aggregate.aggregate`
+  sorted them, success as ``mean ± se``; ``–`` where a value is unknown).
+* :func:`render_site` writes into ``out_dir``: ``index.html`` (per env: the table, then an inline
+  SVG of mean train and test success against iteration and against cumulative rollouts, one line
+  per (method, model)), ``runs/<slug>.html`` per run (its best prompt, its lineage, and the pool's
+  evolutionary tree as inline SVG with the test-time program highlighted) and ``leaderboard.md``.
+  Every link is relative and resolves to a written file; nothing is loaded from outside.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+from html import escape
+from pathlib import Path
+
+import matplotlib
+from matplotlib.figure import Figure
+
+from leaderboards.aggregate import EnvBoard, LeaderboardRow, RunRecord, TreeNode, ancestors, load_tree, row_curve
+
+log = logging.getLogger(__name__)
+BOLD = ' font-weight="bold"'
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:78rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th{background:#f3f3f3}td.t{text-align:left}figure svg{max-width:100%;height:auto}
+pre{background:#f7f7f7;padding:1rem;white-space:pre-wrap}.tree{overflow:auto;border:1px solid #ddd}"""
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _success(row: LeaderboardRow) -> str:
+    return f"{_num(row.success_mean)} ± {_num(row.success_se)}"
+
+
+def _pass_keys(board: EnvBoard) -> list[str]:
+    keys = {k for row in board.rows for k in row.pass_at}
+    return sorted(keys, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
+
+
+def _cells(board: EnvBoard, row: LeaderboardRow) -> list[str]:
+    return [_success(row), *(_num(row.pass_at.get(k)) for k in _pass_keys(board)), _num(row.invalid_action_rate),
+            str(row.rollouts), str(row.generated_tokens), str(row.reflection_calls), str(row.n_seeds)]
+
+
+def _headers(board: EnvBoard) -> list[str]:
+    return ["#", "method", "model", "test success (mean ± se)", *_pass_keys(board), "invalid action rate",
+            "rollouts (total)", "generated tokens (total)", "reflector calls (total)", "seeds"]
+
+
+def render_markdown(boards: list[EnvBoard]) -> str:
+    """One ``##`` section and table per env."""
+    def md(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    out = ["# espl-bench leaderboard", ""]
+    for board in boards:
+        head = _headers(board)
+        out += [f"## {board.env}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for rank, row in enumerate(board.rows, 1):
+            out.append("| " + " | ".join([str(rank), md(row.method), md(row.model), *_cells(board, row)]) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"
+
+
+def run_slug(run: RunRecord) -> str:
+    """A file-name-safe, unique name for a run's page."""
+    digest = hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:8]
+    return slug(f"{run.env}-{run.method}-{Path(run.model).name}-s{run.seed}") + f"-{digest}"
+
+
+def _svg_of(fig: Figure, salt: str) -> str:
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def curves_svg(board: EnvBoard) -> str | None:
+    """Inline SVG: train and test success vs iteration and vs cumulative rollouts (``None``: no data)."""
+    models = {row.model for row in board.rows}
+    curves = [row_curve(row, row.method if len(models) == 1 else f"{row.method} · {Path(row.model).name}")
+              for row in board.rows]
+    if not any(c.iterations for c in curves):
+        return None
+    fig = Figure(figsize=(10, 6.5))
+    axes = fig.subplots(2, 2, sharey=True)
+    for c in curves:
+        axes[0][0].plot(c.iterations, c.train_success, marker="o", label=c.label)
+        axes[0][1].plot(c.test_iterations, c.test_success, marker="o", label=c.label)
+        axes[1][0].plot(c.cum_rollouts, c.train_success, marker="o", label=c.label)
+        axes[1][1].plot(c.test_cum_rollouts, c.test_success, marker="o", label=c.label)
+    for (i, j), title in {(0, 0): "train success", (0, 1): "test success", (1, 0): "train success",
+                          (1, 1): "test success"}.items():
+        ax = axes[i][j]
+        ax.set_title(title)
+        ax.set_xlabel("iteration" if i == 0 else "cumulative rollouts")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.suptitle(f"{board.env}: mean over seeds")
+    return _svg_of(fig, board.env)
+
+
+def _depths(nodes: list[TreeNode]) -> dict[str, int]:
+    index, depth = {n.id: n for n in nodes}, {}
+
+    def visit(pid: str, stack: frozenset) -> int:
+        if pid not in depth:
+            parents = [p for p in index[pid].parents if p in index and p not in stack]
+            depth[pid] = 1 + max((visit(p, stack | {pid}) for p in parents), default=-1)
+        return depth[pid]
+
+    for n in nodes:
+        visit(n.id, frozenset())
+    return depth
+
+
+def _id_key(pid: str) -> tuple:
+    return (int(pid[1:]) if pid[1:].isdigit() else 10**9, pid)
+
+
+def tree_svg(nodes: list[TreeNode], highlight: str | None) -> str:
+    """The evolutionary tree as SVG: layers by generation, edges parent -> child, ``highlight`` in gold."""
+    w, h, gx, gy = 150, 58, 24, 46
+    depth = _depths(nodes)
+    layers: dict[int, list[TreeNode]] = {}
+    for n in sorted(nodes, key=lambda n: _id_key(n.id)):
+        layers.setdefault(depth[n.id], []).append(n)
+    pos = {n.id: (gx + i * (w + gx), gy / 2 + d * (h + gy)) for d, ns in layers.items() for i, n in enumerate(ns)}
+    width = gx + max(len(ns) for ns in layers.values()) * (w + gx)
+    height = gy + len(layers) * (h + gy)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="tree-svg" width="{width:.0f}" height="{height:.0f}" '
+             f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="sans-serif" font-size="12">',
+             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
+             'orient="auto"><path d="M0,0L10,5L0,10z" fill="#666"/></marker></defs>']
+    for n in nodes:
+        for p in n.parents:
+            if p in pos:
+                (x1, y1), (x2, y2) = pos[p], pos[n.id]
+                parts.append(f'<line class="edge" data-from="{escape(p)}" data-to="{escape(n.id)}" x1="{x1 + w / 2:.0f}" '
+                             f'y1="{y1 + h:.0f}" x2="{x2 + w / 2:.0f}" y2="{y2:.0f}" stroke="#666" '
+                             'marker-end="url(#arrow)"/>')
+    fills = {"root": "#e8e8e8", "mutation": "#dbe9ff", "crossover": "#ffe3c7", "evicted": "#ffffff"}
+    for n in nodes:
+        x, y = pos[n.id]
+        hot = n.id == highlight
+        stroke = 'stroke="#c00" stroke-width="3"' if hot else 'stroke="#555"' + (
+            ' stroke-dasharray="4 3"' if not n.in_pool else "")
+        rating = f"μ {n.mu:.1f} ± {n.sigma:.1f}" if n.mu is not None and n.sigma is not None else "not in pool"
+        origin = n.origin + (f" @ it {n.iteration}" if n.iteration is not None else "")
+        parts.append(f'<g class="node{" test-program" if hot else ""}" id="node-{escape(n.id)}">'
+                     f'<title>{escape(n.text or n.id)}</title>'
+                     f'<rect x="{x:.0f}" y="{y:.0f}" width="{w}" height="{h}" rx="6" '
+                     f'fill="{"#ffe680" if hot else fills.get(n.origin, "#eee")}" {stroke}/>'
+                     + "".join(f'<text x="{x + w / 2:.0f}" y="{y + 16 + 15 * k:.0f}" text-anchor="middle"'
+                               f'{BOLD if k == 0 else ""}>{escape(t)}</text>'
+                               for k, t in enumerate([n.id + (" (test)" if hot else ""), rating, origin]))
+                     + "</g>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n")
+
+
+def _rating(n: TreeNode) -> str:
+    return "–" if n.mu is None or n.sigma is None else f"{n.mu:.2f} ± {n.sigma:.2f}"
+
+
+def run_page(run: RunRecord, board_anchor: str) -> str:
+    """The page of one run: facts, best prompt, lineage and evolutionary tree."""
+    nodes = load_tree(run)
+    chain = ancestors(nodes, run.test_program_id) if run.test_program_id else []
+    facts = [("env", run.env), ("method", run.method), ("model", run.model), ("seed", str(run.seed)),
+             ("iterations", str(run.iterations_completed)), ("test success", _num(run.test_success)),
+             *((k, _num(v)) for k, v in run.pass_at.items()), ("test-time program", run.test_program_id or "–"),
+             ("run folder", str(run.path))]
+    body = [f'<p><a href="../index.html#{board_anchor}">← leaderboard</a></p>',
+            f"<h1>{escape(run.env)} · {escape(run.method)} · seed {run.seed}</h1>",
+            '<table class="facts">' + "".join(f'<tr><th>{escape(k)}</th><td class="t">{escape(v)}</td></tr>'
+                                               for k, v in facts) + "</table>",
+            f'<h2 id="best-prompt">Best prompt ({escape(run.test_program_id or "?")})</h2>',
+            f'<pre class="best-prompt">{escape(run.best_prompt)}</pre>', '<h2 id="lineage">Lineage</h2>']
+    if chain:
+        body.append('<ol class="lineage">' + "".join(
+            f'<li><b>{escape(n.id)}</b> — {escape(n.origin)}'
+            f'{f", iteration {n.iteration}" if n.iteration is not None else ""}, μ ± σ {_rating(n)}, parents: '
+            f'{escape(", ".join(n.parents) or "none")}'
+            + (f"<details><summary>prompt</summary><pre>{escape(n.text)}</pre></details>" if n.text else "")
+            + "</li>" for n in chain) + "</ol>")
+    else:
+        body.append("<p>No pool on record for this run.</p>")
+    body.append('<h2 id="tree">Evolutionary tree</h2>')
+    body.append(f'<div class="tree">{tree_svg(nodes, run.test_program_id)}</div>' if nodes else "<p>No pool.</p>")
+    return _page(f"{run.env} {run.method} seed {run.seed}", "\n".join(body))
+
+
+def _board_html(board: EnvBoard, anchor: str, pages: dict[int, str]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in [*_headers(board), "runs"])
+    rows = []
+    for rank, row in enumerate(board.rows, 1):
+        best = max(row.runs, key=lambda r: -1.0 if r.test_success is None else r.test_success)
+        runs = " ".join(f'<a class="run-link" href="{pages[id(r)]}">seed {r.seed}</a>' for r in row.runs)
+        rows.append(f'<tr><td>{rank}</td><td class="t"><a class="best-run" href="{pages[id(best)]}">'
+                    f'{escape(row.method)}</a></td><td class="t">{escape(row.model)}</td>'
+                    + "".join(f"<td>{escape(c)}</td>" for c in _cells(board, row)) + f'<td class="t">{runs}</td></tr>')
+    svg = curves_svg(board)
+    plot = f'<figure class="curves">{svg}</figure>' if svg else "<p>No per-iteration metrics.</p>"
+    return (f'<section id="{anchor}"><h2>{escape(board.env)}</h2>'
+            f'<table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f"{plot}</section>")
+
+
+def render_site(boards: list[EnvBoard], out_dir: str | Path) -> Path:
+    """Write the site (see the module docstring) and return the path of ``index.html``."""
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    (out / "leaderboard.md").write_text(render_markdown(boards), encoding="utf-8")
+    sections, nav = [], []
+    for board in boards:
+        anchor = "env-" + slug(board.env)
+        pages = {}
+        for row in board.rows:
+            for run in row.runs:
+                name = run_slug(run) + ".html"
+                (out / "runs" / name).write_text(run_page(run, anchor), encoding="utf-8")
+                pages[id(run)] = f"runs/{name}"
+        sections.append(_board_html(board, anchor, pages))
+        nav.append(f'<li><a href="#{anchor}">{escape(board.env)}</a></li>')
+    body = ("<h1>espl-bench leaderboard</h1><p>Test success is the mean over seeds ± its standard error. "
+            'Click a method for its best run, or a seed for that run. <a href="leaderboard.md">Markdown</a></p>'
+            + (f"<ul>{''.join(nav)}</ul>" if nav else "<p>No runs found.</p>") + "\n" + "\n".join(sections))
+    index = out / "index.html"
+    index.write_text(_page("espl-bench leaderboard", body), encoding="utf-8")
+    log.info("leaderboard: wrote %s (%d envs)", index, len(boards))
+    return index

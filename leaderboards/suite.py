@@ -1,0 +1,137 @@
+"""The fixed, versioned benchmark suite that ``espl-bench bench`` runs and scores.
+
+A suite is a list of :class:`SuiteConfig` (env, method, model, seed, budget). Its identity for
+score regression is :class:`SuiteId`, where the budget is named, not spelled out: changing what a
+budget means, or the list itself, must bump :data:`SUITE_VERSION`, because stored baselines are
+only comparable within one version.
+
+Contract:
+
+* ``SUITES[name]`` is a :class:`Suite`; ``get_suite(name)`` raises ``KeyError`` naming the
+  known suites otherwise.
+* ``SuiteConfig.run_args(out)`` is the ``espl-bench run`` argument list for that configuration
+  (every flag exists in :class:`espl.config.RunConfig`).
+* ``SuiteConfig.suite_id`` is hashable and round-trips through ``SuiteId.to_dict`` /
+  ``SuiteId.from_obj`` (the JSON form used in results and baseline files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SUITE_VERSION = "1"
+
+METHODS = ("espl", "rl", "evolution", "self-reflection")
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much compute one suite run gets: the sizes passed to ``espl-bench run``."""
+
+    name: str
+    iterations: int
+    programs: int
+    batch_size: int
+    group_size: int
+    eval_problems: int
+    eval_samples: int
+    max_new_tokens: int
+
+    def run_args(self) -> list[str]:
+        return ["--iterations", str(self.iterations), "--programs", str(self.programs),
+                "--batch-size", str(self.batch_size), "--group-size", str(self.group_size),
+                "--eval-problems", str(self.eval_problems), "--eval-samples", str(self.eval_samples),
+                "--max-new-tokens", str(self.max_new_tokens)]
+
+
+BUDGETS: dict[str, Budget] = {
+    "smoke": Budget("smoke", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=4,
+                    eval_samples=2, max_new_tokens=64),
+    "small": Budget("small", iterations=4, programs=3, batch_size=4, group_size=4, eval_problems=16,
+                    eval_samples=2, max_new_tokens=128),
+}
+
+
+@dataclass(frozen=True)
+class SuiteId:
+    """The key a score is stored under: (env, method, model, seed, budget name)."""
+
+    env: str
+    method: str
+    model: str
+    seed: int
+    budget: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "method": self.method, "model": self.model, "seed": self.seed, "budget": self.budget}
+
+    @classmethod
+    def from_obj(cls, obj: Any) -> SuiteId:
+        """From the JSON form: an object with the five keys, or a list in field order."""
+        if isinstance(obj, dict):
+            missing = [k for k in ("env", "method", "model", "seed", "budget") if k not in obj]
+            if missing:
+                raise ValueError(f"suite_id lacks {', '.join(missing)}")
+            obj = [obj["env"], obj["method"], obj["model"], obj["seed"], obj["budget"]]
+        if not isinstance(obj, (list, tuple)) or len(obj) != 5:
+            raise ValueError("suite_id must be an object {env, method, model, seed, budget} or a list of those five")
+        env, method, model, seed, budget = obj
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"suite_id seed must be an integer, got {seed!r}")
+        return cls(str(env), str(method), str(model), seed, str(budget))
+
+    def label(self) -> str:
+        return f"{self.env} {self.method} {self.model} seed={self.seed} budget={self.budget}"
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """One run of the suite."""
+
+    env: str
+    method: str
+    model: str
+    seed: int
+    budget: Budget
+
+    @property
+    def suite_id(self) -> SuiteId:
+        return SuiteId(self.env, self.method, self.model, self.seed, self.budget.name)
+
+    def run_args(self, out: str) -> list[str]:
+        """Arguments for ``espl-bench run`` writing its run folder to ``out``."""
+        return ["--env", self.env, "--method", self.method, "--model", self.model, "--seed", str(self.seed),
+                *self.budget.run_args(), "--out", out]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named, versioned list of configurations."""
+
+    name: str
+    version: str
+    configs: tuple[SuiteConfig, ...]
+
+
+def _grid(envs: tuple[str, ...], seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
+    return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget)
+                 for env in envs for method in METHODS for seed in seeds)
+
+
+SUITES: dict[str, Suite] = {
+    # every method once on the quickest env: minutes on a laptop CPU
+    "smoke": Suite("smoke", SUITE_VERSION, _grid(("espl/Arithmetic-v0",), (0,), BUDGETS["smoke"])),
+    # three seeds per method on a single-turn, a tool-use and a game env
+    "standard": Suite("standard", SUITE_VERSION, _grid(
+        ("espl/Arithmetic-v0", "espl/ToolUse-v0", "espl/GuessTheNumber-v0"), (0, 1, 2), BUDGETS["small"])),
+}
+
+
+def get_suite(name: str) -> Suite:
+    """The suite called ``name``; ``KeyError`` lists the known names."""
+    try:
+        return SUITES[name]
+    except KeyError:
+        raise KeyError(f"unknown suite {name!r}; known: {', '.join(sorted(SUITES))}") from None

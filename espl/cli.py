@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init-env", help="scaffold an environment plugin package")
     init.add_argument("name", help="package name, e.g. my_task")
     init.add_argument("--dest", default=".", help="folder to create the package in")
+    from leaderboards.commands import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -130,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "LiteLLM", "litellm", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return {"run": _run, "envs": _envs, "init-env": _init_env}[args.command](args)
+        from leaderboards.commands import bench, leaderboard
+
+        handlers = {"run": _run, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench}
+        return handlers[args.command](args)
     except EsplError as exc:
         log.error("%s", exc)
         return 2

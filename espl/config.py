@@ -30,7 +30,7 @@ class RunConfig(BaseModel):
     env: str = Field(description="environment id, e.g. espl/Arithmetic-v0 or mypkg:MyTask-v0")
     method: Method = Field("espl", description="espl (evolution + RL), rl (fixed prompt), evolution (frozen weights), self-reflection (one program, mutation only)")
     model: str = Field("smollm2-135m", description="policy: smollm2-135m (embedded default), a local HF folder, or a cached hub id")
-    reflector: str = Field("espl-local/reference", description="litellm model string for reflection; the default is the frozen reference policy, in-process")
+    reflector: str = Field("espl-local/reference", description="litellm model string for reflection (default: the frozen reference policy, in-process); also script:FILE (scripted answers) or replay:RUN_DIR (a recorded run's answers)")
     iterations: int = Field(2, ge=1, description="E-SPL iterations (one RL step each)")
     batch_size: int = Field(10, ge=1, description="problems per iteration (B)")
     group_size: int = Field(5, ge=1, description="samples per (program, problem) pair (N)")

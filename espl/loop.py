@@ -17,6 +17,7 @@ from agents.rollout import EpisodeSpec, Rollout, RolloutEngine
 from agents.sampler import SamplingParams
 from espl.advantage import training_batch
 from espl.config import RunConfig
+from espl.faults import maybe_kill
 from espl.learner import Learner
 from espl.metrics import pass_at_k
 from espl.program import Pool, Program
@@ -71,6 +72,7 @@ class EsplLoop:
                 timings[clock[1]] = round(now - clock[0], 2)
             clock[0], clock[1] = now, name
             progress(name)
+            maybe_kill(t, name)
 
         # 1. select M programs from the K most recent
         window = self.pool.window(1 if cfg.method == "self-reflection" else cfg.window)

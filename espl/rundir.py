@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from espl.errors import RunDirError
+from espl.faults import maybe_kill
 
 SCHEMA_VERSION = 1
 
@@ -88,6 +89,9 @@ class RunDir:
         for path in self.iterations.iterdir():
             if path.name.startswith(".tmp-") or (path.name.isdigit() and int(path.name) > committed):
                 shutil.rmtree(path, ignore_errors=True)
+        # metrics.jsonl is derived from the committed iterations; a kill inside a commit may have
+        # written it one iteration ahead of LATEST.
+        atomic_write(self.root / "metrics.jsonl", dump_jsonl(self.all_metrics_upto(committed)))
 
     def load_iteration(self, iteration: int) -> dict[str, Any]:
         folder = self.iterations / f"{iteration:06d}"
@@ -124,6 +128,7 @@ class RunDir:
         atomic_write(self.root / "metrics.jsonl", dump_jsonl(history))
         atomic_write(self.root / "summary.json", dump_json(summary))
         atomic_write(self.root / "best_prompt.txt", best_prompt.rstrip() + "\n")
+        maybe_kill(iteration, "commit")
         atomic_write(self.root / "LATEST", f"{iteration}\n")
 
     def all_metrics_upto(self, iteration: int) -> list[dict]:

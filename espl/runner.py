@@ -20,6 +20,7 @@ from espl.errors import ConfigError, ModelNotFound, RunDirError
 from espl.learner import FrozenLearner, LearnerSettings, TRLLearner
 from espl.loop import EsplLoop, IterationResult, Parts
 from espl.models import resolve_model
+from espl.offline_reflectors import offline_reflector
 from espl.program import Pool
 from espl.reflection import Crossover, Mutation, template_hashes
 from espl.reflector import DEFAULT_REFLECTOR, LiteLLMReflector, register_local_model
@@ -75,14 +76,16 @@ def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
         reference = sampler  # frozen weights: the policy is the reference policy
     mutation = crossover = None
     if cfg.evolves:
-        if cfg.reflector == DEFAULT_REFLECTOR:
+        reflector = offline_reflector(cfg.reflector)
+        if reflector is None and cfg.reflector == DEFAULT_REFLECTOR:
             if reference is None:
                 # A separate frozen copy: the policy's LoRA is training concurrently with reflection.
                 reference = TransformersSampler(*_load_frozen(model_path))
             register_local_model("reference", reference)
-        reflector = LiteLLMReflector(cfg.reflector, max_tokens=cfg.reflector_max_tokens, timeout=cfg.reflector_timeout)
-        if cfg.reflector != DEFAULT_REFLECTOR:
-            reflector.check()
+        if reflector is None:
+            reflector = LiteLLMReflector(cfg.reflector, max_tokens=cfg.reflector_max_tokens, timeout=cfg.reflector_timeout)
+            if cfg.reflector != DEFAULT_REFLECTOR:
+                reflector.check()
         mutation = Mutation(reflector, max_ops=cfg.max_ops, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
                             revision_fallback=cfg.revision_fallback)
         if cfg.method != "self-reflection" and cfg.crossover_prob > 0:

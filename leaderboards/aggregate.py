@@ -6,7 +6,8 @@ Contract:
   or ``run.json`` (a root may itself be a run folder).
 * :func:`load_run` reads one folder into a :class:`RunRecord` or raises :class:`RunLoadError`:
   ``summary.json`` and ``run.json`` (the seed is ``config.seed``) are required; the
-  per-iteration metrics come from ``metrics.jsonl``, else ``iterations/*/metrics.json``.
+  per-iteration metrics come from ``metrics.jsonl``, else ``iterations/N/metrics.json``, in
+  both cases only up to the commit marker ``LATEST`` (uncommitted leftovers are ignored).
 * :func:`load_runs` logs a warning naming each folder it cannot read and skips it.
 * :func:`aggregate` groups runs by env, then (method, model): test success is the mean over
   seeds with standard error ``stdev / sqrt(n)`` (sample stdev; ``None`` for one seed); pass@k
@@ -134,15 +135,31 @@ def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def _latest(folder: Path) -> int | None:
+    """The commit marker ``LATEST`` (``None`` when absent or unreadable)."""
+    text = (folder / "LATEST").read_text().strip() if (folder / "LATEST").is_file() else ""
+    return int(text) if text.isdigit() else None
+
+
+def _iteration_dirs(folder: Path) -> list[Path]:
+    """Committed iteration folders, oldest first (numeric names up to ``LATEST``; leftovers ignored)."""
+    dirs = sorted((p for p in folder.glob("iterations/*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    latest = _latest(folder)
+    return dirs if latest is None else [p for p in dirs if int(p.name) <= latest]
+
+
 def _metrics(folder: Path) -> list[dict]:
+    """Per-iteration metrics up to ``LATEST`` (a kill inside a commit can leave metrics.jsonl one ahead)."""
     path = folder / "metrics.jsonl"
-    if path.exists():
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return [json.loads(line) for line in lines if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunLoadError(f"{folder}: metrics.jsonl is corrupt ({exc})") from None
-    return [_read_json(p) for p in sorted(folder.glob("iterations/*/metrics.json"))]
+    if not path.exists():
+        return [_read_json(p / "metrics.json") for p in _iteration_dirs(folder)]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunLoadError(f"{folder}: metrics.jsonl is corrupt ({exc})") from None
+    latest = _latest(folder)
+    return rows if latest is None else [m for m in rows if int(m["iteration"]) <= latest]
 
 
 def _points(history: list[dict]) -> list[IterationPoint]:
@@ -203,10 +220,6 @@ def mean_se(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
-def _mean(values: list[float]) -> float | None:
-    return statistics.fmean(values) if values else None
-
-
 def _row(env: str, method: str, model: str, runs: list[RunRecord]) -> LeaderboardRow:
     runs = sorted(runs, key=lambda r: (r.seed, str(r.path)))
     seeds = [r.seed for r in runs]
@@ -218,7 +231,7 @@ def _row(env: str, method: str, model: str, runs: list[RunRecord]) -> Leaderboar
     return LeaderboardRow(
         env, method, model, runs, mean, se,
         pass_at={k: statistics.fmean(r.pass_at[k] for r in runs if k in r.pass_at) for k in keys},
-        invalid_action_rate=_mean([r.invalid_action_rate for r in runs if r.invalid_action_rate is not None]),
+        invalid_action_rate=mean_se([r.invalid_action_rate for r in runs if r.invalid_action_rate is not None])[0],
         rollouts=sum(r.rollouts for r in runs), generated_tokens=sum(r.generated_tokens for r in runs),
         reflection_calls=sum(r.reflection_calls for r in runs))
 
@@ -272,7 +285,7 @@ def row_curve(row: LeaderboardRow, label: str | None = None) -> Curve:
 
 def load_tree(run: RunRecord) -> list[TreeNode]:
     """The evolutionary tree from the run's latest ``pool.json`` ([] when there is none)."""
-    pools = sorted(run.path.glob("iterations/*/pool.json"))
+    pools = [p / "pool.json" for p in _iteration_dirs(run.path) if (p / "pool.json").is_file()]
     if not pools:
         return []
     try:

@@ -7,7 +7,8 @@ Contract:
 * :func:`render_site` writes into ``out_dir``: ``index.html`` (per env: the table, then an inline
   SVG of mean train and test success against iteration and against cumulative rollouts, one line
   per (method, model)), ``runs/<slug>.html`` per run (its best prompt, its lineage, and the pool's
-  evolutionary tree as inline SVG with the test-time program highlighted) and ``leaderboard.md``.
+  evolutionary tree as inline SVG with the test-time program highlighted) and ``leaderboard.md``;
+  other ``runs/*.html`` left by an earlier render are removed.
   Every link is relative and resolves to a written file; nothing is loaded from outside.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from leaderboards.aggregate import EnvBoard, LeaderboardRow, RunRecord, TreeNode, ancestors, load_tree, row_curve
 
@@ -85,7 +87,7 @@ def run_slug(run: RunRecord) -> str:
 def _svg_of(fig: Figure, salt: str) -> str:
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
-        fig.savefig(buf, format="svg", bbox_inches="tight")
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
@@ -97,7 +99,7 @@ def curves_svg(board: EnvBoard) -> str | None:
               for row in board.rows]
     if not any(c.iterations for c in curves):
         return None
-    fig = Figure(figsize=(10, 6.5))
+    fig = Figure(figsize=(10, 7), layout="constrained")
     axes = fig.subplots(2, 2, sharey=True)
     for c in curves:
         axes[0][0].plot(c.iterations, c.train_success, marker="o", label=c.label)
@@ -110,6 +112,7 @@ def curves_svg(board: EnvBoard) -> str | None:
         ax.set_title(title)
         ax.set_xlabel("iteration" if i == 0 else "cumulative rollouts")
         ax.set_ylim(-0.05, 1.05)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
     fig.suptitle(f"{board.env}: mean over seeds")
@@ -141,7 +144,15 @@ def tree_svg(nodes: list[TreeNode], highlight: str | None) -> str:
     layers: dict[int, list[TreeNode]] = {}
     for n in sorted(nodes, key=lambda n: _id_key(n.id)):
         layers.setdefault(depth[n.id], []).append(n)
-    pos = {n.id: (gx + i * (w + gx), gy / 2 + d * (h + gy)) for d, ns in layers.items() for i, n in enumerate(ns)}
+    pos: dict[str, tuple[float, float]] = {}
+
+    def centre(n: TreeNode) -> float:
+        xs = [pos[p][0] for p in n.parents if p in pos]
+        return sum(xs) / len(xs) if xs else 0.0
+
+    for d in sorted(layers):  # order each layer by the mean position of its parents (fewer crossings)
+        for i, n in enumerate(sorted(layers[d], key=centre)):
+            pos[n.id] = (gx + i * (w + gx), gy / 2 + d * (h + gy))
     width = gx + max(len(ns) for ns in layers.values()) * (w + gx)
     height = gy + len(layers) * (h + gy)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="tree-svg" width="{width:.0f}" height="{height:.0f}" '
@@ -151,10 +162,11 @@ def tree_svg(nodes: list[TreeNode], highlight: str | None) -> str:
     for n in nodes:
         for p in n.parents:
             if p in pos:
-                (x1, y1), (x2, y2) = pos[p], pos[n.id]
-                parts.append(f'<line class="edge" data-from="{escape(p)}" data-to="{escape(n.id)}" x1="{x1 + w / 2:.0f}" '
-                             f'y1="{y1 + h:.0f}" x2="{x2 + w / 2:.0f}" y2="{y2:.0f}" stroke="#666" '
-                             'marker-end="url(#arrow)"/>')
+                x1, y1, x2, y2 = pos[p][0] + w / 2, pos[p][1] + h, pos[n.id][0] + w / 2, pos[n.id][1]
+                bend = 0.0 if depth[n.id] - depth[p] <= 1 else 0.75 * w  # skip-layer edges curve around
+                parts.append(f'<path class="edge" data-from="{escape(p)}" data-to="{escape(n.id)}" fill="none" '
+                             f'd="M{x1:.0f},{y1:.0f} C{x1 + bend:.0f},{y1 + gy:.0f} {x2 + bend:.0f},{y2 - gy:.0f} '
+                             f'{x2:.0f},{y2:.0f}" stroke="#666" marker-end="url(#arrow)"/>')
     fills = {"root": "#e8e8e8", "mutation": "#dbe9ff", "crossover": "#ffe3c7", "evicted": "#ffffff"}
     for n in nodes:
         x, y = pos[n.id]
@@ -207,7 +219,8 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
             + "</li>" for n in chain) + "</ol>")
     else:
         body.append("<p>No pool on record for this run.</p>")
-    body.append('<h2 id="tree">Evolutionary tree</h2>')
+    body.append('<h2 id="tree">Evolutionary tree</h2><p>Edges run parent → child. Grey: root, blue: mutation, '
+                'orange: crossover, dashed: evicted from the pool, gold with a red border: the test-time program.</p>')
     body.append(f'<div class="tree">{tree_svg(nodes, run.test_program_id)}</div>' if nodes else "<p>No pool.</p>")
     return _page(f"{run.env} {run.method} seed {run.seed}", "\n".join(body))
 
@@ -233,7 +246,7 @@ def render_site(boards: list[EnvBoard], out_dir: str | Path) -> Path:
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "leaderboard.md").write_text(render_markdown(boards), encoding="utf-8")
-    sections, nav = [], []
+    sections, nav, written = [], [], set()
     for board in boards:
         anchor = "env-" + slug(board.env)
         pages = {}
@@ -242,11 +255,15 @@ def render_site(boards: list[EnvBoard], out_dir: str | Path) -> Path:
                 name = run_slug(run) + ".html"
                 (out / "runs" / name).write_text(run_page(run, anchor), encoding="utf-8")
                 pages[id(run)] = f"runs/{name}"
+        written.update(pages.values())
         sections.append(_board_html(board, anchor, pages))
         nav.append(f'<li><a href="#{anchor}">{escape(board.env)}</a></li>')
     body = ("<h1>espl-bench leaderboard</h1><p>Test success is the mean over seeds ± its standard error. "
             'Click a method for its best run, or a seed for that run. <a href="leaderboard.md">Markdown</a></p>'
             + (f"<ul>{''.join(nav)}</ul>" if nav else "<p>No runs found.</p>") + "\n" + "\n".join(sections))
+    for stale in (out / "runs").glob("*.html"):  # pages of runs no longer on the board
+        if f"runs/{stale.name}" not in written:
+            stale.unlink()
     index = out / "index.html"
     index.write_text(_page("espl-bench leaderboard", body), encoding="utf-8")
     log.info("leaderboard: wrote %s (%d envs)", index, len(boards))

@@ -78,7 +78,13 @@ def write_runs(root: Path) -> Path:
 
 
 def test_mean_and_standard_error_over_seeds(tmp_path):
-    boards = build_leaderboard([write_runs(tmp_path / "runs")])
+    root = write_runs(tmp_path / "runs")
+    leftover = root / "evo" / "iterations" / "000002"  # uncommitted (LATEST is 1): ignored
+    leftover.mkdir()
+    (leftover / "metrics.json").write_text("{half-writ")
+    ahead = root / "rl" / "s1" / "metrics.jsonl"  # a kill inside commit 3 wrote metrics.jsonl past LATEST (2)
+    ahead.write_text(ahead.read_text() + json.dumps({"iteration": 3, "train_success": 1.0, "rollouts": 8}) + "\n")
+    boards = build_leaderboard([root])
     assert [b.env for b in boards] == ["espl/Arithmetic-v0", "espl/ToolUse-v0"]
     rows = {r.method: r for r in boards[0].rows}
     espl = rows["espl"]
@@ -93,6 +99,7 @@ def test_mean_and_standard_error_over_seeds(tmp_path):
     assert rows["rl"].success_mean == pytest.approx(0.6)
     assert rows["rl"].success_se == pytest.approx(0.1)  # |0.7 - 0.5| / 2
     assert rows["rl"].reflection_calls == 0
+    assert row_curve(rows["rl"]).iterations == [1, 2]
     evo = rows["evolution"]  # metrics only in iterations/*/metrics.json
     assert evo.n_seeds == 1 and evo.success_se is None and evo.reflection_calls == 4
     assert [r.method for r in boards[0].rows] == ["rl", "espl", "evolution"]  # by mean success
@@ -212,6 +219,15 @@ def test_site_files_and_relative_links(tmp_path):
     assert page.count('class="edge"') == 5  # p0->p1, p1->p2, p1->p3, p2->p3, p2->p4
     assert "Answer as &lt;answer&gt;N&lt;/answer&gt;." in page
     assert (tmp_path / "site" / "leaderboard.md").read_text() == render_markdown(boards)
+
+
+def test_package_exports_lazily():
+    import leaderboards
+
+    assert leaderboards.build_leaderboard is build_leaderboard and leaderboards.render_site is render_site
+    assert leaderboards.get_suite("smoke").version == leaderboards.SUITE_VERSION
+    with pytest.raises(AttributeError):
+        leaderboards.nope  # noqa: B018
 
 
 def test_empty_site(tmp_path):

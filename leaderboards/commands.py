@@ -1,0 +1,92 @@
+"""``espl-bench leaderboard`` and ``espl-bench bench [compare]``: the command handlers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from espl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(sub) -> None:
+    board = sub.add_parser("leaderboard", help="aggregate run folders into markdown and a static HTML leaderboard")
+    board.add_argument("runs", nargs="+", help="folders to search for run folders (summary.json)")
+    board.add_argument("--out", default="leaderboards/site", help="where to write index.html and leaderboard.md")
+    bench = sub.add_parser("bench", help="run a fixed score suite, or compare results: espl-bench bench compare CUR BASE")
+    bench.add_argument("action", nargs="?", choices=["run", "compare"], default="run")
+    bench.add_argument("files", nargs="*", help="with compare: CURRENT.json BASELINE.json")
+    bench.add_argument("--suite", default="smoke", help="suite name (see leaderboards/suite.py)")
+    bench.add_argument("--out", default="runs/bench", help="folder for the suite's run folders")
+    bench.add_argument("--results", default=None, help="results file to write (default: OUT/results.json)")
+    bench.add_argument("--model", default=None, help="override the suite's model (e.g. a local folder)")
+    bench.add_argument("--z", type=float, default=2.0, help="compare: tolerance in standard errors")
+    bench.add_argument("--floor", type=float, default=0.02, help="compare: smallest tolerated drop")
+    bench.add_argument("--allow-missing", action="store_true", help="compare: a baseline entry without a result is not a failure")
+
+
+def leaderboard(args: argparse.Namespace) -> int:
+    from leaderboards.aggregate import build_leaderboard
+    from leaderboards.render import render_markdown, render_site
+
+    boards = build_leaderboard(args.runs)
+    if not boards:
+        raise ConfigError(f"no run folders with a summary.json under {args.runs}; fix: point it at espl-bench run --out folders")
+    index = render_site(boards, args.out)
+    sys.stdout.write(render_markdown(boards) + f"\nwritten: {index}\n")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    return compare(args) if args.action == "compare" else run_suite(args)
+
+
+def run_suite(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from espl.cli import main as cli_main
+    from leaderboards.scores import ScoreRecord, dump_scores
+    from leaderboards.suite import get_suite
+
+    try:
+        suite = get_suite(args.suite)
+    except KeyError:
+        raise ConfigError(f"unknown suite {args.suite!r}; fix: use one defined in leaderboards/suite.py") from None
+    out = Path(args.out)
+    records = []
+    for config in suite.configs:
+        if args.model:
+            config = replace(config, model=args.model)
+        sid = config.suite_id
+        folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
+        resume = ["--resume"] if (folder / "run.json").exists() else []
+        log.info("bench: %s %s seed %d", sid.env, sid.method, sid.seed)
+        code = cli_main(["run", *config.run_args(str(folder)), *resume])
+        if code != 0:
+            log.error("bench: %s failed (exit %d)", folder, code)
+            return code
+        records.append(ScoreRecord.from_summary(sid, json.loads((folder / "summary.json").read_text())))
+    results = Path(args.results or out / "results.json")
+    dump_scores(records, results)
+    sys.stdout.write(f"suite {suite.name} v{suite.version}: {len(records)} results in {results}\n")
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    from leaderboards.scores import ScoreFileError, compare_files, render_table
+
+    if len(args.files) != 2:
+        raise ConfigError("bench compare needs two files; fix: espl-bench bench compare CURRENT.json BASELINE.json")
+    try:
+        report = compare_files(args.files[0], args.files[1], z=args.z, floor=args.floor, allow_missing=args.allow_missing)
+    except ScoreFileError as exc:
+        raise ConfigError(f"{exc}; fix: pass results written by espl-bench bench") from None
+    sys.stdout.write(render_table(report) + "\n")
+    if not report.passed:
+        log.error("score regression: %d of %d results fell beyond tolerance", len(report.failures), len(report.comparisons))
+        return 1
+    return 0

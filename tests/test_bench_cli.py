@@ -1,0 +1,42 @@
+"""`espl-bench bench compare` and `espl-bench leaderboard` from the command line."""
+
+import json
+
+from espl.cli import main
+
+
+def scores(path, success):
+    rows = [{"suite_id": {"env": "espl/Arithmetic-v0", "method": m, "model": "smollm2-135m", "seed": 0, "budget": "smoke"},
+             "success": p, "n": 400} for m, p in success.items()]
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def test_compare_fails_on_an_injected_drop_and_passes_on_noise(tmp_path, capsys):
+    base = scores(tmp_path / "base.json", {"espl": 0.50, "rl": 0.40})
+    noisy = scores(tmp_path / "noisy.json", {"espl": 0.47, "rl": 0.42})
+    dropped = scores(tmp_path / "drop.json", {"espl": 0.30, "rl": 0.40})
+    assert main(["bench", "compare", noisy, base]) == 0
+    assert main(["bench", "compare", dropped, base]) == 1
+    table = capsys.readouterr().out
+    assert "espl" in table and "FAIL (1 of 2)" in table
+
+
+def test_compare_needs_two_readable_files(tmp_path):
+    assert main(["bench", "compare", str(tmp_path / "one.json")]) == 2
+    (tmp_path / "bad.json").write_text("{oops")
+    assert main(["bench", "compare", str(tmp_path / "bad.json"), str(tmp_path / "bad.json")]) == 2
+
+
+def test_leaderboard_from_real_run_folders(tiny_model, tmp_path, capsys):
+    for method in ("espl", "rl"):
+        assert main(["run", "--env", "espl/Arithmetic-v0", "--method", method, "--model", str(tiny_model),
+                     "--iterations", "1", "--programs", "2", "--batch-size", "2", "--group-size", "2",
+                     "--max-new-tokens", "8", "--reflector-max-tokens", "16", "--eval-problems", "2",
+                     "--out", str(tmp_path / "runs" / method)]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", str(tmp_path / "runs"), "--out", str(tmp_path / "site")]) == 0
+    out = capsys.readouterr().out
+    assert "espl/Arithmetic-v0" in out and "rl" in out
+    assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "leaderboard.md").is_file()
+    assert main(["leaderboard", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,62 @@
+"""Deterministic mode: a run SIGKILLed at any phase and resumed ends exactly like an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = [
+    {"contains": "Summarise the attempt", "answer": "It added the numbers in the wrong order."},
+    {"contains": "Propose at most", "answer": '```json\n[{"op": "add", "text": "Add numbers left to right."}]\n```'},
+    {"contains": "coherent revision", "answer": '```json\n[{"op": "add", "text": "Check each step twice."}]\n```'},
+    {"contains": "combine the strengths", "answer": '```json\n[{"op": "add", "text": "Compare answers."}]\n```'},
+]
+VOLATILE = {"seconds", "phase_seconds", "seconds_this_session"}
+
+
+def run(tiny_model, out, script, *extra, kill=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    env.pop("ESPL_TEST_KILL_AT", None)
+    if kill:
+        env["ESPL_TEST_KILL_AT"] = kill
+    args = [sys.executable, "-m", "espl.cli", "run", "--env", "espl/Arithmetic-v0", "--method", "espl",
+            "--model", str(tiny_model), "--reflector", f"script:{script}", "--iterations", "2", "--programs", "2",
+            "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8", "--eval-problems", "2",
+            "--crossover-prob", "0.5", "--learning-rate", "0.01", "--micro-batch-size", "4", "--seed", "5",
+            "--out", str(out), *extra]
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+
+
+def state(out):
+    metrics = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+               for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return (out / "iterations" / "000002" / "pool.json").read_text(), metrics, (out / "best_prompt.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("baseline")
+    script = root / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    proc = run(tiny_model, root / "run", script)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return script, state(root / "run")
+
+
+@pytest.mark.parametrize("point", ["1:rollouts", "2:learn + reflect", "2:learn (after reflection)", "2:eval",
+                                   "2:commit"])
+def test_kill_anywhere_then_resume_matches_uninterrupted_run(point, baseline, tiny_model, tmp_path):
+    script, expected = baseline
+    out = tmp_path / "run"
+    killed = run(tiny_model, out, script, kill=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run(tiny_model, out, script, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    pool, metrics, best = state(out)
+    assert [m["iteration"] for m in metrics] == [1, 2]
+    assert metrics == expected[1]
+    assert pool == expected[0]
+    assert best == expected[2]

@@ -66,6 +66,8 @@ class RunConfig(BaseModel):
     top_p: float = Field(0.95, gt=0, le=1, description="policy nucleus sampling")
     reflector_max_tokens: int = Field(256, ge=16, description="tokens per reflector reply")
     reflector_timeout: float = Field(300.0, gt=0, description="seconds per reflector call")
+    reflector_retries: int = Field(2, ge=0, description="retries of a reflector call on rate limits, server errors and timeouts (never on bad requests)")
+    reflection_deadline: float = Field(1800.0, gt=0, description="seconds for all reflection calls of one iteration; later calls fail and the parent stays")
     preamble: str = Field("You are a careful problem solver.", description="fixed first line of every system prompt")
 
     @property

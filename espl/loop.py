@@ -129,11 +129,11 @@ class EsplLoop:
         unique = list({p.id: p for p in programs}.values())
         best = max(unique, key=lambda p: (scores.get(p.id, 0.0), p.mu))
         mine = [r for r in rollouts if r.spec.tags["program"] == best.id and r.spec.tags["slot"] == programs.index(best)]
-        outcomes = [self.parts.mutation(best, mine, self.pool, t)]
+        outcomes = [self.parts.mutation(best, mine, t)]
         if self.parts.crossover is not None and len(unique) > 1 and self.rng.random() < self.cfg.crossover_prob:
             _, wins = win_matrix(rollouts)
             problem_text = {r.problem_id: r.messages[1]["content"] for r in rollouts if len(r.messages) > 1}
-            outcomes.append(self.parts.crossover(best, unique, wins, problem_text, self.pool, t))
+            outcomes.append(self.parts.crossover(best, unique, wins, problem_text, t))
         for outcome in outcomes:
             log.info("%s of %s: %s %s", outcome.kind, best.id, outcome.status, outcome.reason)
         return outcomes

@@ -126,11 +126,15 @@ class Pool:
         self.next_index += 1
         return program_id
 
-    def add(self, program: Program) -> None:
+    def add(self, program: Program) -> Program:
+        """Append ``program`` (giving it the next id when it has none), evicting the oldest past capacity."""
+        if not program.id:
+            program.id = self.new_id()
         self.programs.append(program)
         self.lineage[program.id] = list(program.parents)
         while len(self.programs) > self.max_size:
             self.programs.pop(0)
+        return program
 
     def best(self) -> Program:
         """The program with the highest conservative rating (ties: the newer one)."""

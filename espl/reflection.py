@@ -7,12 +7,14 @@ Crossover (step 8): from the per-problem win matrix, the best program is edited 
 principles of programs that alone solved some problems.
 
 Any malformed answer gets one repair attempt that quotes the error; if that fails too the
-reflection is recorded as failed, no child is made, and the run goes on.
+reflection is recorded as failed, no child is made, and the run goes on. Operators never touch
+the pool: a child gets its id when the loop adds it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +24,7 @@ from string import Template
 
 from agents.rollout import Rollout
 from espl.edits import ReflectionParseError, parse_ops
-from espl.program import EditOp, Pool, Program, apply_edits
+from espl.program import EditOp, Program, apply_edits
 from espl.rating import crossover_prior, mutation_prior
 from espl.reflector import Reflector, ReflectorCallError
 
@@ -104,18 +106,27 @@ def _problem_text(rollout: Rollout) -> str:
 
 
 class _Session:
-    """Calls the reflector for one operator, recording every exchange."""
+    """Calls the reflector for one operator, recording every exchange.
 
-    def __init__(self, reflector: Reflector, templates: dict[str, Template], outcome: ReflectionOutcome):
+    ``deadline`` (a ``time.monotonic()`` value) bounds the whole reflection of an iteration: past
+    it no new call starts, so a slow or hanging reflector delays an iteration by at most the
+    deadline plus one call's own timeout.
+    """
+
+    def __init__(self, reflector: Reflector, templates: dict[str, Template], outcome: ReflectionOutcome,
+                 deadline: float | None = None):
         self.reflector = reflector
         self.templates = templates
         self.outcome = outcome
+        self.deadline = deadline
 
     def ask(self, template: str, purpose: str, **values) -> str:
         prompt = self.templates[template].safe_substitute(**values)
         return self.chat([{"role": "user", "content": prompt}], purpose)
 
     def chat(self, messages: list[dict], purpose: str) -> str:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise ReflectorCallError(f"{purpose}: the iteration's reflection deadline has passed")
         self.outcome.calls += 1
         try:
             answer = self.reflector.complete(messages, purpose=purpose)
@@ -146,8 +157,9 @@ class Mutation:
 
     def __init__(self, reflector: Reflector, *, max_ops: int = 2, max_words: int = 32, inflation: float = 1.0,
                  max_revision_ops: int = 8, concurrency: int = 16, revision_fallback: bool = True,
-                 templates: dict[str, Template] | None = None):
+                 deadline_s: float | None = None, templates: dict[str, Template] | None = None):
         self.revision_fallback = revision_fallback
+        self.deadline_s = deadline_s
         self.reflector = reflector
         self.max_ops = max_ops
         self.max_words = max_words
@@ -156,7 +168,7 @@ class Mutation:
         self.concurrency = concurrency
         self.templates = templates or load_templates()
 
-    def __call__(self, parent: Program, rollouts: list[Rollout], pool: Pool, iteration: int) -> ReflectionOutcome:
+    def __call__(self, parent: Program, rollouts: list[Rollout], iteration: int) -> ReflectionOutcome:
         outcome = ReflectionOutcome(kind="mutation", status="ok")
         by_problem: dict[str, list[Rollout]] = {}
         for rollout in rollouts:
@@ -167,7 +179,7 @@ class Mutation:
         if not chosen:
             outcome.status, outcome.reason = "skipped", "every rollout succeeded: nothing to learn from"
             return outcome
-        session = _Session(self.reflector, self.templates, outcome)
+        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s))
         valid_ids = set(parent.principles)
         try:
             summaries = self._summaries(session, parent, chosen)
@@ -196,7 +208,7 @@ class Mutation:
             return outcome
         mu, sigma = mutation_prior(parent, self.inflation)
         outcome.child = Program(
-            id=pool.new_id(), principles=apply_edits(parent.principles, ops, max_words=self.max_words),
+            id="", principles=apply_edits(parent.principles, ops, max_words=self.max_words),
             preamble=parent.preamble, parents=[parent.id], origin="mutation", iteration=iteration, mu=mu,
             sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
         return outcome
@@ -245,7 +257,8 @@ class Crossover:
     """Recombination of the best program with programs that alone won some problems (step 8)."""
 
     def __init__(self, reflector: Reflector, *, max_ops: int = 8, max_words: int = 32, inflation: float = 1.0,
-                 templates: dict[str, Template] | None = None):
+                 deadline_s: float | None = None, templates: dict[str, Template] | None = None):
+        self.deadline_s = deadline_s
         self.reflector = reflector
         self.max_ops = max_ops
         self.max_words = max_words
@@ -253,7 +266,7 @@ class Crossover:
         self.templates = templates or load_templates()
 
     def __call__(self, best: Program, programs: list[Program], wins: dict[str, list[str]],
-                 problems: dict[str, str], pool: Pool, iteration: int) -> ReflectionOutcome:
+                 problems: dict[str, str], iteration: int) -> ReflectionOutcome:
         outcome = ReflectionOutcome(kind="crossover", status="ok")
         others = [p for p in programs if p.id != best.id and wins.get(p.id)]
         if not others:
@@ -263,7 +276,7 @@ class Crossover:
             f"### Prompt {p.id}\n{_principles_text(p)}\nSolved only by it:\n"
             + "\n".join(f"- {_clip(problems[q])}" for q in wins[p.id])
             for p in others)
-        session = _Session(self.reflector, self.templates, outcome)
+        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s))
         try:
             ops = session.ask_ops("crossover", "crossover", allowed={"add", "modify", "remove"},
                                   valid_ids=set(best.principles), max_ops=self.max_ops,
@@ -277,7 +290,7 @@ class Crossover:
         parents = [best, *others]
         mu, sigma = crossover_prior(parents, self.inflation)
         outcome.child = Program(
-            id=pool.new_id(), principles=apply_edits(best.principles, ops, max_words=self.max_words),
+            id="", principles=apply_edits(best.principles, ops, max_words=self.max_words),
             preamble=best.preamble, parents=[p.id for p in parents], origin="crossover", iteration=iteration,
             mu=mu, sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
         return outcome
@@ -296,6 +309,10 @@ def win_matrix(rollouts: list[Rollout]) -> tuple[dict[str, dict[str, float]], di
         if len(scores) > 1 and scores[0][0] > scores[1][0]:
             wins[scores[0][1]].append(q)
     return phi, wins
+
+
+def _deadline(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def _mean(rollouts: list[Rollout]) -> float:

@@ -39,7 +39,12 @@ class Reflector(Protocol):
 
 
 class LiteLLMReflector:
-    """A reflector that calls ``litellm.completion``; see the module docstring."""
+    """A reflector that calls the model through a litellm ``Router``; see the module docstring.
+
+    The Router is the only retry loop (the provider SDK's own retries are off): rate limits,
+    server errors and timeouts are retried with backoff; bad requests, authentication and
+    context-window errors are not, because asking again cannot fix them.
+    """
 
     def __init__(self, model: str, *, max_tokens: int = 384, temperature: float = 0.7, timeout: float = 120.0,
                  num_retries: int = 2):
@@ -51,20 +56,31 @@ class LiteLLMReflector:
         self.calls = 0
         self.failures = 0
         self.tokens = 0
+        self._routers: dict[int, object] = {}
+
+    def _router(self, num_retries: int):
+        if num_retries not in self._routers:
+            from litellm import Router
+            from litellm.router import RetryPolicy
+
+            policy = RetryPolicy(BadRequestErrorRetries=0, AuthenticationErrorRetries=0,
+                                 ContentPolicyViolationErrorRetries=0, ContextWindowExceededErrorRetries=0,
+                                 RateLimitErrorRetries=num_retries, InternalServerErrorRetries=num_retries,
+                                 TimeoutErrorRetries=num_retries)
+            self._routers[num_retries] = Router(
+                model_list=[{"model_name": "reflector", "litellm_params": {"model": self.model}}],
+                retry_policy=policy, num_retries=num_retries, timeout=self.timeout)
+        return self._routers[num_retries]
 
     def complete(self, messages: list[dict], *, purpose: str = "", num_retries: int | None = None) -> str:
-        import litellm
-
         self.calls += 1
         try:
-            response = litellm.completion(
-                model=self.model,
+            response = self._router(self.num_retries if num_retries is None else num_retries).completion(
+                model="reflector",
                 messages=messages,
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
                 timeout=self.timeout,
-                # litellm's retry loop is the only one: the provider SDK's own retries are off.
-                num_retries=self.num_retries if num_retries is None else num_retries,
                 max_retries=0,
             )
         except Exception as exc:

@@ -83,13 +83,15 @@ def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
                 reference = TransformersSampler(*_load_frozen(model_path))
             register_local_model("reference", reference)
         if reflector is None:
-            reflector = LiteLLMReflector(cfg.reflector, max_tokens=cfg.reflector_max_tokens, timeout=cfg.reflector_timeout)
+            reflector = LiteLLMReflector(cfg.reflector, max_tokens=cfg.reflector_max_tokens, timeout=cfg.reflector_timeout,
+                                         num_retries=cfg.reflector_retries)
             if cfg.reflector != DEFAULT_REFLECTOR:
                 reflector.check()
         mutation = Mutation(reflector, max_ops=cfg.max_ops, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
-                            revision_fallback=cfg.revision_fallback)
+                            revision_fallback=cfg.revision_fallback, deadline_s=cfg.reflection_deadline)
         if cfg.method != "self-reflection" and cfg.crossover_prob > 0:
-            crossover = Crossover(reflector, max_words=cfg.max_words, inflation=cfg.sigma_inflation)
+            crossover = Crossover(reflector, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
+                                  deadline_s=cfg.reflection_deadline)
     return Parts(engine=RolloutEngine(lambda: make_env(cfg.env, **cfg.env_kwargs), sampler), learner=learner,
                  selector=make_selector(cfg.selection, cfg.ucb_lambda), mutation=mutation, crossover=crossover,
                  train_size=train_size, test_size=test_size, eos_id=int(tokenizer.eos_token_id))

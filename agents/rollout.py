@@ -51,6 +51,7 @@ class Rollout:
     logprobs: list[float] = field(default_factory=list)  # 0.0 on environment tokens
     env_mask: list[int] = field(default_factory=list)  # 1 where the model produced the token, 0 for env text
     finish_reason: str = ""
+    generated_tokens: int = 0  # tokens the policy wrote (API samplers report them without ids)
 
     @property
     def response(self) -> str:
@@ -138,6 +139,7 @@ class RolloutEngine:
                 rollout.completion_ids += completion.completion_ids
                 rollout.logprobs += completion.logprobs
                 rollout.env_mask += [1] * len(completion.completion_ids)
+                rollout.generated_tokens += int(completion.metadata.get("completion_tokens", len(completion.completion_ids)))
                 rollout.finish_reason = completion.finish_reason
                 rollout.turns = turn
                 if self._step(i, rollout, completion.text, turn):

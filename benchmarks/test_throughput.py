@@ -102,7 +102,10 @@ def test_vllm_sampler_throughput(benchmark, model_dir, tmp_path):
 
     python = find_vllm_python()
     if python is None:
-        pytest.skip("no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints")
+        missing = "no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints"
+        if os.environ.get("ESPL_REQUIRE_VLLM"):
+            pytest.fail(missing)
+        pytest.skip(missing)
     with VLLMServer(model_dir, python=python, log_path=tmp_path / "server.log") as server:
         compare(benchmark, VLLMSampler(server, model_dir), "vllm")
         benchmark.extra_info["server_startup_s"] = round(server.startup_s, 1)

@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init-env", help="scaffold an environment plugin package")
     init.add_argument("name", help="package name, e.g. my_task")
     init.add_argument("--dest", default=".", help="folder to create the package in")
+    best = sub.add_parser("select-best", help="pick a run's best committed iteration on its validation split (never the test split)")
+    best.add_argument("run", help="a run folder (espl-bench run --out)")
+    best.add_argument("--samples", type=int, default=2, help="samples per validation problem")
     from leaderboards.commands import add_parsers
 
     add_parsers(sub)
@@ -126,6 +129,16 @@ def _init_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _select_best(args: argparse.Namespace) -> int:
+    from espl.select_best import render, select_best
+
+    if args.samples < 1:
+        raise EsplError(f"--samples={args.samples} is invalid; fix: pass 1 or more")
+    result = select_best(args.run, samples=args.samples)
+    sys.stdout.write(render(result) + f"written: {args.run}/selection.json\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -135,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from leaderboards.commands import bench, leaderboard
 
-        handlers = {"run": _run, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench}
+        handlers = {"run": _run, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,
+                    "select-best": _select_best}
         return handlers[args.command](args)
     except EsplError as exc:
         log.error("%s", exc)

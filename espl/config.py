@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from espl.errors import ConfigError
 
-Method = Literal["espl", "rl", "evolution", "self-reflection"]
+Method = Literal["espl", "rl", "evolution", "self-reflection", "gepa"]
+SamplerKind = Literal["transformers", "vllm", "litellm"]
 
 
 class RunConfig(BaseModel):
@@ -28,8 +29,14 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     env: str = Field(description="environment id, e.g. espl/Arithmetic-v0 or mypkg:MyTask-v0")
-    method: Method = Field("espl", description="espl (evolution + RL), rl (fixed prompt), evolution (frozen weights), self-reflection (one program, mutation only)")
+    method: Method = Field("espl", description="espl (evolution + RL), rl (fixed prompt), evolution (frozen weights), self-reflection (one program, mutation only), gepa (the gepa library's optimizer on the same rollout budget, frozen weights)")
     model: str = Field("smollm2-135m", description="policy: smollm2-135m (embedded default), a local HF folder, or a cached hub id")
+    sampler: SamplerKind = Field("transformers", description="policy backend: transformers (in-process, deterministic), vllm (a vLLM server, LoRA synced every RL step), litellm (a hosted API model as --model; evolution, self-reflection and evaluation only)")
+    vllm_url: str | None = Field(None, description="with --sampler vllm: use the vLLM server at this URL instead of starting one (it must serve --model with --enable-lora)")
+    vllm_python: str | None = Field(None, description="with --sampler vllm: python of the vLLM environment (default: $ESPL_VLLM_PYTHON, then scripts/setup-vllm-env.sh's location)")
+    vllm_args: list[str] = Field(default_factory=list, description="with --sampler vllm: extra arguments for the vLLM server we start (JSON list), e.g. '[\"--tensor-parallel-size\", \"2\"]'")
+    max_concurrency: int = Field(64, ge=1, description="requests in flight at once against a vLLM server or API (--sampler vllm/litellm)")
+    policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="with --sampler litellm: JSON object of extra litellm arguments for the policy (api_base, ...); keys come from the environment, never from here")
     reflector: str = Field("espl-local/reference", description="litellm model string for reflection (default: the frozen reference policy, in-process); also script:FILE (scripted answers) or replay:RUN_DIR (a recorded run's answers)")
     iterations: int = Field(2, ge=1, description="E-SPL iterations (one RL step each)")
     batch_size: int = Field(10, ge=1, description="problems per iteration (B)")
@@ -52,6 +59,7 @@ class RunConfig(BaseModel):
     sigma_inflation: float = Field(1.0, ge=0, description="delta sigma added (in quadrature) to a child's sigma")
     tie_tolerance: float = Field(0.01, ge=0, description="mean rewards this close rank as a tie")
     test_program: Literal["lcb", "latest"] = Field("lcb", description="program used at test time: lcb = best mu - 2 sigma (ratings from training rollouts only); latest = newest program (the reference code's choice)")
+    validation_problems: int = Field(16, ge=0, description="train problems held out as the validation split (at most half the train split): never trained on; espl-bench select-best and GEPA's candidate selection use them, never the test split")
     eval_every: int = Field(1, ge=0, description="evaluate on the test split every N iterations (0: only at the end)")
     eval_problems: int = Field(4, ge=1, description="test problems per evaluation")
     eval_samples: int = Field(2, ge=1, description="samples per test problem (k of pass@k goes up to this)")
@@ -81,11 +89,37 @@ class RunConfig(BaseModel):
 
     @property
     def evolves(self) -> bool:
+        """Whether the E-SPL loop mutates and recombines programs."""
         return self.method in ("espl", "evolution", "self-reflection")
+
+    @property
+    def reflects(self) -> bool:
+        """Whether the run calls a reflector at all (GEPA reflects through its own optimizer)."""
+        return self.evolves or self.method == "gepa"
+
+    @property
+    def rollout_budget(self) -> int:
+        """Training rollouts E-SPL spends over the run: the equal budget every method gets."""
+        return self.iterations * self.programs * self.batch_size * self.group_size
 
     def identity(self) -> dict:
         """The fields that define the run's results (resume refuses a change to them)."""
-        return self.model_dump(exclude={"resume", "force", "out", "iterations"})
+        # Where a server runs is not part of a run's identity: a resumed run may use a new one.
+        return self.model_dump(exclude={"resume", "force", "out", "iterations", "vllm_url", "vllm_python",
+                                        "max_concurrency"})
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> RunConfig:
+        if self.sampler == "litellm" and self.trains_weights:
+            raise ValueError(f"--sampler litellm cannot train weights (method {self.method!r}); fix: use --method "
+                             "evolution or self-reflection, or --sampler vllm/transformers for rl and espl")
+        if self.sampler != "vllm" and (self.vllm_url or self.vllm_python or self.vllm_args):
+            raise ValueError("--vllm-url/--vllm-python/--vllm-args need --sampler vllm; fix: add --sampler vllm or drop them")
+        if self.vllm_url and self.vllm_args:
+            raise ValueError("--vllm-args only applies to a server espl-bench starts; fix: drop it with --vllm-url")
+        if any(k.lower().endswith("key") for k in self.policy_kwargs):
+            raise ValueError("--policy-kwargs must not hold API keys; fix: set the provider's key variable in the environment")
+        return self
 
 
 def field_help() -> dict[str, tuple[Any, str]]:
@@ -113,13 +147,20 @@ def load_file(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
+# Fields given as JSON on the command line, with an example for the error message.
+JSON_FIELDS = {"env_kwargs": '{"max_terms": 4}', "policy_kwargs": '{"api_base": "http://127.0.0.1:8000/v1"}',
+               "vllm_args": '["--tensor-parallel-size", "2"]'}
+
+
 def build_config(values: dict) -> RunConfig:
     """Validate ``values`` into a :class:`RunConfig`, turning errors into one clear line."""
-    if isinstance(values.get("env_kwargs"), str):
-        try:
-            values = {**values, "env_kwargs": json.loads(values["env_kwargs"])}
-        except json.JSONDecodeError:
-            raise ConfigError("env_kwargs must be a JSON object; fix: --env-kwargs '{\"max_terms\": 4}'") from None
+    for name, example in JSON_FIELDS.items():
+        if isinstance(values.get(name), str):
+            try:
+                values = {**values, name: json.loads(values[name])}
+            except json.JSONDecodeError:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be JSON; fix: {flag} '{example}'") from None
     try:
         return RunConfig(**values)
     except ValidationError as exc:
@@ -128,6 +169,8 @@ def build_config(values: dict) -> RunConfig:
         flag = "--" + field.replace("_", "-")
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"unknown option {field!r}; fix: remove it (see espl-bench run --help)") from None
+        if err["type"] == "value_error" and not err["loc"]:
+            raise ConfigError(str(err["msg"]).removeprefix("Value error, ")) from None
         if err["type"] == "missing":
             raise ConfigError(f"{flag} is required; fix: pass {flag} (espl-bench envs lists the ids)") from None
         raise ConfigError(f"{flag}={err.get('input')!r} is invalid: {err['msg']}; fix: see espl-bench run --help") from None

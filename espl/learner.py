@@ -86,6 +86,9 @@ class LearnerSettings:
     micro_batch_size: int
     seed: int
     resume_step: int = 0  # optimizer steps already committed; 0 starts fresh
+    # The samples come from another engine (a vLLM server): apply TRL's importance-sampling
+    # correction with the sampler's logprobs, for the numeric mismatch between the two engines.
+    correct_sampler_logprobs: bool = False
 
 
 class _Stop(Exception):
@@ -174,6 +177,8 @@ class TRLLearner:
         from transformers.trainer_callback import PrinterCallback
 
         self.trainer.remove_callback(PrinterCallback)  # metrics go to our logs, not stdout
+        if settings.correct_sampler_logprobs:
+            _enable_sampler_is_correction(self.trainer)
         self.model = self.trainer.model
         self.tokenizer = self.trainer.processing_class
         self._thread: threading.Thread | None = None
@@ -276,6 +281,23 @@ class TRLLearner:
             step = path.name.split("-", 1)[1]
             if step.isdigit() and int(step) > committed:
                 shutil.rmtree(path, ignore_errors=True)
+
+
+class _WeightsSyncedElsewhere:
+    """Stands in for TRL's vLLM client: the run loads each step's LoRA into its server itself."""
+
+    def sync_weights(self) -> None:
+        return None
+
+
+def _enable_sampler_is_correction(trainer) -> None:
+    # TRL applies its importance-sampling correction (vllm_importance_sampling_* in GRPOConfig,
+    # default mode sequence_mask, C_max 3) only when it drives vLLM itself. Our rollouts come from
+    # a vLLM server through rollout_func and the weights reach it as LoRA adapters (TRL's own
+    # sync needs NCCL/CUDA), so mark vLLM in use and make its weight sync a no-op.
+    trainer.use_vllm = True
+    trainer.vllm_generation = _WeightsSyncedElsewhere()
+    trainer._last_loaded_step = -1
 
 
 def _reward_from_rollout(prompts, completions, espl_reward, **kwargs) -> list[float]:

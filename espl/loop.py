@@ -11,8 +11,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from agents.llm_router import usage_delta
 from agents.rollout import EpisodeSpec, Rollout, RolloutEngine
 from agents.sampler import SamplingParams
 from espl.advantage import training_batch
@@ -27,6 +28,10 @@ from espl.selection import Selector
 
 log = logging.getLogger(__name__)
 
+# What the learner reports per step that a run keeps (plus TRL's sampling/* importance-sampling
+# statistics when the samples come from another engine); synced_step: weights a server now serves.
+LEARNER_METRICS = ("loss", "grad_norm", "learning_rate", "entropy", "synced_step")
+
 
 @dataclass
 class Parts:
@@ -37,9 +42,19 @@ class Parts:
     selector: Selector
     mutation: Mutation | None
     crossover: Crossover | None
-    train_size: int
+    train_size: int  # the env's train split; its first ``validation_size`` problems are the validation split
     test_size: int
     eos_id: int
+    validation_size: int = 0
+    reflector: object | None = None  # the Reflector behind mutation and crossover (GEPA calls it directly)
+    # name -> cumulative usage snapshot (calls, tokens, dollars) of a metered model (reflector, API policy)
+    meters: dict[str, Callable[[], dict]] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)  # servers to stop, in order
+
+    def close(self) -> None:
+        self.learner.close()
+        for close in self.closers:
+            close()
 
 
 @dataclass
@@ -56,6 +71,10 @@ class EsplLoop:
         self.pool = pool
         self.rng = rng
 
+    def schedule(self, done: int) -> range:
+        """The iterations still to run after ``done`` committed ones."""
+        return range(done + 1, self.cfg.iterations + 1)
+
     def sampling(self, iteration: int, salt: int = 0) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                               top_p=self.cfg.top_p, seed=(self.cfg.seed * 1_000_003 + iteration * 7919 + salt) % 2**31)
@@ -63,6 +82,7 @@ class EsplLoop:
     def iteration(self, t: int, progress: Callable[[str], None] = lambda name: None) -> IterationResult:
         cfg, parts = self.cfg, self.parts
         started = time.monotonic()
+        spent_before = {name: meter() for name, meter in parts.meters.items()}
         timings: dict[str, float] = {}
         clock = [started, ""]
 
@@ -77,7 +97,8 @@ class EsplLoop:
         # 1. select M programs from the K most recent
         window = self.pool.window(1 if cfg.method == "self-reflection" else cfg.window)
         programs = parts.selector.select(window, cfg.selected_programs, self.rng)
-        problems = self.rng.sample(range(parts.train_size), min(cfg.batch_size, parts.train_size))
+        trainable = range(parts.validation_size, parts.train_size)
+        problems = self.rng.sample(trainable, min(cfg.batch_size, len(trainable)))
         # 2-3. rollouts of every (program, problem) pair, N samples each, generated together
         phase("rollouts")
         specs = [EpisodeSpec(p.render(), "train", q, {"program": p.id, "slot": s, "problem": j, "sample": n})
@@ -111,13 +132,14 @@ class EsplLoop:
             "reflection_failures": sum(o.status == "failed" for o in outcomes),
             "children": [o.child.id for o in outcomes if o.child],
             "rollouts": len(rollouts),
-            "generated_tokens": sum(len(r.completion_ids) for r in rollouts),
-            "learner": {k: v for k, v in train_stats.items() if k in ("loss", "grad_norm", "learning_rate", "entropy")},
+            "generated_tokens": sum(r.generated_tokens for r in rollouts),
+            "learner": {k: v for k, v in train_stats.items() if k in LEARNER_METRICS or k.startswith("sampling/")},
         }
         if cfg.eval_every and t % cfg.eval_every == 0 or t == cfg.iterations:
             phase("eval")
             metrics["test"] = self.evaluate(t)
         phase("")
+        metrics["usage"] = {name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()}
         metrics["seconds"] = round(time.monotonic() - started, 2)
         metrics["phase_seconds"] = timings
         return IterationResult(rollouts, outcomes, metrics)
@@ -143,24 +165,30 @@ class EsplLoop:
         return self.pool.latest() if self.cfg.test_program == "latest" else self.pool.best()
 
     def evaluate(self, t: int) -> dict:
-        cfg = self.cfg
         program = self.test_program()
-        n = cfg.eval_samples
-        specs = [EpisodeSpec(program.render(), "test", q, {"problem": q, "sample": s})
-                 for q in range(min(cfg.eval_problems, self.parts.test_size)) for s in range(n)]
-        rollouts = self.parts.engine.run(specs, self.sampling(t, salt=1))
-        correct: dict[int, int] = {}
-        for r in rollouts:
-            correct[r.spec.tags["problem"]] = correct.get(r.spec.tags["problem"], 0) + int(r.success)
-        ks = sorted({1, n})
-        return {
-            "program": program.id,
-            "success": _rate(rollouts, "success"),
-            "invalid_action_rate": _invalid_rate(rollouts),
-            **{f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct.values()) / len(correct) for k in ks},
-            "problems": len(correct),
-            "samples": n,
-        }
+        return evaluate_prompt(self.parts.engine, program.render(), program.id, self.cfg, self.parts.test_size,
+                               self.sampling(t, salt=1))
+
+
+def evaluate_prompt(engine: RolloutEngine, prompt: str, program_id: str, cfg: RunConfig, test_size: int,
+                    params: SamplingParams) -> dict:
+    """Success, invalid-action rate and pass@k of ``prompt`` on the first test problems."""
+    n = cfg.eval_samples
+    specs = [EpisodeSpec(prompt, "test", q, {"problem": q, "sample": s})
+             for q in range(min(cfg.eval_problems, test_size)) for s in range(n)]
+    rollouts = engine.run(specs, params)
+    correct: dict[int, int] = {}
+    for r in rollouts:
+        correct[r.spec.tags["problem"]] = correct.get(r.spec.tags["problem"], 0) + int(r.success)
+    ks = sorted({1, n})
+    return {
+        "program": program_id,
+        "success": _rate(rollouts, "success"),
+        "invalid_action_rate": _invalid_rate(rollouts),
+        **{f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct.values()) / len(correct) for k in ks},
+        "problems": len(correct),
+        "samples": n,
+    }
 
 
 def _mean_by(rollouts: list[Rollout], tag: str) -> dict[str, float]:

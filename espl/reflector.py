@@ -14,15 +14,13 @@ served in-process through a litellm custom provider, so a default run needs no k
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 from concurrent.futures import Future
 from typing import Protocol
 
+from agents.llm_router import Usage, retrying_router
 from espl.errors import ReflectorUnavailable
-
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-list fetch at import
 
 log = logging.getLogger(__name__)
 
@@ -39,44 +37,43 @@ class Reflector(Protocol):
 
 
 class LiteLLMReflector:
-    """A reflector that calls the model through a litellm ``Router``; see the module docstring.
-
-    The Router is the only retry loop (the provider SDK's own retries are off): rate limits,
-    server errors and timeouts are retried with backoff; bad requests, authentication and
-    context-window errors are not, because asking again cannot fix them.
-    """
+    """A reflector that calls the model through :func:`agents.llm_router.retrying_router`
+    (retries on rate limits, server errors and timeouts only); see the module docstring."""
 
     def __init__(self, model: str, *, max_tokens: int = 384, temperature: float = 0.7, timeout: float = 120.0,
-                 num_retries: int = 2):
+                 num_retries: int = 2, params: dict | None = None):
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.timeout = timeout
         self.num_retries = num_retries
-        self.calls = 0
-        self.failures = 0
-        self.tokens = 0
+        self.params = dict(params or {})  # extra litellm arguments (api_base of a local server)
+        self.usage = Usage()
         self._routers: dict[int, object] = {}
+
+    @property
+    def calls(self) -> int:
+        return self.usage.calls
+
+    @property
+    def failures(self) -> int:
+        return self.usage.failures
+
+    @property
+    def tokens(self) -> int:
+        return self.usage.prompt_tokens + self.usage.completion_tokens
 
     def _router(self, num_retries: int):
         if num_retries not in self._routers:
-            from litellm import Router
-            from litellm.router import RetryPolicy
-
-            policy = RetryPolicy(BadRequestErrorRetries=0, AuthenticationErrorRetries=0,
-                                 ContentPolicyViolationErrorRetries=0, ContextWindowExceededErrorRetries=0,
-                                 RateLimitErrorRetries=num_retries, InternalServerErrorRetries=num_retries,
-                                 TimeoutErrorRetries=num_retries)
-            self._routers[num_retries] = Router(
-                model_list=[{"model_name": "reflector", "litellm_params": {"model": self.model}}],
-                retry_policy=policy, num_retries=num_retries, timeout=self.timeout)
+            self._routers[num_retries] = retrying_router(self.model, num_retries=num_retries, timeout=self.timeout,
+                                                         params=self.params)
         return self._routers[num_retries]
 
     def complete(self, messages: list[dict], *, purpose: str = "", num_retries: int | None = None) -> str:
-        self.calls += 1
+        self.usage.calls += 1
         try:
             response = self._router(self.num_retries if num_retries is None else num_retries).completion(
-                model="reflector",
+                model="main",
                 messages=messages,
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
@@ -84,10 +81,9 @@ class LiteLLMReflector:
                 max_retries=0,
             )
         except Exception as exc:
-            self.failures += 1
+            self.usage.failures += 1
             raise ReflectorCallError(f"{purpose or 'reflection'} call to {self.model} failed: {type(exc).__name__}") from None
-        usage = getattr(response, "usage", None)
-        self.tokens += int(getattr(usage, "total_tokens", 0) or 0)
+        self.usage.add(response)
         content = response.choices[0].message.content
         return content if isinstance(content, str) else ""
 

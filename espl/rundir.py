@@ -55,6 +55,9 @@ def dump_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -104,7 +107,7 @@ class RunDir:
     # -- commit ----------------------------------------------------------------------------------
 
     def commit(self, iteration: int, *, state: dict, pool: dict, rollouts: list[dict], reflections: list[dict],
-               metrics: dict, summary: dict, best_prompt: str) -> None:
+               metrics: dict, summary: dict, best_prompt: str, adapter: Path | None = None) -> None:
         """Write iteration ``iteration`` and make it the committed one (see the module docstring)."""
         self.iterations.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.iterations))
@@ -120,6 +123,12 @@ class RunDir:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
+        if adapter is not None:  # this iteration's LoRA weights, kept for select-best (the learner prunes old checkpoints)
+            (tmp / "adapter").mkdir()
+            for name in ADAPTER_FILES:
+                shutil.copyfile(adapter / name, tmp / "adapter" / name)
+                with open(tmp / "adapter" / name, "rb") as f:
+                    os.fsync(f.fileno())
         final = self.iterations / f"{iteration:06d}"
         if final.exists():
             shutil.rmtree(final)

@@ -13,42 +13,24 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from agents.rollout import RolloutEngine
-from agents.sampler import TransformersSampler
 from envs.registry import make_env
 from espl.config import RunConfig
-from espl.errors import ConfigError, ModelNotFound, RunDirError
-from espl.learner import FrozenLearner, LearnerSettings, TRLLearner
+from agents.llm_router import sum_usage
+from espl.errors import ConfigError, RunDirError
+from espl.gepa_method import GepaLoop
 from espl.loop import EsplLoop, IterationResult, Parts
-from espl.models import resolve_model
 from espl.offline_reflectors import offline_reflector
 from espl.program import Pool
 from espl.reflection import Crossover, Mutation, template_hashes
-from espl.reflector import DEFAULT_REFLECTOR, LiteLLMReflector, register_local_model
+from espl.policy import Policy, build_policy
+from espl.reflector import DEFAULT_REFLECTOR, LiteLLMReflector
 from espl.rundir import RunDir
 from espl.selection import make_selector
 
 log = logging.getLogger(__name__)
 
-
-def _load_frozen(model_path: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path)
-    except OSError as exc:
-        raise ModelNotFound(f"cannot load model {model_path!r} ({str(exc).splitlines()[0]}); fix: pass a local "
-                            "model folder or a hub id already in the local cache") from None
-    model.requires_grad_(False)
-    return model, tokenizer
-
-
-def _trl_learner(settings: LearnerSettings) -> TRLLearner:
-    try:
-        return TRLLearner(settings)
-    except OSError as exc:
-        raise ModelNotFound(f"cannot load model {settings.model_path!r} ({str(exc).splitlines()[0]}); fix: pass a local "
-                            "model folder or a hub id already in the local cache") from None
+# Methods with a loop of their own (the rest run the E-SPL loop with their switches).
+LOOPS = {"gepa": GepaLoop}
 
 
 def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
@@ -56,45 +38,47 @@ def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
     train_size, test_size = env.split_size("train"), env.split_size("test")
     if train_size < 1 or test_size < 1:
         raise ConfigError(f"environment {cfg.env!r} has an empty split (train {train_size}, test {test_size}); fix: check its env_kwargs")
-    model_path = resolve_model(cfg.model)
-    reference = None
-    if cfg.trains_weights:
-        m = cfg.selected_programs
-        learner = _trl_learner(LearnerSettings(
-            model_path=model_path, output_dir=rundir.learner, rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
-            group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size,
-            total_steps=cfg.iterations, learning_rate=cfg.learning_rate, lora_rank=cfg.lora_rank,
-            lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
-            max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
-            resume_step=resume_step))
-        sampler = TransformersSampler(learner.model, learner.tokenizer)
-        tokenizer = learner.tokenizer
-    else:
-        model, tokenizer = _load_frozen(model_path)
-        learner = FrozenLearner()
-        sampler = TransformersSampler(model, tokenizer)
-        reference = sampler  # frozen weights: the policy is the reference policy
-    mutation = crossover = None
-    if cfg.evolves:
-        reflector = offline_reflector(cfg.reflector)
-        if reflector is None and cfg.reflector == DEFAULT_REFLECTOR:
-            if reference is None:
-                # A separate frozen copy: the policy's LoRA is training concurrently with reflection.
-                reference = TransformersSampler(*_load_frozen(model_path))
-            register_local_model("reference", reference)
-        if reflector is None:
-            reflector = LiteLLMReflector(cfg.reflector, max_tokens=cfg.reflector_max_tokens, timeout=cfg.reflector_timeout,
-                                         num_retries=cfg.reflector_retries)
-            if cfg.reflector != DEFAULT_REFLECTOR:
-                reflector.check()
-        mutation = Mutation(reflector, max_ops=cfg.max_ops, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
-                            revision_fallback=cfg.revision_fallback, deadline_s=cfg.reflection_deadline)
-        if cfg.method != "self-reflection" and cfg.crossover_prob > 0:
-            crossover = Crossover(reflector, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
-                                  deadline_s=cfg.reflection_deadline)
-    return Parts(engine=RolloutEngine(lambda: make_env(cfg.env, **cfg.env_kwargs), sampler), learner=learner,
+    validation_size = min(cfg.validation_problems, train_size // 2)
+    policy = build_policy(cfg, rundir, train_size - validation_size, resume_step)
+    try:
+        reflector, meters = _reflector(cfg, policy)
+        mutation, crossover = _operators(cfg, reflector)
+    except BaseException:
+        for close in policy.closers:
+            close()
+        raise
+    return Parts(engine=RolloutEngine(lambda: make_env(cfg.env, **cfg.env_kwargs), policy.sampler), learner=policy.learner,
                  selector=make_selector(cfg.selection, cfg.ucb_lambda), mutation=mutation, crossover=crossover,
-                 train_size=train_size, test_size=test_size, eos_id=int(tokenizer.eos_token_id))
+                 train_size=train_size, test_size=test_size, validation_size=validation_size, eos_id=policy.eos_id,
+                 reflector=reflector,
+                 meters={**policy.meters, **meters}, closers=policy.closers)
+
+
+def _reflector(cfg: RunConfig, policy: Policy) -> tuple[object | None, dict]:
+    """The run's reflector and its usage meter; the default is the policy's frozen reference model."""
+    if not cfg.reflects:
+        return None, {}
+    reflector = offline_reflector(cfg.reflector)
+    if reflector is not None:
+        return reflector, {}
+    model, params = policy.reference() if cfg.reflector == DEFAULT_REFLECTOR else (cfg.reflector, {})
+    reflector = LiteLLMReflector(model, max_tokens=cfg.reflector_max_tokens, timeout=cfg.reflector_timeout,
+                                 num_retries=cfg.reflector_retries, params=params)
+    if model != DEFAULT_REFLECTOR:
+        reflector.check()
+    return reflector, {"reflector": reflector.usage.as_dict}
+
+
+def _operators(cfg: RunConfig, reflector) -> tuple[Mutation | None, Crossover | None]:
+    if not cfg.evolves:
+        return None, None
+    mutation = Mutation(reflector, max_ops=cfg.max_ops, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
+                        revision_fallback=cfg.revision_fallback, deadline_s=cfg.reflection_deadline)
+    crossover = None
+    if cfg.method != "self-reflection" and cfg.crossover_prob > 0:
+        crossover = Crossover(reflector, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
+                              deadline_s=cfg.reflection_deadline)
+    return mutation, crossover
 
 
 def _rng_state(rng: random.Random) -> list:
@@ -140,8 +124,8 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[dict], elapsed: float)
     program = loop.test_program()
     return {
         "env": cfg.env, "method": cfg.method, "model": cfg.model,
-        "reflector": cfg.reflector if cfg.evolves else None,
-        "iterations_completed": len(history), "iterations_planned": cfg.iterations,
+        "reflector": cfg.reflector if cfg.reflects else None,
+        "iterations_completed": len(history), "iterations_planned": len(history) + len(loop.schedule(len(history))),
         "train_reward": [round(m["train_reward"], 4) for m in history],
         "test": tests[-1] if tests else None,
         "test_program": {"id": program.id, "rule": cfg.test_program, "mu": program.mu, "sigma": program.sigma,
@@ -150,6 +134,9 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[dict], elapsed: float)
         "reflection_failures": sum(m["reflection_failures"] for m in history),
         "rollouts": sum(m["rollouts"] for m in history),
         "generated_tokens": sum(m["generated_tokens"] for m in history),
+        # calls, tokens and dollars of each metered model (reflector, API policy), all sessions
+        "usage": {name: sum_usage([m["usage"][name] for m in history if name in m.get("usage", {})])
+                  for name in sorted({n for m in history for n in m.get("usage", {})})},
         "seconds_this_session": round(elapsed, 1),
     }
 
@@ -159,23 +146,24 @@ def run(cfg: RunConfig) -> dict:
     started = time.monotonic()
     rundir = RunDir(cfg.out)
     pool, rng, done, history = _prepare(cfg, rundir)
-    if done >= cfg.iterations:
-        log.info("the run in %s already has %d committed iterations", cfg.out, done)
     parts = build_parts(cfg, rundir, resume_step=done if cfg.trains_weights else 0)
-    loop = EsplLoop(cfg, parts, pool, rng)
-    bar = tqdm(total=cfg.iterations, initial=done, desc="E-SPL", unit="it", dynamic_ncols=True)
+    loop = LOOPS.get(cfg.method, EsplLoop)(cfg, parts, pool, rng)
+    planned = done + len(loop.schedule(done))
+    if planned == done:
+        log.info("the run in %s already has %d committed iterations", cfg.out, done)
+    bar = tqdm(total=planned, initial=done, desc=cfg.method, unit="it", dynamic_ncols=True)
     try:
-        for t in range(done + 1, cfg.iterations + 1):
+        for t in loop.schedule(done):
             result = loop.iteration(t, progress=lambda name: bar.set_postfix_str(f"iter {t}: {name}"))
             history.append(result.metrics)
             _commit(rundir, cfg, loop, t, result, history, time.monotonic() - started)
-            bar.update(1)
+            bar.update(t - bar.n)
             bar.set_postfix_str(f"train reward {result.metrics['train_reward']:.3f}")
     finally:
         bar.close()
-        parts.learner.close()
+        parts.close()
     final = summary(cfg, loop, history, time.monotonic() - started)
-    if done >= cfg.iterations and history:
+    if planned == done and history:
         from espl.rundir import atomic_write, dump_json
 
         atomic_write(Path(cfg.out) / "summary.json", dump_json(final))
@@ -193,4 +181,5 @@ def _commit(rundir: RunDir, cfg: RunConfig, loop: EsplLoop, t: int, result: Iter
         metrics=result.metrics,
         summary=summary(cfg, loop, history, elapsed),
         best_prompt=loop.test_program().render(),
+        adapter=rundir.learner / f"checkpoint-{t}" if cfg.trains_weights else None,
     )

@@ -62,6 +62,8 @@ class RunRecord:
     rollouts: int
     generated_tokens: int
     reflection_calls: int
+    reflector_tokens: int
+    cost_usd: float  # reflector and API policy dollars (0 for local models)
     test_program_id: str | None
     best_prompt: str
     points: list[IterationPoint] = field(default_factory=list)
@@ -82,6 +84,8 @@ class LeaderboardRow:
     rollouts: int
     generated_tokens: int
     reflection_calls: int
+    reflector_tokens: int = 0
+    cost_usd: float = 0.0
 
     @property
     def n_seeds(self) -> int:
@@ -180,6 +184,7 @@ def load_run(folder: str | Path) -> RunRecord:
         seed = int(header["config"]["seed"])
         history = _metrics(folder)
         test = summary.get("test") or {}
+        usage = summary.get("usage") or {}
         program = summary.get("test_program") or {}
         prompt = program.get("text")
         if prompt is None and (folder / "best_prompt.txt").exists():
@@ -193,6 +198,9 @@ def load_run(folder: str | Path) -> RunRecord:
             rollouts=int(summary.get("rollouts", sum(m.get("rollouts", 0) for m in history))),
             generated_tokens=int(summary.get("generated_tokens", sum(m.get("generated_tokens", 0) for m in history))),
             reflection_calls=sum(int(m.get("reflection_calls", 0)) for m in history),
+            reflector_tokens=int(usage.get("reflector", {}).get("prompt_tokens", 0))
+            + int(usage.get("reflector", {}).get("completion_tokens", 0)),
+            cost_usd=sum(float(u.get("cost_usd", 0.0)) for u in usage.values()),
             test_program_id=program.get("id"), best_prompt=prompt or "", points=_points(history))
     except RunLoadError:
         raise
@@ -233,7 +241,8 @@ def _row(env: str, method: str, model: str, runs: list[RunRecord]) -> Leaderboar
         pass_at={k: statistics.fmean(r.pass_at[k] for r in runs if k in r.pass_at) for k in keys},
         invalid_action_rate=mean_se([r.invalid_action_rate for r in runs if r.invalid_action_rate is not None])[0],
         rollouts=sum(r.rollouts for r in runs), generated_tokens=sum(r.generated_tokens for r in runs),
-        reflection_calls=sum(r.reflection_calls for r in runs))
+        reflection_calls=sum(r.reflection_calls for r in runs),
+        reflector_tokens=sum(r.reflector_tokens for r in runs), cost_usd=sum(r.cost_usd for r in runs))
 
 
 def aggregate(runs: Iterable[RunRecord]) -> list[EnvBoard]:

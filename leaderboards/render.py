@@ -51,12 +51,14 @@ def _pass_keys(board: EnvBoard) -> list[str]:
 
 def _cells(board: EnvBoard, row: LeaderboardRow) -> list[str]:
     return [_success(row), *(_num(row.pass_at.get(k)) for k in _pass_keys(board)), _num(row.invalid_action_rate),
-            str(row.rollouts), str(row.generated_tokens), str(row.reflection_calls), str(row.n_seeds)]
+            str(row.rollouts), str(row.generated_tokens), str(row.reflection_calls), str(row.reflector_tokens),
+            f"{row.cost_usd:.4f}", str(row.n_seeds)]
 
 
 def _headers(board: EnvBoard) -> list[str]:
     return ["#", "method", "model", "test success (mean ± se)", *_pass_keys(board), "invalid action rate",
-            "rollouts (total)", "generated tokens (total)", "reflector calls (total)", "seeds"]
+            "rollouts (total)", "generated tokens (total)", "reflector calls (total)", "reflector tokens (total)",
+            "cost $ (total)", "seeds"]
 
 
 def render_markdown(boards: list[EnvBoard]) -> str:

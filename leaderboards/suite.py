@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SUITE_VERSION = "1"
+SUITE_VERSION = "2"  # 2: gepa joined the methods
 
-METHODS = ("espl", "rl", "evolution", "self-reflection")
+METHODS = ("espl", "rl", "evolution", "self-reflection", "gepa")
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -38,17 +38,21 @@ class Budget:
     eval_problems: int
     eval_samples: int
     max_new_tokens: int
+    extra: tuple[str, ...] = ()  # further run flags (cheaper evaluation or reflection)
 
     def run_args(self) -> list[str]:
         return ["--iterations", str(self.iterations), "--programs", str(self.programs),
                 "--batch-size", str(self.batch_size), "--group-size", str(self.group_size),
                 "--eval-problems", str(self.eval_problems), "--eval-samples", str(self.eval_samples),
-                "--max-new-tokens", str(self.max_new_tokens)]
+                "--max-new-tokens", str(self.max_new_tokens), *self.extra]
 
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=4,
                     eval_samples=2, max_new_tokens=64),
+    # the committed leaderboard (leaderboards/README.md): every method, three envs, three seeds
+    "board": Budget("board", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=8,
+                    eval_samples=2, max_new_tokens=64, extra=("--eval-every", "0", "--reflector-max-tokens", "128")),
     "small": Budget("small", iterations=4, programs=3, batch_size=4, group_size=4, eval_problems=16,
                     eval_samples=2, max_new_tokens=128),
 }
@@ -115,6 +119,12 @@ class Suite:
     configs: tuple[SuiteConfig, ...]
 
 
+def _seed_major(envs: tuple[str, ...], seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
+    # Seed-major: a suite stopped part-way still covers every env and method with its first seeds.
+    return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget)
+                 for seed in seeds for env in envs for method in METHODS)
+
+
 def _grid(envs: tuple[str, ...], seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
     return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget)
                  for env in envs for method in METHODS for seed in seeds)
@@ -126,6 +136,10 @@ SUITES: dict[str, Suite] = {
     # three seeds per method on a single-turn, a tool-use and a game env
     "standard": Suite("standard", SUITE_VERSION, _grid(
         ("espl/Arithmetic-v0", "espl/ToolUse-v0", "espl/GuessTheNumber-v0"), (0, 1, 2), BUDGETS["small"])),
+    # the leaderboard committed under leaderboards/board/ (hours on a 2-core CPU): a reasoning
+    # task, a multi-turn tool-use task and a reasoning-gym task, every method, seeds in order
+    "board": Suite("board", SUITE_VERSION, _seed_major(
+        ("espl/Arithmetic-v0", "espl/ToolUse-v0", "rg/letter_counting-v0"), (0, 1, 2), BUDGETS["board"])),
 }
 
 

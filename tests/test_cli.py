@@ -22,7 +22,7 @@ def run_cli(*args):
     (["run", "--env", "espl/Arithmetic-v0", "--iterations", "0"], "--iterations=0 is invalid"),
     (["run", "--env", "espl/Arithmetic-v0", "--model", "/no/such/model"], "does not exist"),
     (["run", "--env", "espl/Arithmetic-v0", "--config", "/no/such.yaml"], "does not exist"),
-    (["run", "--env", "espl/Arithmetic-v0", "--env-kwargs", "{oops"], "env_kwargs must be a JSON object"),
+    (["run", "--env", "espl/Arithmetic-v0", "--env-kwargs", "{oops"], "--env-kwargs must be JSON"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, message, tmp_path):
     code, out, err = run_cli(*args, "--out", str(tmp_path / "run"))

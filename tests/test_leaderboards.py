@@ -59,7 +59,9 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
                "train_reward": list(train), "test": history[-1]["test"],
                "test_program": {"id": "p3", "rule": "lcb", "mu": best.mu, "sigma": best.sigma, "text": best.render()},
                "pool_size": len(pool), "reflection_failures": 0, "rollouts": rollouts * len(history),
-               "generated_tokens": 10 * rollouts * len(history), "seconds_this_session": 1.0}
+               "generated_tokens": 10 * rollouts * len(history), "seconds_this_session": 1.0,
+               "usage": {"reflector": {"calls": calls * len(history), "prompt_tokens": 100 * calls * len(history),
+                                       "completion_tokens": 0, "cost_usd": 0.001 * calls * len(history)}}}
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "best_prompt.txt").write_text(best.render())
     (folder / "LATEST").write_text(str(len(history)))
@@ -155,7 +157,7 @@ def test_markdown_tables(tmp_path):
     body = [line for line in lines if line[2].isdigit()]
     assert [line.split(" | ")[1] for line in body[:3]] == ["rl", "espl", "evolution"]
     espl = next(line for line in body if "| espl |" in line)
-    assert "0.500 ± 0.208" in espl and "| 72 | 720 | 36 | 3 |" in espl
+    assert "0.500 ± 0.208" in espl and "| 72 | 720 | 36 | 3600 | 0.0360 | 3 |" in espl
     assert "0.050 ± –" in md
     assert sum(line.startswith("|---|") for line in md.splitlines()) == 2
 

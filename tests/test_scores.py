@@ -116,7 +116,7 @@ def test_score_from_a_run_summary():
 def test_suite_is_versioned_and_its_arguments_are_run_config_fields():
     assert SUITE_VERSION and all(s.version == SUITE_VERSION for s in SUITES.values())
     smoke = get_suite("smoke")
-    assert {c.method for c in smoke.configs} == {"espl", "rl", "evolution", "self-reflection"}
+    assert {c.method for c in smoke.configs} == {"espl", "rl", "evolution", "self-reflection", "gepa"}
     ids = [c.suite_id for s in SUITES.values() for c in s.configs]
     assert len(ids) == len(set(ids))
     for config in get_suite("standard").configs[:4] + smoke.configs:
@@ -127,5 +127,5 @@ def test_suite_is_versioned_and_its_arguments_are_run_config_fields():
                                                                           config.seed)
         assert parsed.iterations == config.budget.iterations
         assert SuiteId.from_obj(config.suite_id.to_dict()) == config.suite_id
-    with pytest.raises(KeyError, match="known: smoke, standard"):
+    with pytest.raises(KeyError, match="known: board, smoke, standard"):
         get_suite("nope")

@@ -9,6 +9,7 @@ the test that kills it runs last. The lifecycle tests at the top use a stand-in 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import time
 import pytest
 
 from agents.sampler import SamplingParams, TransformersSampler
+from envs.base import TextEnv
 from agents.vllm_server import SamplerUnavailable, VLLMServer, find_vllm_python, free_port, group_members
 
 # Sockets stay blocked for the rest of the suite; these tests may reach the local server only.
@@ -126,7 +128,10 @@ def model_dir():
 def server(model_dir, tmp_path_factory):
     python = find_vllm_python()
     if python is None:
-        pytest.skip("no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints")
+        missing = "no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints"
+        if os.environ.get("ESPL_REQUIRE_VLLM"):
+            pytest.fail(missing)
+        pytest.skip(missing)
     with VLLMServer(model_dir, python=python, log_path=tmp_path_factory.mktemp("vllm") / "server.log") as running:
         yield running
 
@@ -276,6 +281,82 @@ def test_a_sampler_can_connect_to_a_running_server_by_url(server, caplog):
     assert "raw logprobs" not in caplog.text  # the probe recognises --logprobs-mode processed_logprobs
     [completion] = remote.generate([conversation(QUESTIONS[2])], SamplingParams(max_new_tokens=8))
     assert completion.completion_ids and not remote.server.owned
+
+
+# -- runs with --sampler vllm (weights synced every RL step) ---------------------------------------
+
+def served_adapter_root(server) -> str | None:
+    import httpx
+
+    cards = httpx.get(f"{server.url}/v1/models", timeout=30).json()["data"]
+    return next((c.get("root") for c in cards if c["id"] == "policy"), None)
+
+
+@pytest.mark.parametrize("method", ["rl", "espl"])
+def test_cli_run_with_the_vllm_sampler_syncs_weights_every_step(server, method, tmp_path):
+    out = tmp_path / method
+    proc = subprocess.run(
+        [sys.executable, "-m", "espl.cli", "run", "--env", "espl/Arithmetic-v0", "--sampler", "vllm",
+         "--vllm-url", server.url, "--method", method, "--iterations", "2", "--programs", "2", "--batch-size", "2",
+         "--group-size", "2", "--eval-problems", "2", "--max-new-tokens", "48", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["learner"]["synced_step"] for m in metrics] == [1.0, 2.0]
+    assert all(m["rollouts"] == (8 if method == "espl" else 4) and m["generated_tokens"] > 0 for m in metrics)
+    # The server now samples from the run's last checkpoint.
+    assert os.path.realpath(served_adapter_root(server)) == os.path.realpath(out / "learner" / "checkpoint-2")
+    if method == "espl":  # the default reflector is the server's base model, reached through litellm
+        usage = json.loads((out / "summary.json").read_text())["usage"]["reflector"]
+        assert usage["calls"] > 0 and usage["completion_tokens"] > 0 and usage["failures"] < usage["calls"]
+
+
+def test_the_served_policy_is_the_trained_policy(server, model_dir, tmp_path):
+    """A dense reward gives every step a gradient: the adapter the server samples from after the
+    run is the learner's last checkpoint, and it differs from the base weights."""
+    import gymnasium as gym
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from agents.vllm_sampler import VLLMSampler
+    from espl.config import RunConfig
+    from espl.runner import run
+
+    gym.register(id="test/ShortReplies-v0", entry_point=ShortReplies, disable_env_checker=True)
+    out = tmp_path / "dense"
+    run(RunConfig(env="test/ShortReplies-v0", method="rl", sampler="vllm", vllm_url=server.url, iterations=2,
+                  batch_size=4, group_size=4, eval_problems=1, eval_samples=1, max_new_tokens=32,
+                  learning_rate=5e-3, out=str(out)))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["learner"]["grad_norm"] > 0 for m in metrics)
+
+    served = VLLMSampler(server.url, model_dir)
+    served.model_name = "policy"  # the adapter the run loaded last
+    completions = served.generate([conversation(q) for q in QUESTIONS], SamplingParams(max_new_tokens=12, temperature=0.0))
+    trained = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model_dir),
+                                        out / "learner" / "checkpoint-2").eval()
+    for c in completions:
+        with_adapter = forward_logprobs(trained, c.prompt_ids, c.completion_ids, 0.0)
+        with trained.disable_adapter():
+            base = forward_logprobs(trained, c.prompt_ids, c.completion_ids, 0.0)
+        assert mean_abs_diff(with_adapter, base) > 1e-3, "training did not move the policy"
+        assert mean_abs_diff(c.logprobs, with_adapter) < mean_abs_diff(c.logprobs, base)
+
+
+class ShortReplies(TextEnv):
+    """Reward = how short the reply is: dense, so every GRPO group has a spread of rewards."""
+
+    def split_size(self, split: str) -> int:
+        return 8
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        split, index = self._pick(options)
+        return f"Say something about the number {index}.", {"problem_id": f"{split}/{index}"}
+
+    def step(self, action: str):
+        reward = max(0.0, 1.0 - len(action) / 120)
+        return "", reward, True, False, {"answer": "", "success": reward > 0.8, "valid": True, "metadata": {}}
 
 
 def test_a_killed_server_is_reported_and_leaves_no_process(server, sampler):

@@ -1,0 +1,165 @@
+"""The GEPA baseline (``--method gepa``): the ``gepa`` library's optimizer on our envs and policy.
+
+:class:`EnvAdapter` is a ``gepa.GEPAAdapter`` with one text component, the system prompt: it
+evaluates a candidate with the same :class:`~agents.rollout.RolloutEngine` (and so the same
+policy, envs and scoring) as every other method, and turns rollouts into GEPA's reflective
+dataset (the problem, the reply, and feedback naming the reward and the reference answer). The
+reflection LM is the run's reflector, so its calls and tokens are metered like E-SPL's.
+
+Equal budget: GEPA may spend :attr:`~espl.config.RunConfig.rollout_budget` rollouts (its
+``max_metric_calls``), the training rollouts E-SPL spends on the same config; its validation
+evaluations count against it, so its validation set is the run's validation split capped at
+``batch_size`` problems (``--validation-problems``); the test split stays unseen until the final
+evaluation.
+
+One search is one committed step: :class:`GepaLoop` runs the whole search as the run's only
+iteration (GEPA keeps its own state; its on-disk checkpoints are pickles, which this project never
+loads). A run killed mid-search restarts the search on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+
+from agents.rollout import EpisodeSpec, Rollout
+from agents.sampler import SamplingParams
+from espl.config import RunConfig
+from espl.loop import IterationResult, Parts, _invalid_rate, _rate, evaluate_prompt
+from espl.program import Pool, Program
+from espl.reflector import ReflectorCallError
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "system_prompt"
+
+
+class EnvAdapter:
+    """Our env and policy as a GEPA system; see the module docstring."""
+
+    propose_new_texts = None  # GEPA's own reflective proposer
+
+    def __init__(self, parts: Parts, params: Callable[[int], SamplingParams]):
+        self.parts, self.params = parts, params
+        self.rollouts: list[Rollout] = []  # every rollout GEPA paid for
+
+    def evaluate(self, batch: list[int], candidate: dict[str, str], capture_traces: bool = False):
+        from gepa import EvaluationBatch
+
+        specs = [EpisodeSpec(candidate[COMPONENT], "train", index, {"problem": index}) for index in batch]
+        rollouts = self.parts.engine.run(specs, self.params(len(self.rollouts)))
+        self.rollouts += rollouts
+        return EvaluationBatch(outputs=[r.response for r in rollouts], scores=[r.reward for r in rollouts],
+                               trajectories=rollouts if capture_traces else None)
+
+    def make_reflective_dataset(self, candidate: dict[str, str], eval_batch, components_to_update: list[str]) -> dict:
+        records = [{"Inputs": r.messages[1]["content"] if len(r.messages) > 1 else "",
+                    "Generated Outputs": "\n---\n".join(m["content"] for m in r.messages[2:]),
+                    "Feedback": feedback(r)} for r in eval_batch.trajectories or []]
+        return {name: records for name in components_to_update}
+
+
+def feedback(rollout: Rollout) -> str:
+    """What went right or wrong in one episode, as GEPA's reflection prompt shows it."""
+    if rollout.error:
+        return f"The episode failed: {rollout.error}."
+    verdict = "correct" if rollout.success else "incorrect"
+    parts = [f"The answer was {verdict} (reward {rollout.reward:.2f})."]
+    if not rollout.valid:
+        parts.append("The reply did not follow the required answer format.")
+    if rollout.answer:
+        parts.append(f"The reference answer is: {rollout.answer}.")
+    if rollout.truncated:
+        parts.append("The episode hit its turn limit.")
+    return " ".join(parts)
+
+
+class GepaLoop:
+    """Runs one GEPA search as the run's single committed step (interface of ``EsplLoop``)."""
+
+    def __init__(self, cfg: RunConfig, parts: Parts, pool: Pool, rng: random.Random):
+        self.cfg, self.parts, self.pool, self.rng = cfg, parts, pool, rng
+
+    def schedule(self, done: int) -> range:
+        return range(done + 1, 2)
+
+    def sampling(self, call: int, salt: int = 0) -> SamplingParams:
+        cfg = self.cfg
+        return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              seed=(cfg.seed * 1_000_003 + call * 7919 + salt) % 2**31)
+
+    def test_program(self) -> Program:
+        """GEPA's best: the first candidate with the highest validation mean (its ``best_idx``)."""
+        return max(self.pool.programs, key=lambda p: p.mu)
+
+    def iteration(self, t: int, progress: Callable[[str], None] = lambda name: None) -> IterationResult:
+        import gepa
+
+        cfg, parts = self.cfg, self.parts
+        trainset = list(range(parts.validation_size, parts.train_size))
+        # GEPA selects candidates on a validation set: the run's validation split when it has one.
+        # Capped at batch_size: every validation pass is paid from the same rollout budget.
+        valset = (list(range(min(parts.validation_size, cfg.batch_size)))
+                  or self.rng.sample(trainset, min(cfg.batch_size, len(trainset))))
+        adapter = EnvAdapter(parts, self.sampling)
+        reflector = parts.reflector
+        calls = [0, 0]  # reflector calls, failures
+
+        def reflection_lm(prompt) -> str:
+            calls[0] += 1
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            try:
+                return reflector.complete(messages, purpose="GEPA reflection")
+            except ReflectorCallError as exc:  # a failed proposal, not a failed run
+                calls[1] += 1
+                log.warning("%s", exc)
+                return ""
+
+        progress("gepa search")
+        result = gepa.optimize(
+            seed_candidate={COMPONENT: self.pool.programs[0].render()}, trainset=trainset, valset=valset,
+            adapter=adapter, reflection_lm=reflection_lm, max_metric_calls=cfg.rollout_budget,
+            reflection_minibatch_size=min(cfg.batch_size, len(trainset)), seed=cfg.seed,
+            raise_on_exception=False, logger=_GepaLog(), display_progress_bar=False)
+        self._adopt(result, t)
+        progress("eval")
+        best = self.test_program()
+        test = evaluate_prompt(parts.engine, best.render(), best.id, cfg, parts.test_size, self.sampling(0, salt=1))
+        rollouts = adapter.rollouts
+        metrics = {
+            "iteration": t,
+            "train_reward": sum(r.reward for r in rollouts) / len(rollouts) if rollouts else 0.0,
+            "train_success": _rate(rollouts, "success"),
+            "valid_rate": _rate(rollouts, "valid"),
+            "invalid_action_rate": _invalid_rate(rollouts),
+            "env_errors": sum(r.error is not None for r in rollouts),
+            "reflection_calls": calls[0],
+            "reflection_failures": calls[1],
+            "children": [p.id for p in self.pool.programs[1:]],
+            "rollouts": len(rollouts),
+            "generated_tokens": sum(r.generated_tokens for r in rollouts),
+            "gepa": {"candidates": len(result.candidates), "best": f"p{result.best_idx}",
+                     "val_scores": [round(x, 4) for x in result.val_aggregate_scores],
+                     "metric_calls": result.total_metric_calls, "budget": cfg.rollout_budget},
+            "test": test,
+        }
+        return IterationResult(rollouts, [], metrics)
+
+    def _adopt(self, result, t: int) -> None:
+        """GEPA's candidates become the pool (ratings: GEPA's validation means, sigma 0)."""
+        programs = []
+        for i, candidate in enumerate(result.candidates):
+            parents = [f"p{j}" for j in result.parents[i] if j is not None]
+            origin = "root" if not parents else "crossover" if len(parents) > 1 else "mutation"
+            programs.append(Program(id=f"p{i}", principles={}, preamble=candidate[COMPONENT], parents=parents,
+                                    origin=origin, iteration=0 if i == 0 else t,
+                                    mu=float(result.val_aggregate_scores[i]), sigma=0.0))
+        self.pool = Pool(programs, max_size=max(self.pool.max_size, len(programs)))
+
+
+class _GepaLog:
+    """GEPA's logger protocol, onto ours (it prints to stdout otherwise)."""
+
+    def log(self, message: str, *args, **kwargs) -> None:
+        log.debug("gepa: %s", message)

@@ -1,0 +1,186 @@
+"""The policy of a run, per sampler backend: who samples, who trains, and how the two stay in sync.
+
+One builder per ``--sampler`` value (:data:`BUILDERS`), each returning a :class:`Policy`:
+
+* ``transformers``: in-process; the sampler reads the very model object TRL trains, so every
+  call already uses the current weights. Deterministic with a seed.
+* ``vllm``: a vLLM server (started here, or ``--vllm-url``). The learner still trains with TRL in
+  this process; after every optimizer step :class:`AdapterSync` loads that step's LoRA
+  checkpoint into the server, so the next rollouts sample from the updated policy. The server's
+  logprobs feed TRL's importance-sampling correction. The default reflector is the server's own
+  base model (the frozen reference policy) through litellm.
+* ``litellm``: a hosted model by its litellm name; frozen weights, metered calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agents.sampler import Sampler, TransformersSampler
+from espl.config import RunConfig
+from espl.errors import ModelNotFound, RunDirError
+from espl.learner import FrozenLearner, Learner, LearnerSettings, TRLLearner, TrainingSample
+from espl.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Policy:
+    """A run's policy: its sampler, its learner, and the frozen reference model for reflection."""
+
+    sampler: Sampler
+    learner: Learner
+    eos_id: int
+    # The default reflector: () -> (litellm model string, extra litellm params). Lazy, because
+    # the transformers backend loads a second frozen copy only when reflection needs it.
+    reference: Callable[[], tuple[str, dict]]
+    meters: dict[str, Callable[[], dict]] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+class AdapterSync:
+    """A learner whose every finished step is loaded into a vLLM server as the LoRA adapter ``policy``.
+
+    Same contract as :class:`~espl.learner.Learner`. ``wait()`` returns once the step's
+    checkpoint is on disk *and* the server samples from it; ``metrics["synced_step"]`` says which.
+    A failed load raises (a server that cannot take the weights would silently train off-policy).
+    """
+
+    trainable = True
+
+    def __init__(self, learner: TRLLearner, sampler, step: int = 0, name: str = "policy"):
+        self.learner, self.sampler, self.step, self.name = learner, sampler, step, name
+        if step:  # a resumed run samples from its last committed weights from the first rollout on
+            self._load(step)
+
+    def submit(self, batch: list[TrainingSample]) -> None:
+        self.learner.submit(batch)
+        self.step += 1
+
+    def wait(self) -> dict[str, float]:
+        stats = self.learner.wait()
+        self._load(self.step)
+        return {**stats, "synced_step": float(self.step)}
+
+    def close(self) -> None:
+        self.learner.close()
+
+    def _load(self, step: int) -> None:
+        path = self.learner.checkpoint_dir(step)
+        if not (path / "adapter_config.json").is_file():
+            raise RunDirError(f"the learner checkpoint {path} has no LoRA adapter to serve; fix: resume from a complete "
+                              "run folder or start a new run")
+        self.sampler.load_adapter(path, self.name)
+        log.info("vLLM now samples from the step-%d adapter", step)
+
+
+def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_step: int,
+              correct_sampler_logprobs: bool) -> LearnerSettings:
+    m = cfg.selected_programs
+    return LearnerSettings(
+        model_path=model_path, output_dir=rundir.learner, rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
+        group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size,
+        total_steps=cfg.iterations, learning_rate=cfg.learning_rate, lora_rank=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs)
+
+
+def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
+    return ModelNotFound(f"cannot load model {model_path!r} ({str(exc).splitlines()[0]}); fix: pass a local "
+                         "model folder or a hub id already in the local cache")
+
+
+def load_frozen(model_path: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+    except OSError as exc:
+        raise _cannot_load(model_path, exc) from None
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def _trl_learner(settings: LearnerSettings) -> TRLLearner:
+    try:
+        return TRLLearner(settings)
+    except OSError as exc:
+        raise _cannot_load(settings.model_path, exc) from None
+
+
+def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
+    from espl.reflector import DEFAULT_REFLECTOR, register_local_model
+
+    model_path = resolve_model(cfg.model)
+    if cfg.trains_weights:
+        learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False))
+        sampler, tokenizer = TransformersSampler(learner.model, learner.tokenizer), learner.tokenizer
+        frozen = None
+    else:
+        model, tokenizer = load_frozen(model_path)
+        learner, sampler = FrozenLearner(), TransformersSampler(model, tokenizer)
+        frozen = sampler  # frozen weights: the policy is the reference policy
+
+    def reference() -> tuple[str, dict]:
+        # A separate frozen copy when training: the policy's LoRA moves while reflection runs.
+        register_local_model("reference", frozen or TransformersSampler(*load_frozen(model_path)))
+        return DEFAULT_REFLECTOR, {}
+
+    return Policy(sampler, learner, int(tokenizer.eos_token_id), reference)
+
+
+def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
+    from agents.vllm_sampler import VLLMSampler
+    from agents.vllm_server import VLLMServer
+
+    model_path = resolve_model(cfg.model)
+    if cfg.vllm_url:
+        server = VLLMServer.connect(cfg.vllm_url)
+    else:
+        server = VLLMServer(model_path, python=cfg.vllm_python, max_lora_rank=_lora_slot(cfg.lora_rank),
+                            log_path=Path(rundir.root) / "vllm-server.log", extra_args=tuple(cfg.vllm_args))
+        server.start()
+    try:
+        sampler = VLLMSampler(server, model_path, max_concurrency=cfg.max_concurrency)
+        learner: Learner = FrozenLearner()
+        if cfg.trains_weights:
+            learner = AdapterSync(_trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, True)),
+                                  sampler, step=resume_step)
+    except BaseException:
+        server.stop() if server.owned else None
+        raise
+    closers = [server.stop] if server.owned else []
+    return Policy(sampler, learner, int(sampler.tokenizer.eos_token_id),
+                  lambda: (sampler.litellm_model, {"api_base": sampler.api_base}), closers=closers)
+
+
+def litellm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
+    from agents.litellm_sampler import LiteLLMSampler
+
+    sampler = LiteLLMSampler(cfg.model, params=cfg.policy_kwargs, max_concurrency=cfg.max_concurrency,
+                             timeout=cfg.reflector_timeout, num_retries=cfg.reflector_retries)
+    # Self-reflection by the same hosted model, as the frozen-reference default means locally.
+    return Policy(sampler, FrozenLearner(), -1, lambda: (cfg.model, dict(cfg.policy_kwargs)),
+                  meters={"policy": sampler.usage.as_dict})
+
+
+def _lora_slot(rank: int) -> int:
+    # vLLM accepts only these --max-lora-rank values.
+    return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
+
+
+BUILDERS: dict[str, Callable[[RunConfig, object, int, int], Policy]] = {
+    "transformers": transformers_policy,
+    "vllm": vllm_policy,
+    "litellm": litellm_policy,
+}
+
+
+def build_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
+    return BUILDERS[cfg.sampler](cfg, rundir, train_size, resume_step)

@@ -148,6 +148,11 @@ def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Po
         server.start()
     try:
         sampler = VLLMSampler(server, model_path, max_concurrency=cfg.max_concurrency)
+        if not server.owned and Path(sampler.base_model_name).name != Path(model_path).name:
+            # The learner trains adapters for --model; a server with other base weights would
+            # sample from a policy the learner never sees.
+            log.warning("the vLLM server at %s serves %r but --model is %s; make sure they are the same weights",
+                        server.url, sampler.base_model_name, model_path)
         learner: Learner = FrozenLearner()
         if cfg.trains_weights:
             learner = AdapterSync(_trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, True)),

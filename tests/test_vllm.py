@@ -311,6 +311,34 @@ def test_cli_run_with_the_vllm_sampler_syncs_weights_every_step(server, method, 
         assert usage["calls"] > 0 and usage["completion_tokens"] > 0 and usage["failures"] < usage["calls"]
 
 
+def vllm_server_processes() -> set[int]:
+    out = subprocess.run(["pgrep", "-f", "vllm.entrypoints.openai.api_server"], capture_output=True, text=True).stdout
+    return {int(pid) for pid in out.split()}
+
+
+def test_a_run_starts_its_own_server_and_stops_it_at_the_end(server, tmp_path, caplog):
+    """Without --vllm-url the run owns a server: started from vLLM's venv, logged into the run
+    folder, and gone (with its engine processes) when the run ends."""
+    import logging
+
+    import httpx
+
+    from espl.cli import main
+
+    before = vllm_server_processes()
+    out = tmp_path / "owned"
+    with caplog.at_level(logging.INFO, logger="agents.vllm_server"):
+        code = main(["run", "--env", "espl/Arithmetic-v0", "--sampler", "vllm", "--method", "rl", "--iterations", "1",
+                     "--programs", "1", "--batch-size", "2", "--group-size", "2", "--eval-problems", "1",
+                     "--eval-samples", "1", "--max-new-tokens", "16", "--out", str(out)])
+    assert code == 0
+    url = next(r.getMessage().split(" on ")[1].split(" ")[0] for r in caplog.records if "starting vLLM server" in r.getMessage())
+    assert url != server.url and "Application startup complete" in (out / "vllm-server.log").read_text()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=5)
+    assert wait_until(lambda: vllm_server_processes() <= before), "the run's vLLM server outlived it"
+
+
 def test_the_served_policy_is_the_trained_policy(server, model_dir, tmp_path):
     """A dense reward gives every step a gradient: the adapter the server samples from after the
     run is the learner's last checkpoint, and it differs from the base weights."""

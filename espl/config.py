@@ -80,8 +80,10 @@ class RunConfig(BaseModel):
 
     @property
     def selected_programs(self) -> int:
-        """M for this method: self-reflection is a population of one."""
-        return 1 if self.method in ("self-reflection", "rl") else self.programs
+        """M slots per iteration for every method: rl (one fixed prompt) and self-reflection (a
+        population of one) fill all M slots with their program, so every method spends the same
+        rollouts per iteration."""
+        return self.programs
 
     @property
     def trains_weights(self) -> bool:

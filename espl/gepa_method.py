@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 
+from agents.llm_router import usage_delta
 from agents.rollout import EpisodeSpec, Rollout
 from agents.sampler import SamplingParams
 from espl.config import RunConfig
@@ -116,6 +118,8 @@ class GepaLoop:
                 log.warning("%s", exc)
                 return ""
 
+        started = time.monotonic()
+        spent_before = {name: meter() for name, meter in parts.meters.items()}
         progress("gepa search")
         result = gepa.optimize(
             seed_candidate={COMPONENT: self.pool.programs[0].render()}, trainset=trainset, valset=valset,
@@ -123,6 +127,7 @@ class GepaLoop:
             reflection_minibatch_size=min(cfg.batch_size, len(trainset)), seed=cfg.seed,
             raise_on_exception=False, logger=_GepaLog(), display_progress_bar=False)
         self._adopt(result, t)
+        searched = time.monotonic()
         progress("eval")
         best = self.test_program()
         test = evaluate_prompt(parts.engine, best.render(), best.id, cfg, parts.test_size, self.sampling(0, salt=1))
@@ -143,6 +148,9 @@ class GepaLoop:
                      "val_scores": [round(x, 4) for x in result.val_aggregate_scores],
                      "metric_calls": result.total_metric_calls, "budget": cfg.rollout_budget},
             "test": test,
+            "usage": {name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
+            "seconds": round(time.monotonic() - started, 2),
+            "phase_seconds": {"gepa search": round(searched - started, 2), "eval": round(time.monotonic() - searched, 2)},
         }
         return IterationResult(rollouts, [], metrics)
 

@@ -103,7 +103,8 @@ def test_evolution_keeps_weights_and_grows_pool(tiny_model, tmp_path):
 def test_self_reflection_is_a_population_of_one(tiny_model, tmp_path):
     loop, _ = build(tiny_model, tmp_path, "self-reflection")
     result = loop.iteration(1)
-    assert result.metrics["rollouts"] == 4  # one program x 2 problems x 2 samples
+    # one program in both slots x 2 problems x 2 samples: the same rollouts as every other method
+    assert result.metrics["rollouts"] == 8 and set(result.metrics["program_scores"]) == {"p0"}
     assert "crossover" not in result.metrics["reflections"]
     assert "test" in result.metrics and {"pass@1", "pass@2", "success"} <= set(result.metrics["test"])
 

@@ -24,6 +24,7 @@ def add_parsers(sub) -> None:
     bench.add_argument("--out", default="runs/bench", help="folder for the suite's run folders")
     bench.add_argument("--results", default=None, help="results file to write (default: OUT/results.json)")
     bench.add_argument("--model", default=None, help="override the suite's model (e.g. a local folder)")
+    bench.add_argument("--seeds", default=None, help="run only these seeds, comma-separated (e.g. to split a suite across machines)")
     bench.add_argument("--z", type=float, default=2.0, help="compare: tolerance in standard errors")
     bench.add_argument("--floor", type=float, default=0.02, help="compare: smallest tolerated drop")
     bench.add_argument("--allow-missing", action="store_true", help="compare: a baseline entry without a result is not a failure")
@@ -57,8 +58,11 @@ def run_suite(args: argparse.Namespace) -> int:
     except KeyError:
         raise ConfigError(f"unknown suite {args.suite!r}; fix: use one defined in leaderboards/suite.py") from None
     out = Path(args.out)
+    seeds = _seeds(args.seeds)
     records = []
     for config in suite.configs:
+        if seeds is not None and config.seed not in seeds:
+            continue
         if args.model:
             config = replace(config, model=args.model)
         sid = config.suite_id
@@ -71,9 +75,19 @@ def run_suite(args: argparse.Namespace) -> int:
             return code
         records.append(ScoreRecord.from_summary(sid, json.loads((folder / "summary.json").read_text())))
     results = Path(args.results or out / "results.json")
+    results.parent.mkdir(parents=True, exist_ok=True)
     dump_scores(records, results)
     sys.stdout.write(f"suite {suite.name} v{suite.version}: {len(records)} results in {results}\n")
     return 0
+
+
+def _seeds(text: str | None) -> set[int] | None:
+    if text is None:
+        return None
+    try:
+        return {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise ConfigError(f"--seeds={text!r} is invalid; fix: pass integers separated by commas, e.g. --seeds 0,1") from None
 
 
 def compare(args: argparse.Namespace) -> int:

@@ -40,3 +40,10 @@ def test_leaderboard_from_real_run_folders(tiny_model, tmp_path, capsys):
     assert "espl/Arithmetic-v0" in out and "rl" in out
     assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "site" / "leaderboard.md").is_file()
     assert main(["leaderboard", str(tmp_path / "nothing")]) == 2
+
+
+def test_bench_runs_only_the_requested_seeds(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--suite", "smoke", "--seeds", "7", "--out", str(out)]) == 0  # smoke has seed 0 only
+    assert "0 results" in capsys.readouterr().out and not any(out.glob("*--*"))
+    assert main(["bench", "--suite", "smoke", "--seeds", "zero", "--out", str(out)]) == 2

@@ -19,7 +19,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     for name, (default, help_text) in field_help().items():
         flag = "--" + name.replace("_", "-")
         annotation = RunConfig.model_fields[name].annotation
-        shown = f"{help_text} (default: {default})" if default not in (None, {}) else help_text
+        shown = f"{help_text} (default: {default})" if default not in (None, {}, []) else help_text
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
         elif typing.get_origin(annotation) is typing.Literal:

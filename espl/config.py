@@ -126,7 +126,7 @@ class RunConfig(BaseModel):
 
 def field_help() -> dict[str, tuple[Any, str]]:
     """``{name: (default, help)}`` for every field, for the CLI."""
-    return {name: (f.default if f.default is not None else None, f.description or "")
+    return {name: (None if f.is_required() else f.get_default(call_default_factory=True), f.description or "")
             for name, f in RunConfig.model_fields.items()}
 
 

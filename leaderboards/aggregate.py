@@ -182,6 +182,10 @@ def load_run(folder: str | Path) -> RunRecord:
     summary, header = _read_json(folder / "summary.json"), _read_json(folder / "run.json")
     try:
         seed = int(header["config"]["seed"])
+        done, planned = summary.get("iterations_completed"), summary.get("iterations_planned")
+        if isinstance(done, int) and isinstance(planned, int) and done < planned:
+            # A run still going (or stopped) would compare a partial budget with finished ones.
+            raise RunLoadError(f"unfinished ({done} of {planned} iterations); resume it to include it")
         history = _metrics(folder)
         test = summary.get("test") or {}
         usage = summary.get("usage") or {}

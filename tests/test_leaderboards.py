@@ -236,3 +236,11 @@ def test_empty_site(tmp_path):
     index = render_site(aggregate([]), tmp_path / "site")
     assert "No runs found." in index.read_text()
     check_links(index)
+
+
+def test_an_unfinished_run_is_left_out_with_a_warning(tmp_path, caplog):
+    folder = write_run(tmp_path / "runs" / "partial", train=(0.1,), test=(0.2,))
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "iterations_planned": 3}))
+    assert build_leaderboard([tmp_path / "runs"]) == []
+    assert "unfinished (1 of 3 iterations)" in caplog.text

@@ -115,7 +115,7 @@ def _trl_learner(settings: LearnerSettings) -> TRLLearner:
 
 
 def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
-    from espl.reflector import DEFAULT_REFLECTOR, register_local_model
+    from espl.reflector import DEFAULT_REFLECTOR, register_local_model, unregister_local_model
 
     model_path = resolve_model(cfg.model)
     if cfg.trains_weights:
@@ -127,12 +127,15 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
         learner, sampler = FrozenLearner(), TransformersSampler(model, tokenizer)
         frozen = sampler  # frozen weights: the policy is the reference policy
 
+    closers: list = []
+
     def reference() -> tuple[str, dict]:
         # A separate frozen copy when training: the policy's LoRA moves while reflection runs.
         register_local_model("reference", frozen or TransformersSampler(*load_frozen(model_path)))
+        closers.append(lambda: unregister_local_model("reference"))
         return DEFAULT_REFLECTOR, {}
 
-    return Policy(sampler, learner, int(tokenizer.eos_token_id), reference)
+    return Policy(sampler, learner, int(tokenizer.eos_token_id), reference, closers=closers)
 
 
 def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:

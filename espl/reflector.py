@@ -118,14 +118,25 @@ class _Batcher:
         self._queue.put((messages, params, future))
         return future
 
+    def stop(self) -> None:
+        """End the serving thread, which releases the sampler (and its model) for collection."""
+        self._queue.put(None)
+
     def _serve(self) -> None:
         while True:
-            batch = [self._queue.get()]
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._queue.get(timeout=self.wait_s))
+                    item = self._queue.get(timeout=self.wait_s)
                 except queue.Empty:
                     break
+                if item is None:  # stop after answering what was already asked
+                    self._queue.put(None)
+                    break
+                batch.append(item)
             by_params: dict = {}
             for item in batch:
                 by_params.setdefault(item[1], []).append(item)
@@ -172,6 +183,9 @@ def register_local_model(name: str, sampler) -> str:
             )
 
     with _lock:
+        old = _LOCAL_MODELS.get(name)
+        if old is not None:
+            old.stop()
         _LOCAL_MODELS[name] = _Batcher(sampler)
         if not _registered:
             litellm.custom_provider_map = [
@@ -180,3 +194,11 @@ def register_local_model(name: str, sampler) -> str:
             ]
             _registered = True
     return f"{LOCAL_PROVIDER}/{name}"
+
+
+def unregister_local_model(name: str) -> None:
+    """Stop serving ``espl-local/<name>`` (a finished run's reference model is then freed)."""
+    with _lock:
+        batcher = _LOCAL_MODELS.pop(name, None)
+    if batcher is not None:
+        batcher.stop()

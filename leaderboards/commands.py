@@ -24,6 +24,7 @@ def add_parsers(sub) -> None:
     bench.add_argument("--out", default="runs/bench", help="folder for the suite's run folders")
     bench.add_argument("--results", default=None, help="results file to write (default: OUT/results.json)")
     bench.add_argument("--model", default=None, help="override the suite's model (e.g. a local folder)")
+    bench.add_argument("--collect", action="store_true", help="run nothing: write results for the suite's finished runs in --out")
     bench.add_argument("--seeds", default=None, help="run only these seeds, comma-separated (e.g. to split a suite across machines)")
     bench.add_argument("--z", type=float, default=2.0, help="compare: tolerance in standard errors")
     bench.add_argument("--floor", type=float, default=0.02, help="compare: smallest tolerated drop")
@@ -67,18 +68,31 @@ def run_suite(args: argparse.Namespace) -> int:
             config = replace(config, model=args.model)
         sid = config.suite_id
         folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
-        resume = ["--resume"] if (folder / "run.json").exists() else []
-        log.info("bench: %s %s seed %d", sid.env, sid.method, sid.seed)
-        code = cli_main(["run", *config.run_args(str(folder)), *resume])
-        if code != 0:
-            log.error("bench: %s failed (exit %d)", folder, code)
-            return code
+        if args.collect:
+            if not _finished(folder):
+                log.info("bench: %s is not finished; left out", folder)
+                continue
+        else:
+            resume = ["--resume"] if (folder / "run.json").exists() else []
+            log.info("bench: %s %s seed %d", sid.env, sid.method, sid.seed)
+            code = cli_main(["run", *config.run_args(str(folder)), *resume])
+            if code != 0:
+                log.error("bench: %s failed (exit %d)", folder, code)
+                return code
         records.append(ScoreRecord.from_summary(sid, json.loads((folder / "summary.json").read_text())))
     results = Path(args.results or out / "results.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     dump_scores(records, results)
     sys.stdout.write(f"suite {suite.name} v{suite.version}: {len(records)} results in {results}\n")
     return 0
+
+
+def _finished(folder: Path) -> bool:
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("iterations_completed", 0) >= summary.get("iterations_planned", 1)
 
 
 def _seeds(text: str | None) -> set[int] | None:

@@ -47,3 +47,21 @@ def test_bench_runs_only_the_requested_seeds(tmp_path, capsys):
     assert main(["bench", "--suite", "smoke", "--seeds", "7", "--out", str(out)]) == 0  # smoke has seed 0 only
     assert "0 results" in capsys.readouterr().out and not any(out.glob("*--*"))
     assert main(["bench", "--suite", "smoke", "--seeds", "zero", "--out", str(out)]) == 2
+
+
+def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
+    from leaderboards.suite import get_suite
+
+    out = tmp_path / "bench"
+    done, unfinished = get_suite("smoke").configs[:2]
+    for config, completed in ((done, 2), (unfinished, 1)):
+        sid = config.suite_id
+        folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({
+            "iterations_completed": completed, "iterations_planned": 2,
+            "test": {"success": 0.5, "problems": 4, "samples": 2, "pass@1": 0.5}}))
+    assert main(["bench", "--suite", "smoke", "--collect", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "1 results" in capsys.readouterr().out
+    assert [r["suite_id"]["method"] for r in results] == [done.method]

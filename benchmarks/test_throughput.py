@@ -98,14 +98,10 @@ def test_transformers_sampler_throughput(benchmark, model_dir):
 @pytest.mark.allow_hosts(["127.0.0.1"])  # the local server only; the suite's sockets stay blocked
 def test_vllm_sampler_throughput(benchmark, model_dir, tmp_path):
     from agents.vllm_sampler import VLLMSampler
-    from agents.vllm_server import VLLMServer, find_vllm_python
+    from agents.vllm_server import VLLMServer
+    from espl.testing import vllm_python_or_skip
 
-    python = find_vllm_python()
-    if python is None:
-        missing = "no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints"
-        if os.environ.get("ESPL_REQUIRE_VLLM"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    python = vllm_python_or_skip()
     with VLLMServer(model_dir, python=python, log_path=tmp_path / "server.log") as server:
         compare(benchmark, VLLMSampler(server, model_dir), "vllm")
         benchmark.extra_info["server_startup_s"] = round(server.startup_s, 1)

@@ -61,3 +61,21 @@ class ScriptedReflector:
     def complete(self, messages: list[dict], *, purpose: str = "") -> str:
         self.calls.append(messages)
         return self._fn(messages)
+
+
+def vllm_python_or_skip() -> str:
+    """The vLLM venv's python for a test; skips without one, or fails where ``ESPL_REQUIRE_VLLM``
+    is set (CI must exercise the real server, not skip it)."""
+    import os
+
+    import pytest
+
+    from agents.vllm_server import SETUP_HINT, find_vllm_python
+
+    python = find_vllm_python()
+    if python is None:
+        missing = f"no vLLM environment: {SETUP_HINT}"
+        if os.environ.get("ESPL_REQUIRE_VLLM"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    return python

@@ -21,7 +21,8 @@ import pytest
 
 from agents.sampler import SamplingParams, TransformersSampler
 from envs.base import TextEnv
-from agents.vllm_server import SamplerUnavailable, VLLMServer, find_vllm_python, free_port, group_members
+from agents.vllm_server import SamplerUnavailable, VLLMServer, free_port, group_members
+from espl.testing import vllm_python_or_skip
 
 # Sockets stay blocked for the rest of the suite; these tests may reach the local server only.
 pytestmark = [pytest.mark.vllm, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -126,12 +127,7 @@ def model_dir():
 
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
-    python = find_vllm_python()
-    if python is None:
-        missing = "no vLLM environment: run scripts/setup-vllm-env.sh and set ESPL_VLLM_PYTHON to the python it prints"
-        if os.environ.get("ESPL_REQUIRE_VLLM"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    python = vllm_python_or_skip()
     with VLLMServer(model_dir, python=python, log_path=tmp_path_factory.mktemp("vllm") / "server.log") as running:
         yield running
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -54,12 +55,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from espl import distributed
     from espl.runner import run
 
-    values = load_file(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "verbose", "json")})
-    cfg = build_config(values)
-    result = run(cfg)
+    if distributed.world_size() > 1:  # under accelerate launch: rank 0 leads, the rest train
+        distributed.init()
+        if distributed.rank() > 0:
+            logging.getLogger().setLevel(logging.WARNING)
+            return distributed.follow()
+    with distributed.leading() if distributed.world_size() > 1 else contextlib.nullcontext():
+        values = load_file(args.config) if args.config else {}
+        values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "verbose", "json")})
+        cfg = build_config(values)
+        result = run(cfg)
     sys.stdout.write(_screen(result, cfg.out))
     return 0
 

@@ -23,7 +23,7 @@ import os
 import queue
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -90,6 +90,20 @@ class LearnerSettings:
     # correction with the sampler's logprobs, for the numeric mismatch between the two engines.
     correct_sampler_logprobs: bool = False
 
+    def rows_per_device(self) -> int:
+        """This process's share of a step's rows (all of them without ``accelerate launch``)."""
+        from espl import distributed
+        from espl.errors import ConfigError
+
+        world = distributed.world_size()
+        if self.rows_per_step % self.group_size:
+            raise ConfigError(f"rows per step ({self.rows_per_step}) must be a multiple of the group size ({self.group_size})")
+        if self.rows_per_step % world:
+            raise ConfigError(f"a step has {self.rows_per_step} rows (programs x batch size x group size), which "
+                              f"{world} processes cannot share evenly; fix: launch a divisor of {self.rows_per_step} "
+                              "processes or change --batch-size/--group-size")
+        return self.rows_per_step // world
+
 
 class _Stop(Exception):
     """Raised inside ``rollout_func`` to end the trainer's loop early on close()."""
@@ -100,20 +114,25 @@ class TRLLearner:
 
     trainable = True
 
-    def __init__(self, settings: LearnerSettings):
+    def __init__(self, settings: LearnerSettings, follower: bool = False):
         from peft import LoraConfig
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
         from datasets import Dataset
 
+        from espl import distributed
+
         self.settings = settings
-        if settings.rows_per_step % settings.group_size:
-            raise ValueError(f"rows per step ({settings.rows_per_step}) must be a multiple of the group size ({settings.group_size})")
-        micro = _largest_divisor_at_most(settings.rows_per_step, settings.micro_batch_size)
+        # Under accelerate launch: rank 0 gets its batches from the loop and forwards them, the
+        # other ranks (followers) receive them; see espl.distributed.
+        self.follower = follower
+        self.world, self.rank = distributed.world_size(), distributed.rank()
+        rows = settings.rows_per_device()
+        micro = _largest_divisor_at_most(rows, settings.micro_batch_size)
         args = GRPOConfig(
             output_dir=str(settings.output_dir),
             per_device_train_batch_size=micro,
-            gradient_accumulation_steps=settings.rows_per_step // micro,
+            gradient_accumulation_steps=rows // micro,
             num_generations=settings.group_size,
             max_steps=settings.total_steps,
             learning_rate=settings.learning_rate,
@@ -138,6 +157,7 @@ class TRLLearner:
             shuffle_dataset=False,
             seed=settings.seed,
             dataloader_num_workers=0,
+            ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
         )
         slots = settings.rows_per_step // settings.group_size
         placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
@@ -180,6 +200,13 @@ class TRLLearner:
         if settings.correct_sampler_logprobs:
             _enable_sampler_is_correction(self.trainer)
         self.model = self.trainer.model
+        self._load_committed_adapter()
+        if self.world > 1 and not follower:
+            kind = self.trainer.accelerator.distributed_type.value
+            log.info("learner: %d processes (%s), %d rows each per step", self.world, kind, rows)
+            if kind == "MULTI_CPU" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+                log.warning("accelerate shards parameters (FSDP) on GPUs only; on CPUs the processes run as plain "
+                            "data parallel")
         self.tokenizer = self.trainer.processing_class
         self._thread: threading.Thread | None = None
 
@@ -187,14 +214,28 @@ class TRLLearner:
 
     def _rollout_func(self, prompts, trainer) -> dict:
         self._mark_step_done()
-        batch = self._inbox.get()
+        batch = self._next_batch()
         if batch is None:
             raise _Stop()
         with self._cond:
             self._in_step = True
-        if len(batch) != len(prompts):
-            raise RuntimeError(f"the trainer asked for {len(prompts)} rows, the iteration produced {len(batch)}")
-        return self._rollout_func_output(batch)
+        if len(batch) != len(prompts) * self.world:
+            raise RuntimeError(f"the trainer asked for {len(prompts)} rows on each of {self.world} processes, "
+                               f"the iteration produced {len(batch)}")
+        mine = batch[self.rank * len(prompts):(self.rank + 1) * len(prompts)]
+        return self._rollout_func_output(mine)
+
+    def _next_batch(self) -> list[TrainingSample] | None:
+        if self.world == 1:
+            return self._inbox.get()
+        from espl import distributed
+
+        if self.follower:
+            rows = distributed.broadcast_json()
+            return None if rows is None else [TrainingSample(**row) for row in rows]
+        batch = self._inbox.get()
+        distributed.broadcast_json(None if batch is None else [asdict(s) for s in batch])
+        return batch
 
     @staticmethod
     def _rollout_func_output(batch: list[TrainingSample]) -> dict:
@@ -227,17 +268,17 @@ class TRLLearner:
             self._finished = self._finished or finished
             self._cond.notify_all()
 
+    def follow(self) -> None:
+        """Follower: train in this thread until the leader stops (see :mod:`espl.distributed`)."""
+        self._train(self._resume_checkpoint())
+        if self._error is not None:
+            raise self._error
+
     # -- the loop's side ---------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the trainer thread, resuming from the committed checkpoint when there is one."""
-        checkpoint = None
-        if self.settings.resume_step:
-            checkpoint = str(self.checkpoint_dir(self.settings.resume_step))
-            if not Path(checkpoint).is_dir():
-                from espl.errors import RunDirError
-
-                raise RunDirError(f"the learner checkpoint {checkpoint} is missing; fix: resume from a complete run folder or start a new run")
+        checkpoint = self._resume_checkpoint()
         self._drop_uncommitted_checkpoints(self.settings.resume_step)
         self._thread = threading.Thread(target=self._train, args=(checkpoint,), name="trl-learner", daemon=True)
         self._thread.start()
@@ -260,17 +301,41 @@ class TRLLearner:
             raise self._error
         return dict(self._last_logs)
 
+    def _resume_checkpoint(self) -> str | None:
+        if not self.settings.resume_step:
+            return None
+        checkpoint = self.checkpoint_dir(self.settings.resume_step)
+        if not checkpoint.is_dir():
+            from espl.errors import RunDirError
+
+            raise RunDirError(f"the learner checkpoint {checkpoint} is missing; fix: resume from a complete run folder or start a new run")
+        return str(checkpoint)
+
+    def _load_committed_adapter(self) -> None:
+        # The trainer restores the checkpoint only when it starts, after the resumed iteration's
+        # rollouts; those must already come from the committed weights, not a fresh adapter.
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        checkpoint = self._resume_checkpoint()
+        if checkpoint:
+            set_peft_model_state_dict(self.model, load_file(Path(checkpoint) / "adapter_model.safetensors"))
+
     def checkpoint_dir(self, step: int) -> Path:
         return self.settings.output_dir / f"checkpoint-{step}"
 
     def close(self) -> None:
         """Stop the trainer thread if it is still waiting for batches (never blocks for long)."""
+        if self._thread is None and self.world > 1 and self._error is None:
+            # The followers entered their trainer at the handshake; ours must reach its first
+            # batch request to tell them to stop (a run that had nothing left to train).
+            self.start()
         if self._thread is not None and self._thread.is_alive():
             try:
                 self._inbox.put_nowait(None)
             except queue.Full:  # interrupted with a batch pending: the daemon thread dies with us
                 return
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=10 if self.world == 1 else 600)
 
     def _drop_uncommitted_checkpoints(self, committed: int) -> None:
         # A checkpoint newer than the last committed iteration belongs to a step whose iteration

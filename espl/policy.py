@@ -21,7 +21,7 @@ from pathlib import Path
 
 from agents.sampler import Sampler, TransformersSampler
 from espl.config import RunConfig
-from espl.errors import ModelNotFound, RunDirError
+from espl.errors import ConfigError, ModelNotFound, RunDirError
 from espl.learner import FrozenLearner, Learner, LearnerSettings, TRLLearner, TrainingSample
 from espl.models import resolve_model
 
@@ -108,6 +108,10 @@ def load_frozen(model_path: str):
 
 
 def _trl_learner(settings: LearnerSettings) -> TRLLearner:
+    from espl import distributed
+
+    settings.rows_per_device()  # a layout the processes cannot share fails before they start
+    distributed.announce(settings)
     try:
         return TRLLearner(settings)
     except OSError as exc:
@@ -117,7 +121,13 @@ def _trl_learner(settings: LearnerSettings) -> TRLLearner:
 def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
     from espl.reflector import DEFAULT_REFLECTOR, register_local_model, unregister_local_model
 
+    from espl import distributed
+
     model_path = resolve_model(cfg.model)
+    if cfg.trains_weights and distributed.world_size() > 1 and distributed.sharded_parameters():
+        raise ConfigError("the accelerate config shards the policy across processes (FSDP or ZeRO-3), so the "
+                          "in-process sampler cannot generate on rank 0 alone; fix: add --sampler vllm, or "
+                          "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
     if cfg.trains_weights:
         learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False))
         sampler, tokenizer = TransformersSampler(learner.model, learner.tokenizer), learner.tokenizer

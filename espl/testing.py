@@ -9,6 +9,8 @@ import itertools
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from envs.base import TextEnv
+
 
 def make_tiny_model(path: Path, *, seed: int = 0) -> Path:
     """A 2-layer randomly initialised Llama with the embedded model's tokenizer, saved at ``path``."""
@@ -79,3 +81,46 @@ def vllm_python_or_skip() -> str:
             pytest.fail(missing)
         pytest.skip(missing)
     return python
+
+
+class ShortReplies(TextEnv):
+    """Reward = how short the reply is: dense, so every GRPO group has a spread of rewards."""
+
+    def split_size(self, split: str) -> int:
+        return 8
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        split, index = self._pick(options)
+        return f"Say something about the number {index}.", {"problem_id": f"{split}/{index}"}
+
+    def step(self, action: str):
+        reward = max(0.0, 1.0 - len(action) / 400)  # 32 tokens stay well under 400 characters: never flat
+        return "", reward, True, False, {"answer": "", "success": reward > 0.8, "valid": True, "metadata": {}}
+
+
+DENSE_PLUGIN = ("import gymnasium as gym\n"
+                "gym.register(id='Short-v0', entry_point='espl.testing:ShortReplies', disable_env_checker=True)\n")
+
+
+def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate_config: Path | None = None,
+                env: dict[str, str] | None = None, timeout: float = 900):
+    """``espl-bench ARGS`` in a subprocess, under ``accelerate launch`` when ``processes`` > 1.
+
+    ``plugin`` is a folder on the subprocess's path (write :data:`DENSE_PLUGIN` there as
+    ``dense_plugin.py`` for the env ``dense_plugin:Short-v0``).
+    """
+    import os
+    import subprocess
+    import sys
+
+    from agents.vllm_server import free_port
+
+    root = Path(__file__).resolve().parents[1]
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(root)]), "OMP_NUM_THREADS": "1",
+                "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0", **(env or {})}
+    launcher = [] if processes == 1 else [
+        "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config or root / "configs/accelerate/ddp.yaml"),
+        "--num_processes", str(processes), "--main_process_port", str(free_port())]
+    return subprocess.run([sys.executable, *launcher, "-m", "espl.cli", "run", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=root)

@@ -26,6 +26,7 @@ def add_parsers(sub) -> None:
     bench.add_argument("--model", default=None, help="override the suite's model (e.g. a local folder)")
     bench.add_argument("--collect", action="store_true", help="run nothing: write results for the suite's finished runs in --out")
     bench.add_argument("--seeds", default=None, help="run only these seeds, comma-separated (e.g. to split a suite across machines)")
+    bench.add_argument("--envs", default=None, help="run only these env ids, comma-separated (e.g. cheap ones first)")
     bench.add_argument("--z", type=float, default=2.0, help="compare: tolerance in standard errors")
     bench.add_argument("--floor", type=float, default=0.02, help="compare: smallest tolerated drop")
     bench.add_argument("--allow-missing", action="store_true", help="compare: a baseline entry without a result is not a failure")
@@ -60,9 +61,10 @@ def run_suite(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown suite {args.suite!r}; fix: use one defined in leaderboards/suite.py") from None
     out = Path(args.out)
     seeds = _seeds(args.seeds)
+    envs = _envs(args.envs, {c.env for c in suite.configs}, suite.name)
     records = []
     for config in suite.configs:
-        if seeds is not None and config.seed not in seeds:
+        if (seeds is not None and config.seed not in seeds) or (envs is not None and config.env not in envs):
             continue
         if args.model:
             config = replace(config, model=args.model)
@@ -102,6 +104,16 @@ def _seeds(text: str | None) -> set[int] | None:
         return {int(part) for part in text.split(",") if part.strip()}
     except ValueError:
         raise ConfigError(f"--seeds={text!r} is invalid; fix: pass integers separated by commas, e.g. --seeds 0,1") from None
+
+
+def _envs(text: str | None, known: set[str], suite: str) -> set[str] | None:
+    if text is None:
+        return None
+    envs = {part.strip() for part in text.split(",") if part.strip()}
+    if unknown := sorted(envs - known):
+        raise ConfigError(f"--envs names {', '.join(unknown)}, which suite {suite!r} does not run; fix: pick from "
+                          f"{', '.join(sorted(known))}")
+    return envs
 
 
 def compare(args: argparse.Namespace) -> int:

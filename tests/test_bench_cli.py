@@ -65,3 +65,25 @@ def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert "1 results" in capsys.readouterr().out
     assert [r["suite_id"]["method"] for r in results] == [done.method]
+
+
+def test_bench_runs_only_the_requested_envs(tmp_path, capsys, caplog):
+    from leaderboards.suite import get_suite
+
+    out = tmp_path / "bench"
+    board = get_suite("board").configs
+    for config in board:  # every run of the suite finished, so --collect reads them without running
+        sid = config.suite_id
+        folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({
+            "iterations_completed": 2, "iterations_planned": 2,
+            "test": {"success": 0.5, "problems": 4, "samples": 2, "pass@1": 0.5}}))
+    assert main(["bench", "--suite", "board", "--collect", "--out", str(out), "--envs",
+                 "espl/ToolUse-v0, rg/letter_counting-v0", "--seeds", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted({(r["suite_id"]["env"], r["suite_id"]["seed"]) for r in results}) == [
+        ("espl/ToolUse-v0", 1), ("rg/letter_counting-v0", 1)]
+    assert len(results) == 10  # five methods each
+    assert main(["bench", "--suite", "board", "--envs", "espl/Nope-v0", "--out", str(out)]) == 2
+    assert "--envs names espl/Nope-v0, which suite 'board' does not run; fix:" in caplog.text

@@ -20,9 +20,8 @@ import time
 import pytest
 
 from agents.sampler import SamplingParams, TransformersSampler
-from envs.base import TextEnv
 from agents.vllm_server import SamplerUnavailable, VLLMServer, free_port, group_members
-from espl.testing import vllm_python_or_skip
+from espl.testing import ShortReplies, vllm_python_or_skip
 
 # Sockets stay blocked for the rest of the suite; these tests may reach the local server only.
 pytestmark = [pytest.mark.vllm, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -367,20 +366,24 @@ def test_the_served_policy_is_the_trained_policy(server, model_dir, tmp_path):
         assert mean_abs_diff(c.logprobs, with_adapter) < mean_abs_diff(c.logprobs, base)
 
 
-class ShortReplies(TextEnv):
-    """Reward = how short the reply is: dense, so every GRPO group has a spread of rewards."""
+def test_a_learner_under_accelerate_launch_feeds_the_server(server, tmp_path):
+    """Two learner processes (configs/accelerate/ddp.yaml, gloo on CPU) train, rank 0 runs the
+    loop and loads every step's LoRA adapter into the server."""
+    from espl.testing import DENSE_PLUGIN, launch_espl
 
-    def split_size(self, split: str) -> int:
-        return 8
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        split, index = self._pick(options)
-        return f"Say something about the number {index}.", {"problem_id": f"{split}/{index}"}
-
-    def step(self, action: str):
-        reward = max(0.0, 1.0 - len(action) / 400)  # 32 tokens stay well under 400 characters: never flat
-        return "", reward, True, False, {"answer": "", "success": reward > 0.8, "valid": True, "metadata": {}}
+    (tmp_path / "dense_plugin.py").write_text(DENSE_PLUGIN)
+    out = tmp_path / "run"
+    proc = launch_espl(["--env", "dense_plugin:Short-v0", "--method", "rl", "--sampler", "vllm", "--vllm-url", server.url,
+                        "--iterations", "2", "--programs", "1", "--batch-size", "2", "--group-size", "2",
+                        "--eval-problems", "1", "--eval-samples", "1", "--max-new-tokens", "16",
+                        "--learning-rate", "0.005", "--validation-problems", "0", "--out", str(out)],
+                       plugin=tmp_path, processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "learner: 2 processes (MULTI_CPU), 2 rows each per step" in proc.stderr
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["learner"]["synced_step"] for m in metrics] == [1.0, 2.0]
+    assert all(m["learner"]["grad_norm"] > 0 for m in metrics)
+    assert (out / "learner" / "checkpoint-2" / "rng_state_1.pth").is_file(), "rank 1 did not train"
 
 
 def test_a_killed_server_is_reported_and_leaves_no_process(server, sampler):

@@ -1,0 +1,132 @@
+"""Several learner processes under ``accelerate launch``: rank 0 runs the run, the others only train.
+
+Every process launched by ``accelerate launch`` (or ``torchrun``) runs ``espl-bench run`` with the
+same flags. Rank 0, the *leader*, does everything a one-process run does: rollouts, reflection,
+evaluation, commits, the run folder. The other ranks, *followers*, hold their replica or shard of
+the policy (DDP, FSDP or DeepSpeed, as the accelerate config says) and take part in every TRL
+step. Each TRL step's batch is built once, by the leader, and reaches the followers inside TRL's
+``rollout_func``; each rank trains on its slice (rank-major, so TRL's gather of rewards across
+ranks sees the batch in the leader's order and GRPO groups stay intact).
+
+Protocol (every message is JSON in a ``uint8`` tensor broadcast from rank 0; never pickle):
+
+1. *handshake*: the learner's settings, or ``null`` when the run trains no weights (the
+   followers then exit) or stopped before building its learner;
+2. one message per TRL step: that step's whole batch; ``null`` stops the trainers.
+
+Error policy: a leader that fails still sends ``null`` on its way out (:func:`leading`), so
+followers exit instead of hanging; the launcher reports the leader's exit status. A follower that
+loses the leader mid-collective fails with the backend's error and the launcher stops the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import timedelta
+
+log = logging.getLogger(__name__)
+
+# Followers wait in a collective while the leader samples, reflects and evaluates; the default
+# 30-minute collective timeout would kill a long iteration on a big model.
+COLLECTIVE_TIMEOUT = timedelta(hours=12)
+
+_handshake_sent = False
+
+
+def world_size() -> int:
+    """How many processes the launcher started (1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def sharded_parameters() -> bool:
+    """Whether the launch config shards the parameters (FSDP, DeepSpeed ZeRO-3).
+
+    Then no single rank holds the whole policy, so the in-process ``transformers`` sampler cannot
+    generate on the leader alone; rollouts must come from a vLLM server. Accelerate shards only on
+    GPUs: without one the same configs run as plain data parallel.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return True
+    return (os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+            and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+
+
+def init() -> None:
+    """Join the process group (gloo on CPU, NCCL on GPUs) before any other collective."""
+    import torch
+    from accelerate import PartialState
+
+    # TRL's Trainer creates the same shared state later; it must agree on cpu= or it would
+    # pick a GPU backend on one machine and gloo on another.
+    PartialState(cpu=not torch.cuda.is_available(), timeout=COLLECTIVE_TIMEOUT)
+
+
+def broadcast_json(value=None):
+    """Rank 0's ``value`` on every rank (JSON-serialisable values only)."""
+    import torch
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    device = PartialState().device
+    if rank() == 0:
+        data = json.dumps(value).encode()
+        size = torch.tensor([len(data)], dtype=torch.long, device=device)
+    else:
+        size = torch.zeros(1, dtype=torch.long, device=device)
+    dist.broadcast(size, src=0)
+    if rank() == 0:
+        buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(device)
+    else:
+        buffer = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=0)
+    return json.loads(buffer.cpu().numpy().tobytes().decode())
+
+
+def announce(settings) -> None:
+    """Leader: send the learner's settings so the followers build the same trainer (handshake)."""
+    global _handshake_sent
+    if world_size() > 1 and rank() == 0 and not _handshake_sent:
+        payload = {k: str(v) if k == "output_dir" else v for k, v in asdict(settings).items()}
+        broadcast_json(payload)
+        _handshake_sent = True
+
+
+@contextmanager
+def leading() -> Iterator[None]:
+    """Leader: around a whole run; releases followers that never got a handshake."""
+    global _handshake_sent
+    try:
+        yield
+    finally:
+        if not _handshake_sent:
+            broadcast_json(None)
+            _handshake_sent = True
+
+
+def follow() -> int:
+    """Follower: build the leader's learner and train on the slices of its batches until told to stop."""
+    from pathlib import Path
+
+    from espl.learner import LearnerSettings, TRLLearner
+
+    payload = broadcast_json()
+    if payload is None:
+        log.debug("rank %d: the leader trains no weights; nothing to do", rank())
+        return 0
+    settings = LearnerSettings(**{**payload, "output_dir": Path(payload["output_dir"])})
+    log.debug("rank %d: training with %s", rank(), settings)
+    TRLLearner(settings, follower=True).follow()
+    return 0

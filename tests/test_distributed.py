@@ -1,0 +1,125 @@
+"""Several learner processes under ``accelerate launch`` (DDP over gloo on this CPU machine).
+
+The runs use a dense reward (``espl.testing.ShortReplies``) so that every step has a gradient,
+and the repository's own launch config, ``configs/accelerate/ddp.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from espl.testing import DENSE_PLUGIN, launch_espl
+
+FLAGS = ["--env", "dense_plugin:Short-v0", "--method", "rl", "--iterations", "2", "--programs", "1",
+         "--batch-size", "2", "--group-size", "4", "--eval-problems", "1", "--eval-samples", "1",
+         "--max-new-tokens", "16", "--learning-rate", "0.005", "--validation-problems", "0", "--seed", "3"]
+VOLATILE = {"seconds", "phase_seconds", "seconds_this_session"}
+# The launcher's rendezvous port is picked here; the processes talk over loopback only.
+pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory) -> Path:
+    """A module registering the dense-reward env, importable by the launched processes."""
+    folder = tmp_path_factory.mktemp("plugin")
+    (folder / "dense_plugin.py").write_text(DENSE_PLUGIN)
+    return folder
+
+
+def espl_run(plugin: Path, model: Path, out: Path, *extra: str, processes: int = 1, kill: str | None = None):
+    return launch_espl([*FLAGS, "--model", str(model), "--out", str(out), *extra], plugin=plugin, processes=processes,
+                       env={"ESPL_TEST_KILL_AT": kill or ""})
+
+
+def adapter(out: Path, step: int) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "learner" / f"checkpoint-{step}" / "adapter_model.safetensors")
+
+
+def metrics(out: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def one_process(plugin, tiny_model, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "run"
+    proc = espl_run(plugin, tiny_model, out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(plugin, tiny_model, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("two") / "run"
+    proc = espl_run(plugin, tiny_model, out, processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stderr
+
+
+def test_two_processes_train_like_one(one_process, two_processes):
+    """Rank 0 samples the same batch, each rank trains on half of it, and DDP's averaged
+    gradient gives the one-process update: same adapters after every step, up to float noise."""
+    out, log = two_processes
+    assert "learner: 2 processes (MULTI_CPU), 4 rows each per step" in log
+    assert (out / "learner" / "checkpoint-2" / "rng_state_1.pth").is_file(), "rank 1 did not train"
+    for step in (1, 2):
+        one, two = adapter(one_process, step), adapter(out, step)
+        update = max((one[k]).abs().max().item() for k in one if "lora_B" in k)  # lora_B starts at zero
+        assert update > 1e-3, "the dense reward gave no update"
+        assert max((one[k] - two[k]).abs().max().item() for k in one) < update * 1e-2
+    expected, got = metrics(one_process), metrics(out)
+    assert [m["train_reward"] for m in got] == [m["train_reward"] for m in expected]
+    for a, b in zip(expected, got):
+        assert b["learner"]["grad_norm"] == pytest.approx(a["learner"]["grad_norm"], rel=1e-3)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_run_killed_mid_step_resumes_exactly(processes, plugin, tiny_model, one_process, two_processes, tmp_path):
+    """SIGKILL of rank 0 while its second step trains (the launcher then stops rank 1), and
+    ``--resume`` under the same launch finishes exactly like the uninterrupted run: the resumed
+    iteration samples from the committed weights, which a dense reward makes visible."""
+    expected = one_process if processes == 1 else two_processes[0]
+    out = tmp_path / "run"
+    killed = espl_run(plugin, tiny_model, out, processes=processes, kill="2:learn (after reflection)")
+    assert killed.returncode != 0
+    assert (out / "LATEST").read_text().strip() == "1"
+    resumed = espl_run(plugin, tiny_model, out, "--resume", processes=processes)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert metrics(out) == metrics(expected)
+    for key, value in adapter(expected, 2).items():
+        assert (adapter(out, 2)[key] - value).abs().max().item() < 1e-6
+
+
+def test_a_batch_the_processes_cannot_share_is_one_clear_error(plugin, tiny_model, tmp_path):
+    proc = espl_run(plugin, tiny_model, tmp_path / "run", "--batch-size", "3", "--group-size", "1", processes=2)
+    assert proc.returncode != 0
+    assert "a step has 3 rows" in proc.stderr and "fix: launch a divisor of 3 processes" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("a step has 3 rows")[0], "the error is not the first thing reported"
+
+
+def test_a_run_with_nothing_to_train_releases_the_other_ranks(plugin, tiny_model, tmp_path):
+    """Frozen-weight methods need no learner: rank 1 is told so and exits at once."""
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([{"contains": "", "answer": "no edits"}]))
+    proc = espl_run(plugin, tiny_model, tmp_path / "run", "--method", "evolution", "--reflector", f"script:{script}",
+                    processes=2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations_completed"] == 2
+
+
+def test_sharded_parameters_need_the_vllm_sampler(monkeypatch, tiny_model, tmp_path):
+    from espl.config import RunConfig
+    from espl.errors import ConfigError
+    from espl.policy import transformers_policy
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # accelerate shards on GPUs only
+    cfg = RunConfig(env="espl/Arithmetic-v0", method="rl", model=str(tiny_model), out=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="shards the policy.*fix: add --sampler vllm"):
+        transformers_policy(cfg, None, 8, 0)

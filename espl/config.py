@@ -68,7 +68,12 @@ class RunConfig(BaseModel):
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo"] = Field("dr_grpo", description="TRL loss type; dr_grpo sums token terms with a constant normaliser, closest to the paper's summed loss")
     scale_rewards: Literal["none", "group", "batch"] = Field("none", description="TRL reward scaling; none = the paper's plain r - V")
-    micro_batch_size: int = Field(8, ge=1, description="rows per forward/backward pass (gradient accumulation covers the rest)")
+    # 2: a TRL step on 8 multi-turn rows of ~900 tokens peaks at 18+ GB with 8 rows per pass
+    # and no checkpointing (the 135M model, fp32 logits over a 49k vocabulary), at ~6 GB with 2.
+    micro_batch_size: int = Field(2, ge=1, description="rows per forward/backward pass (gradient accumulation covers "
+                                  "the rest); raise it on a GPU with memory to spare")
+    gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass: a fraction of "
+                                         "the memory on long multi-turn rollouts for about a third more step time")
     max_new_tokens: int = Field(128, ge=1, description="tokens per policy reply")
     temperature: float = Field(0.7, gt=0, description="policy sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="policy nucleus sampling")
@@ -108,7 +113,7 @@ class RunConfig(BaseModel):
         """The fields that define the run's results (resume refuses a change to them)."""
         # Where a server runs is not part of a run's identity: a resumed run may use a new one.
         return self.model_dump(exclude={"resume", "force", "out", "iterations", "vllm_url", "vllm_python",
-                                        "max_concurrency"})
+                                        "max_concurrency", "micro_batch_size", "gradient_checkpointing"})
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:

@@ -85,6 +85,7 @@ class LearnerSettings:
     max_completion_length: int
     micro_batch_size: int
     seed: int
+    gradient_checkpointing: bool = True  # far less memory on long (multi-turn) rows
     resume_step: int = 0  # optimizer steps already committed; 0 starts fresh
     # The samples come from another engine (a vLLM server): apply TRL's importance-sampling
     # correction with the sampler's logprobs, for the numeric mismatch between the two engines.
@@ -144,7 +145,7 @@ class TRLLearner:
             loss_type=settings.loss_type,
             scale_rewards=settings.scale_rewards,
             max_completion_length=settings.max_completion_length,
-            gradient_checkpointing=False,
+            gradient_checkpointing=settings.gradient_checkpointing,
             use_cpu=not _cuda_available(),
             bf16=False,
             save_strategy="steps",

@@ -86,7 +86,8 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size,
         total_steps=cfg.iterations, learning_rate=cfg.learning_rate, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
-        max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size, seed=cfg.seed,
+        max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
+        gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
         resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs)
 
 

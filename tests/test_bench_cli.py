@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from espl.cli import main
+from leaderboards.suite import METHODS
 
 
 def scores(path, success):
@@ -87,3 +90,19 @@ def test_bench_runs_only_the_requested_envs(tmp_path, capsys, caplog):
     assert len(results) == 10  # five methods each
     assert main(["bench", "--suite", "board", "--envs", "espl/Nope-v0", "--out", str(out)]) == 2
     assert "--envs names espl/Nope-v0, which suite 'board' does not run; fix:" in caplog.text
+
+
+@pytest.mark.slow
+def test_bench_runs_every_method_of_a_suite_and_resumes(tiny_model, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--suite", "smoke", "--model", str(tiny_model), "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(r["suite_id"]["method"] for r in results) == sorted(METHODS)
+    assert all(r["suite_id"]["model"] == str(tiny_model) for r in results)
+    folders = sorted(p.parent for p in out.glob("*/summary.json"))
+    assert len(folders) == len(METHODS)
+    committed = [(folder / "metrics.jsonl").read_text() for folder in folders]
+    # a second call resumes every finished run (nothing is redone) and writes the same results
+    assert main(["bench", "--suite", "smoke", "--model", str(tiny_model), "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text()) == results
+    assert [(folder / "metrics.jsonl").read_text() for folder in folders] == committed

@@ -118,9 +118,17 @@ class _Batcher:
         self._queue.put((messages, params, future))
         return future
 
-    def stop(self) -> None:
-        """End the serving thread, which releases the sampler (and its model) for collection."""
+    def stop(self, timeout: float = 120.0) -> None:
+        """End the serving thread, which releases the sampler (and its model) for collection.
+
+        Waits for it: a daemon thread still inside torch when the interpreter exits aborts the
+        process ("terminate called without an active exception"), seen on a loaded machine.
+        """
         self._queue.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the local reflector thread is still generating after %.0f s", timeout)
 
     def _serve(self) -> None:
         while True:

@@ -42,8 +42,9 @@ class EnvAdapter:
 
     propose_new_texts = None  # GEPA's own reflective proposer
 
-    def __init__(self, parts: Parts, params: Callable[[int], SamplingParams]):
-        self.parts, self.params = parts, params
+    def __init__(self, parts: Parts, params: Callable[[int], SamplingParams],
+                 on_spent: Callable[[int], None] = lambda rollouts: None):
+        self.parts, self.params, self.on_spent = parts, params, on_spent
         self.rollouts: list[Rollout] = []  # every rollout GEPA paid for
 
     def evaluate(self, batch: list[int], candidate: dict[str, str], capture_traces: bool = False):
@@ -52,6 +53,7 @@ class EnvAdapter:
         specs = [EpisodeSpec(candidate[COMPONENT], "train", index, {"problem": index}) for index in batch]
         rollouts = self.parts.engine.run(specs, self.params(len(self.rollouts)))
         self.rollouts += rollouts
+        self.on_spent(len(self.rollouts))
         return EvaluationBatch(outputs=[r.response for r in rollouts], scores=[r.reward for r in rollouts],
                                trajectories=rollouts if capture_traces else None)
 
@@ -104,7 +106,9 @@ class GepaLoop:
         # Capped at batch_size: every validation pass is paid from the same rollout budget.
         valset = (list(range(min(parts.validation_size, cfg.batch_size)))
                   or self.rng.sample(trainset, min(cfg.batch_size, len(trainset))))
-        adapter = EnvAdapter(parts, self.sampling)
+        # A search is one long step: the progress bar shows the rollout budget it has spent.
+        adapter = EnvAdapter(parts, self.sampling,
+                             lambda spent: progress(f"gepa search, {spent}/{cfg.rollout_budget} rollouts"))
         reflector = parts.reflector
         calls = [0, 0]  # reflector calls, failures
 

@@ -72,7 +72,8 @@ def test_gepa_accepts_a_better_prompt_and_records_its_lineage(tmp_path):
                   mutation=None, crossover=None, train_size=20, test_size=5, eos_id=0,
                   reflector=offline_reflector(f"script:{script}"))
     loop = GepaLoop(cfg, parts, Pool.with_root(), random.Random(0))
-    result = loop.iteration(1)
+    shown: list[str] = []
+    result = loop.iteration(1, progress=shown.append)
     programs = loop.pool.programs
     assert [p.preamble for p in programs[:2]] == ["You are a careful problem solver.", NEW_PROMPT]
     assert programs[1].parents == ["p0"] and programs[1].origin == "mutation"
@@ -80,6 +81,9 @@ def test_gepa_accepts_a_better_prompt_and_records_its_lineage(tmp_path):
     assert loop.test_program().id == "p1" and result.metrics["test"]["success"] == 1.0
     assert result.metrics["rollouts"] <= cfg.rollout_budget + cfg.batch_size  # the budget, up to one minibatch
     assert result.metrics["reflection_calls"] >= 1 and result.metrics["train_reward"] > 0
+    # the progress bar follows the budget through the search
+    spent = [s for s in shown if s.startswith("gepa search, ")]
+    assert len(spent) > 1 and spent[-1] == f"gepa search, {result.metrics['rollouts']}/{cfg.rollout_budget} rollouts"
 
 
 def test_a_finished_gepa_run_resumes_to_the_same_summary(tiny_model, tmp_path):

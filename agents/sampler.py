@@ -65,7 +65,27 @@ class Sampler(Protocol):
         ...
 
 
-class TransformersSampler:
+class ChatTokens:
+    """Prompt token ids from the chat template, one definition for every sampler (uses ``self.tokenizer``)."""
+
+    tokenizer: object
+
+    def encode(self, conversation: list[Message]) -> list[int]:
+        """Token ids of ``conversation`` rendered by the chat template, ready for the reply."""
+        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def continuation(self, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
+        return chat_continuation(self.tokenizer, history, new, ended_with_eos)
+
+    def prompts(self, conversations: Sequence[list[Message]],
+                prompt_ids: Sequence[list[int] | None] | None = None) -> list[list[int]]:
+        """The token ids each reply continues: ``prompt_ids[i]`` when given, else the rendered conversation."""
+        given = list(prompt_ids) if prompt_ids is not None else [None] * len(conversations)
+        return [list(ids) if ids is not None else self.encode(c) for c, ids in zip(conversations, given)]
+
+
+class TransformersSampler(ChatTokens):
     """In-process sampling with Hugging Face ``generate``, batched and length-sorted.
 
     It samples from ``model`` as it is at call time, so when the learner trains that same model
@@ -81,20 +101,11 @@ class TransformersSampler:
         self._torch = torch
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self._eos_ids = _eos_ids(model, tokenizer)
-
-    def encode(self, conversation: list[Message]) -> list[int]:
-        """Token ids of ``conversation`` rendered by the chat template, ready for the reply."""
-        text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def continuation(self, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
-        return chat_continuation(self.tokenizer, history, new, ended_with_eos)
+        self._eos_ids = eos_ids(model, tokenizer)
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
                  prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
-        given = list(prompt_ids) if prompt_ids is not None else [None] * len(conversations)
-        encoded = [ids if ids is not None else self.encode(c) for c, ids in zip(conversations, given)]
+        encoded = self.prompts(conversations, prompt_ids)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         torch = self._torch
@@ -186,7 +197,8 @@ def _trim(ids: list[int], eos_ids: set[int], pad: int) -> tuple[int, str]:
     return len(ids), "length"
 
 
-def _eos_ids(model, tokenizer) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a reply (the generation config may list several)."""
     ids = model.generation_config.eos_token_id if model.generation_config is not None else None
     if ids is None:
         ids = tokenizer.eos_token_id

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import httpx
 
-from agents.sampler import Completion, Message, SamplingParams, TransformersSampler, chat_continuation
+from agents.sampler import ChatTokens, Completion, Message, SamplingParams
 from agents.vllm_server import SamplerUnavailable, VLLMServer
 from espl.errors import EsplError
 
@@ -48,7 +48,7 @@ class SamplerRequestError(EsplError):
     """The vLLM server rejected a request (bad adapter, bad parameter): a setup problem, not data."""
 
 
-class VLLMSampler:
+class VLLMSampler(ChatTokens):
     """Samples from a vLLM server; see the module docstring for the contract."""
 
     def __init__(self, server: VLLMServer | str, model_path: str | Path | None = None, *, tokenizer=None,
@@ -76,18 +76,9 @@ class VLLMSampler:
 
     # -- the Sampler protocol -------------------------------------------------------------------
 
-    def encode(self, conversation: list[Message]) -> list[int]:
-        """Token ids of ``conversation`` rendered by the chat template, ready for the reply."""
-        # One definition of prompt rendering for every backend (it only uses ``self.tokenizer``).
-        return TransformersSampler.encode(self, conversation)  # type: ignore[arg-type]
-
-    def continuation(self, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
-        return chat_continuation(self.tokenizer, history, new, ended_with_eos)
-
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
                  prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
-        given = list(prompt_ids) if prompt_ids is not None else [None] * len(conversations)
-        encoded = [list(ids) if ids is not None else self.encode(c) for c, ids in zip(conversations, given)]
+        encoded = self.prompts(conversations, prompt_ids)
         if not encoded:
             return []
         model, salt = self.model_name, self._cache_salt()

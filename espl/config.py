@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from espl.errors import ConfigError
 
 Method = Literal["espl", "rl", "evolution", "self-reflection", "gepa"]
-SamplerKind = Literal["transformers", "vllm", "litellm"]
+SamplerKind = Literal["transformers", "vllm", "litellm", "trl-vllm"]
 
 
 class RunConfig(BaseModel):
@@ -31,10 +31,12 @@ class RunConfig(BaseModel):
     env: str = Field(description="environment id, e.g. espl/Arithmetic-v0 or mypkg:MyTask-v0")
     method: Method = Field("espl", description="espl (evolution + RL), rl (fixed prompt), evolution (frozen weights), self-reflection (one program, mutation only), gepa (the gepa library's optimizer on the same rollout budget, frozen weights)")
     model: str = Field("smollm2-135m", description="policy: smollm2-135m (embedded default), a local HF folder, or a cached hub id")
-    sampler: SamplerKind = Field("transformers", description="policy backend: transformers (in-process, deterministic), vllm (a vLLM server, LoRA synced every RL step), litellm (a hosted API model as --model; evolution, self-reflection and evaluation only)")
-    vllm_url: str | None = Field(None, description="with --sampler vllm: use the vLLM server at this URL instead of starting one (it must serve --model with --enable-lora)")
+    sampler: SamplerKind = Field("transformers", description="policy backend: transformers (in-process, deterministic), vllm (a vLLM server, LoRA synced every RL step), litellm (a hosted API model as --model; evolution, self-reflection and evaluation only), trl-vllm (CUDA: the vLLM engine TRL drives itself, whole weights synced every RL step; rl and espl)")
+    vllm_url: str | None = Field(None, description="with --sampler vllm: use the vLLM server at this URL instead of starting one (it must serve --model with --enable-lora); with --sampler trl-vllm --trl-vllm-mode server: the `trl vllm-serve` server's URL")
     vllm_python: str | None = Field(None, description="with --sampler vllm: python of the vLLM environment (default: $ESPL_VLLM_PYTHON, then scripts/setup-vllm-env.sh's location)")
     vllm_args: list[str] = Field(default_factory=list, description="with --sampler vllm: extra arguments for the vLLM server we start (JSON list), e.g. '[\"--tensor-parallel-size\", \"2\"]'")
+    trl_vllm_mode: Literal["colocate", "server"] = Field("colocate", description="with --sampler trl-vllm: colocate (vLLM inside the training process, sharing its GPUs) or server (a `trl vllm-serve` process on other GPUs, --vllm-url)")
+    trl_vllm_args: dict[str, Any] = Field(default_factory=dict, description="with --sampler trl-vllm: JSON object of TRL GRPOConfig vllm_* options, e.g. '{\"vllm_gpu_memory_utilization\": 0.3}'")
     max_concurrency: int = Field(64, ge=1, description="requests in flight at once against a vLLM server or API (--sampler vllm/litellm)")
     policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="with --sampler litellm: JSON object of extra litellm arguments for the policy (api_base, ...); keys come from the environment, never from here")
     reflector: str = Field("espl-local/reference", description="litellm model string for reflection (default: the frozen reference policy, in-process); also script:FILE (scripted answers) or replay:RUN_DIR (a recorded run's answers)")
@@ -120,13 +122,36 @@ class RunConfig(BaseModel):
         if self.sampler == "litellm" and self.trains_weights:
             raise ValueError(f"--sampler litellm cannot train weights (method {self.method!r}); fix: use --method "
                              "evolution or self-reflection, or --sampler vllm/transformers for rl and espl")
-        if self.sampler != "vllm" and (self.vllm_url or self.vllm_python or self.vllm_args):
+        if self.sampler == "trl-vllm":
+            self._check_trl_vllm()
+        elif self.trl_vllm_args or self.trl_vllm_mode != "colocate":
+            raise ValueError("--trl-vllm-mode/--trl-vllm-args need --sampler trl-vllm; fix: add --sampler trl-vllm or drop them")
+        elif self.sampler != "vllm" and (self.vllm_url or self.vllm_python or self.vllm_args):
             raise ValueError("--vllm-url/--vllm-python/--vllm-args need --sampler vllm; fix: add --sampler vllm or drop them")
         if self.vllm_url and self.vllm_args:
             raise ValueError("--vllm-args only applies to a server espl-bench starts; fix: drop it with --vllm-url")
         if any(k.lower().endswith("key") for k in self.policy_kwargs):
             raise ValueError("--policy-kwargs must not hold API keys; fix: set the provider's key variable in the environment")
         return self
+
+    def _check_trl_vllm(self) -> None:
+        if not self.trains_weights:
+            raise ValueError(f"--sampler trl-vllm syncs the weights TRL trains, and method {self.method!r} trains none; "
+                             "fix: use --sampler vllm or transformers for frozen-weight methods")
+        if self.vllm_python or self.vllm_args:
+            raise ValueError("--vllm-python/--vllm-args start a server for --sampler vllm; fix: drop them (with "
+                             "--sampler trl-vllm, TRL's options go in --trl-vllm-args)")
+        if (self.trl_vllm_mode == "server") != bool(self.vllm_url):
+            raise ValueError("--trl-vllm-mode server needs the `trl vllm-serve` URL in --vllm-url, and colocate takes none; "
+                             "fix: add --vllm-url http://HOST:8000 with server mode, or drop --vllm-url")
+        bad = sorted(k for k in self.trl_vllm_args if not k.startswith("vllm_") or k in _TRL_VLLM_OWNED)
+        if bad:
+            raise ValueError(f"--trl-vllm-args may hold TRL's vllm_* options other than {sorted(_TRL_VLLM_OWNED)} "
+                             f"(set by the run), not {bad}; fix: remove them")
+
+
+# GRPOConfig's vllm_* options the run sets itself from its own flags.
+_TRL_VLLM_OWNED = frozenset({"vllm_mode", "vllm_server_base_url"})
 
 
 def field_help() -> dict[str, tuple[Any, str]]:
@@ -155,7 +180,7 @@ def load_file(path: str) -> dict:
 
 
 # Fields given as JSON on the command line, with an example for the error message.
-JSON_FIELDS = {"env_kwargs": '{"max_terms": 4}', "policy_kwargs": '{"api_base": "http://127.0.0.1:8000/v1"}',
+JSON_FIELDS = {"env_kwargs": '{"max_terms": 4}', "trl_vllm_args": '{"vllm_gpu_memory_utilization": 0.3}', "policy_kwargs": '{"api_base": "http://127.0.0.1:8000/v1"}',
                "vllm_args": '["--tensor-parallel-size", "2"]'}
 
 

@@ -23,6 +23,7 @@ import os
 import queue
 import shutil
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -90,6 +91,9 @@ class LearnerSettings:
     # The samples come from another engine (a vLLM server): apply TRL's importance-sampling
     # correction with the sampler's logprobs, for the numeric mismatch between the two engines.
     correct_sampler_logprobs: bool = False
+    # TRL drives vLLM itself (--sampler trl-vllm, CUDA): GRPOConfig's vllm_* options, e.g.
+    # {"vllm_mode": "colocate"}. TRL then pushes the whole weights into that engine every step.
+    trl_vllm: dict | None = None
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
@@ -145,7 +149,7 @@ class TRLLearner:
             loss_type=settings.loss_type,
             scale_rewards=settings.scale_rewards,
             max_completion_length=settings.max_completion_length,
-            gradient_checkpointing=settings.gradient_checkpointing,
+            activation_checkpointing=settings.gradient_checkpointing,
             use_cpu=not _cuda_available(),
             bf16=False,
             save_strategy="steps",
@@ -159,6 +163,7 @@ class TRLLearner:
             seed=settings.seed,
             dataloader_num_workers=0,
             ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
+            **trl_vllm_options(settings),
         )
         slots = settings.rows_per_step // settings.group_size
         placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
@@ -186,6 +191,8 @@ class TRLLearner:
                     learner._last_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
 
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        # TRL and peft still call transformers' old checkpointing names; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning)
         self.trainer = GRPOTrainer(
             model=settings.model_path,
             reward_funcs=[_reward_from_rollout],
@@ -202,6 +209,10 @@ class TRLLearner:
             _enable_sampler_is_correction(self.trainer)
         self.model = self.trainer.model
         self._load_committed_adapter()
+        if settings.trl_vllm and settings.resume_step:
+            # TRL pushes weights only when a step's batch is requested, after the resumed
+            # iteration's rollouts; those must come from the committed weights too.
+            self.trainer.vllm_generation.sync_weights()
         if self.world > 1 and not follower:
             kind = self.trainer.accelerator.distributed_type.value
             log.info("learner: %d processes (%s), %d rows each per step", self.world, kind, rows)
@@ -364,6 +375,15 @@ def _enable_sampler_is_correction(trainer) -> None:
     trainer.use_vllm = True
     trainer.vllm_generation = _WeightsSyncedElsewhere()
     trainer._last_loaded_step = -1
+
+
+def trl_vllm_options(settings: LearnerSettings) -> dict:
+    """GRPOConfig options for a vLLM engine that TRL drives itself (none without one)."""
+    if not settings.trl_vllm:
+        return {}
+    # TRL's importance-sampling correction (on by default with use_vllm) covers the numeric
+    # mismatch between vLLM's sampling logprobs and the trainer's.
+    return {"use_vllm": True, **settings.trl_vllm}
 
 
 def _reward_from_rollout(prompts, completions, espl_reward, **kwargs) -> list[float]:

@@ -10,6 +10,9 @@ One builder per ``--sampler`` value (:data:`BUILDERS`), each returning a :class:
   logprobs feed TRL's importance-sampling correction. The default reflector is the server's own
   base model (the frozen reference policy) through litellm.
 * ``litellm``: a hosted model by its litellm name; frozen weights, metered calls.
+* ``trl-vllm`` (CUDA): TRL's own vLLM integration (``use_vllm``, colocate or ``trl vllm-serve``
+  server): TRL pushes the whole weights into the engine every step (:class:`EngineSync`) and
+  applies its importance-sampling correction; reflection uses a frozen in-process copy.
 """
 
 from __future__ import annotations
@@ -78,8 +81,44 @@ class AdapterSync:
         log.info("vLLM now samples from the step-%d adapter", step)
 
 
+class EngineSync:
+    """A learner whose TRL-driven vLLM engine samples from every finished step (``--sampler trl-vllm``).
+
+    Same contract as :class:`~espl.learner.Learner`; ``metrics["synced_step"]`` says which step's
+    weights the engine holds. TRL pushes the weights when it requests the next step's batch,
+    which it never does after its last step: that push is made here, so the final evaluation
+    samples from the final weights.
+    """
+
+    trainable = True
+
+    def __init__(self, learner: TRLLearner):
+        self.learner = learner
+
+    def submit(self, batch: list[TrainingSample]) -> None:
+        self.learner.submit(batch)
+
+    def wait(self) -> dict[str, float]:
+        from espl import distributed
+
+        stats = self.learner.wait()
+        trainer = self.learner.trainer
+        if trainer._last_loaded_step != trainer.state.global_step:
+            if distributed.world_size() > 1 and distributed.sharded_parameters():
+                # Gathering sharded weights needs every rank, and the followers have finished.
+                log.warning("the final step's weights are not in vLLM (sharded over processes that have finished); "
+                            "the final evaluation samples from step %d", trainer._last_loaded_step)
+            else:
+                trainer.vllm_generation.sync_weights()
+                trainer._last_loaded_step = trainer.state.global_step
+        return {**stats, "synced_step": float(trainer._last_loaded_step)}
+
+    def close(self) -> None:
+        self.learner.close()
+
+
 def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_step: int,
-              correct_sampler_logprobs: bool) -> LearnerSettings:
+              correct_sampler_logprobs: bool, trl_vllm: dict | None = None) -> LearnerSettings:
     m = cfg.selected_programs
     return LearnerSettings(
         model_path=model_path, output_dir=rundir.learner, rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
@@ -88,7 +127,7 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
-        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs)
+        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm)
 
 
 def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
@@ -120,8 +159,6 @@ def _trl_learner(settings: LearnerSettings) -> TRLLearner:
 
 
 def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
-    from espl.reflector import DEFAULT_REFLECTOR, register_local_model, unregister_local_model
-
     from espl import distributed
 
     model_path = resolve_model(cfg.model)
@@ -138,15 +175,23 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
         learner, sampler = FrozenLearner(), TransformersSampler(model, tokenizer)
         frozen = sampler  # frozen weights: the policy is the reference policy
 
+    reference, closers = _local_reference(model_path, frozen)
+    return Policy(sampler, learner, int(tokenizer.eos_token_id), reference, closers=closers)
+
+
+def _local_reference(model_path: str, frozen: Sampler | None = None) -> tuple[Callable[[], tuple[str, dict]], list]:
+    """The default reflector: the frozen reference policy in-process (``frozen``, else a copy loaded on demand)."""
+    from espl.reflector import DEFAULT_REFLECTOR, register_local_model, unregister_local_model
+
     closers: list = []
 
     def reference() -> tuple[str, dict]:
-        # A separate frozen copy when training: the policy's LoRA moves while reflection runs.
+        # A separate frozen copy when training: the policy's weights move while reflection runs.
         register_local_model("reference", frozen or TransformersSampler(*load_frozen(model_path)))
         closers.append(lambda: unregister_local_model("reference"))
         return DEFAULT_REFLECTOR, {}
 
-    return Policy(sampler, learner, int(tokenizer.eos_token_id), reference, closers=closers)
+    return reference, closers
 
 
 def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
@@ -189,6 +234,49 @@ def litellm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) ->
                   meters={"policy": sampler.usage.as_dict})
 
 
+def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
+    from agents.sampler import eos_ids
+    from agents.trl_vllm_sampler import TRLVLLMSampler, engine_of
+
+    _check_trl_vllm_options(cfg.trl_vllm_args)
+    _require_cuda_vllm()
+    model_path = resolve_model(cfg.model)
+    options = {"vllm_mode": cfg.trl_vllm_mode, **cfg.trl_vllm_args}
+    if cfg.vllm_url:
+        options["vllm_server_base_url"] = cfg.vllm_url
+    # TRL's own importance-sampling correction is on with its vLLM (correct_sampler_logprobs
+    # is for samples from an engine TRL does not know about).
+    learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False, trl_vllm=options))
+    sampler = TRLVLLMSampler(engine_of(learner.trainer.vllm_generation), learner.tokenizer,
+                             eos_ids(learner.model, learner.tokenizer))
+    # The engine holds the trained weights, so reflection gets its own frozen reference copy.
+    reference, closers = _local_reference(model_path)
+    return Policy(sampler, EngineSync(learner), int(learner.tokenizer.eos_token_id), reference, closers=closers)
+
+
+def _check_trl_vllm_options(options: dict) -> None:
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+
+    unknown = sorted(set(options) - {f.name for f in fields(GRPOConfig)})
+    if unknown:
+        raise ConfigError(f"--trl-vllm-args has options TRL's GRPOConfig does not know: {unknown}; fix: use its "
+                          "vllm_* field names (e.g. vllm_gpu_memory_utilization, vllm_tensor_parallel_size)")
+
+
+def _require_cuda_vllm() -> None:
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("--sampler trl-vllm lets TRL drive vLLM, and TRL's weight sync into vLLM needs CUDA GPUs; "
+                          "fix: on this machine use --sampler vllm (a vLLM server, LoRA synced every RL step)")
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("--sampler trl-vllm needs vLLM in this Python environment; fix: pip install -e '.[vllm]'")
+
+
 def _lora_slot(rank: int) -> int:
     # vLLM accepts only these --max-lora-rank values.
     return next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
@@ -198,6 +286,7 @@ BUILDERS: dict[str, Callable[[RunConfig, object, int, int], Policy]] = {
     "transformers": transformers_policy,
     "vllm": vllm_policy,
     "litellm": litellm_policy,
+    "trl-vllm": trl_vllm_policy,
 }
 
 

@@ -110,7 +110,9 @@ class TransformersSampler(ChatTokens):
         results: list[Completion | None] = [None] * len(encoded)
         torch = self._torch
         # fork_rng keeps the caller's global torch RNG untouched: sampling is seeded per call.
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), _eval_mode(self.model):
+        device = self.model.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
+                _eval_mode(self.model):
             torch.manual_seed(params.seed)
             for start in range(0, len(order), self.max_batch_size):
                 chunk = order[start : start + self.max_batch_size]
@@ -122,8 +124,9 @@ class TransformersSampler(ChatTokens):
         torch = self._torch
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        device = self.model.device  # the learner's model sits on the GPU when there is one
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         sampling = params.temperature > 0
         out = self.model.generate(
             input_ids=input_ids,

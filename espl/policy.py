@@ -136,6 +136,7 @@ def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
 
 
 def load_frozen(model_path: str):
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -144,6 +145,8 @@ def load_frozen(model_path: str):
     except OSError as exc:
         raise _cannot_load(model_path, exc) from None
     model.requires_grad_(False)
+    if torch.cuda.is_available():  # the frozen copy samples (reflection) next to the policy
+        model.to("cuda")
     return model, tokenizer
 
 

@@ -21,6 +21,7 @@ from espl.gepa_method import GepaLoop
 from espl.loop import EsplLoop, IterationResult, Parts
 from espl.offline_reflectors import offline_reflector
 from espl.program import Pool
+from espl.provenance import provenance
 from espl.reflection import Crossover, Mutation, template_hashes
 from espl.policy import Policy, build_policy
 from espl.reflector import DEFAULT_REFLECTOR, LiteLLMReflector
@@ -138,6 +139,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[dict], elapsed: float)
         "usage": {name: sum_usage([m["usage"][name] for m in history if name in m.get("usage", {})])
                   for name in sorted({n for m in history for n in m.get("usage", {})})},
         "seconds_this_session": round(elapsed, 1),
+        "provenance": provenance(),
     }
 
 

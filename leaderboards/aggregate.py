@@ -67,6 +67,16 @@ class RunRecord:
     test_program_id: str | None
     best_prompt: str
     points: list[IterationPoint] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)  # code version and libraries (espl.provenance); {} if unrecorded
+
+    @property
+    def code(self) -> str:
+        """``espl-bench VERSION @ COMMIT`` (``+dirty`` with local changes), or "not recorded"."""
+        if not self.provenance:
+            return "not recorded"
+        git = self.provenance.get("git") or {}
+        at = f" @ {git['commit'][:10]}{'+dirty' if git.get('dirty') else ''}" if git.get("commit") else ""
+        return f"espl-bench {self.provenance.get('espl_bench') or '?'}{at}"
 
 
 @dataclass
@@ -205,7 +215,8 @@ def load_run(folder: str | Path) -> RunRecord:
             reflector_tokens=int(usage.get("reflector", {}).get("prompt_tokens", 0))
             + int(usage.get("reflector", {}).get("completion_tokens", 0)),
             cost_usd=sum(float(u.get("cost_usd", 0.0)) for u in usage.values()),
-            test_program_id=program.get("id"), best_prompt=prompt or "", points=_points(history))
+            test_program_id=program.get("id"), best_prompt=prompt or "", points=_points(history),
+            provenance=dict(summary.get("provenance") or {}))
     except RunLoadError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import re
+from collections import Counter
 from html import escape
 from pathlib import Path
 
@@ -73,7 +74,15 @@ def render_markdown(boards: list[EnvBoard]) -> str:
         for rank, row in enumerate(board.rows, 1):
             out.append("| " + " | ".join([str(rank), md(row.method), md(row.model), *_cells(board, row)]) + " |")
         out.append("")
+    if boards:
+        out += [md(_code_versions(boards)), ""]
     return "\n".join(out)
+
+
+def _code_versions(boards: list[EnvBoard]) -> str:
+    """Which code produced the board's runs (a board mixing versions says so)."""
+    codes = Counter(run.code for board in boards for row in board.rows for run in row.runs)
+    return "Runs by code version: " + ", ".join(f"{code} ({n})" for code, n in sorted(codes.items())) + "."
 
 
 def slug(text: str) -> str:
@@ -205,7 +214,9 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
     facts = [("env", run.env), ("method", run.method), ("model", run.model), ("seed", str(run.seed)),
              ("iterations", str(run.iterations_completed)), ("test success", _num(run.test_success)),
              *((k, _num(v)) for k, v in run.pass_at.items()), ("test-time program", run.test_program_id or "–"),
-             ("run folder", str(run.path))]
+             ("run folder", str(run.path)), ("code", run.code),
+             *((k, str(run.provenance[k])) for k in ("python", "platform", "cuda") if run.provenance.get(k)),
+             *((name, version) for name, version in (run.provenance.get("packages") or {}).items() if version)]
     body = [f'<p><a href="../index.html#{board_anchor}">← leaderboard</a></p>',
             f"<h1>{escape(run.env)} · {escape(run.method)} · seed {run.seed}</h1>",
             '<table class="facts">' + "".join(f'<tr><th>{escape(k)}</th><td class="t">{escape(v)}</td></tr>'
@@ -262,7 +273,8 @@ def render_site(boards: list[EnvBoard], out_dir: str | Path) -> Path:
         nav.append(f'<li><a href="#{anchor}">{escape(board.env)}</a></li>')
     body = ("<h1>espl-bench leaderboard</h1><p>Test success is the mean over seeds ± its standard error. "
             'Click a method for its best run, or a seed for that run. <a href="leaderboard.md">Markdown</a></p>'
-            + (f"<ul>{''.join(nav)}</ul>" if nav else "<p>No runs found.</p>") + "\n" + "\n".join(sections))
+            + (f"<ul>{''.join(nav)}</ul>" if nav else "<p>No runs found.</p>") + "\n" + "\n".join(sections)
+            + (f'<p class="code-versions">{escape(_code_versions(boards))}</p>' if boards else ""))
     for stale in (out / "runs").glob("*.html"):  # pages of runs no longer on the board
         if f"runs/{stale.name}" not in written:
             stale.unlink()

@@ -54,6 +54,7 @@ def test_run_then_resume_from_toml_config(tiny_model, tmp_path, capsys):
     assert "E-SPL run finished" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations_completed"] == 1 and summary["method"] == "espl"
+    assert summary["provenance"]["git"]["commit"] and summary["provenance"]["packages"]["trl"]  # the code it ran
     assert (out / "best_prompt.txt").read_text().strip() == summary["test_program"]["text"].strip()
     assert (out / "LATEST").read_text().strip() == "1"
     assert (out / "learner" / "checkpoint-1").is_dir()

@@ -16,6 +16,7 @@ from leaderboards.aggregate import aggregate, ancestors, build_leaderboard, load
 from leaderboards.render import render_markdown, render_site
 
 ENV = "espl/Arithmetic-v0"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_pool() -> Pool:
@@ -34,7 +35,7 @@ def synthetic_pool() -> Pool:
 
 def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str = "tiny", seed: int = 0,
               train: tuple[float, ...] = (0.1, 0.3, 0.5), test: tuple[float, ...] = (0.2, 0.3, 0.4),
-              rollouts: int = 8, calls: int = 4, jsonl: bool = True) -> Path:
+              rollouts: int = 8, calls: int = 4, jsonl: bool = True, provenance: dict | None = None) -> Path:
     """A run folder in the format espl.runner writes (summary.json has no seed; run.json does)."""
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"schema_version": 1, "config": {"env": env, "method": method,
@@ -62,6 +63,8 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
                "generated_tokens": 10 * rollouts * len(history), "seconds_this_session": 1.0,
                "usage": {"reflector": {"calls": calls * len(history), "prompt_tokens": 100 * calls * len(history),
                                        "completion_tokens": 0, "cost_usd": 0.001 * calls * len(history)}}}
+    if provenance is not None:
+        summary["provenance"] = provenance
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "best_prompt.txt").write_text(best.render())
     (folder / "LATEST").write_text(str(len(history)))
@@ -160,6 +163,35 @@ def test_markdown_tables(tmp_path):
     assert "0.500 ± 0.208" in espl and "| 72 | 720 | 36 | 3600 | 0.0360 | 3 |" in espl
     assert "0.050 ± –" in md
     assert sum(line.startswith("|---|") for line in md.splitlines()) == 2
+
+
+def test_every_run_names_the_code_that_made_it(tmp_path):
+    made = {"espl_bench": "0.3.0", "git": {"commit": "0123456789abcdef" * 2 + "01234567", "dirty": True},
+            "python": "3.11.7", "platform": "Linux-6", "cuda": None, "packages": {"trl": "1.16.0", "gepa": None}}
+    write_run(tmp_path / "runs" / "a", seed=0, provenance=made)
+    write_run(tmp_path / "runs" / "b", seed=1)  # written before runs recorded their code
+    boards = build_leaderboard([tmp_path / "runs"])
+    md = render_markdown(boards)
+    assert "Runs by code version: espl-bench 0.3.0 @ 0123456789+dirty (1), not recorded (1)." in md
+    index = render_site(boards, tmp_path / "site")
+    assert "espl-bench 0.3.0 @ 0123456789+dirty (1)" in index.read_text()
+    (page,) = [p for p in (tmp_path / "site" / "runs").glob("*.html") if "s0" in p.name]
+    text = page.read_text()
+    assert "espl-bench 0.3.0 @ 0123456789+dirty" in text and "1.16.0" in text and "3.11.7" in text
+    assert "gepa" not in text.split("Best prompt")[0]  # an absent library is not listed
+
+
+def test_provenance_names_this_checkout_and_its_libraries():
+    import subprocess
+    from importlib import metadata
+
+    from espl.provenance import provenance
+
+    made = provenance()
+    assert made["espl_bench"] == metadata.version("espl-bench")
+    assert made["packages"]["trl"] == metadata.version("trl") and made["packages"]["torch"] == metadata.version("torch")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    assert made["git"]["commit"] == head and isinstance(made["git"]["dirty"], bool)
 
 
 class Links(HTMLParser):

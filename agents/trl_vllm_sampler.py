@@ -8,8 +8,9 @@ rollouts always come from the weights of the last finished step with no adapter 
 
 Contract (that of :mod:`agents.sampler`, plus):
     Prompts are tokenized here with the learner's tokenizer and sent as token ids; completions
-    come back with token ids and the sampled tokens' logprobs (TRL starts its engines with
-    processed logprobs: temperature applied), which TRL's importance-sampling correction uses.
+    come back with token ids and the sampled tokens' logprobs (temperature applied: TRL starts its
+    colocated engine with processed logprobs and warns when a server runs without them), which
+    TRL's importance-sampling correction uses.
     No seed is sent: one seed for a whole call would give every sample of a GRPO group the same
     answer. Call it only while the learner is idle (between ``wait()`` and the next
     ``submit()``, as the E-SPL loop does): TRL swaps the engine's weights inside its step.

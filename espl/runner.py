@@ -146,6 +146,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[dict], elapsed: float)
 def run(cfg: RunConfig) -> dict:
     """Run (or resume) ``cfg`` to completion; returns the summary written to ``summary.json``."""
     started = time.monotonic()
+    provenance()  # read now, at the code this process imported, not at a checkout changed mid-run
     rundir = RunDir(cfg.out)
     pool, rng, done, history = _prepare(cfg, rundir)
     parts = build_parts(cfg, rundir, resume_step=done if cfg.trains_weights else 0)

@@ -86,6 +86,10 @@ class LearnerSettings:
     max_completion_length: int
     micro_batch_size: int
     seed: int
+    # The sampling temperature: TRL scores completions under logits / temperature, which must be
+    # the distribution they were sampled from (else the policy gradient and the sampler
+    # importance ratio are for another policy).
+    temperature: float
     gradient_checkpointing: bool = True  # far less memory on long (multi-turn) rows
     resume_step: int = 0  # optimizer steps already committed; 0 starts fresh
     # The samples come from another engine (a vLLM server): apply TRL's importance-sampling
@@ -139,6 +143,7 @@ class TRLLearner:
             per_device_train_batch_size=micro,
             gradient_accumulation_steps=rows // micro,
             num_generations=settings.group_size,
+            temperature=settings.temperature,
             max_steps=settings.total_steps,
             learning_rate=settings.learning_rate,
             adam_beta1=0.9,

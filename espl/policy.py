@@ -126,7 +126,7 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         total_steps=cfg.iterations, learning_rate=cfg.learning_rate, lora_rank=cfg.lora_rank,
         lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
-        gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed,
+        gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
         resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm)
 
 

@@ -6,6 +6,7 @@ They exist so that the whole loop can be exercised in seconds, offline, with no 
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -95,7 +96,9 @@ class ShortReplies(TextEnv):
         return f"Say something about the number {index}.", {"problem_id": f"{split}/{index}"}
 
     def step(self, action: str):
-        reward = max(0.0, 1.0 - len(action) / 400)  # 32 tokens stay well under 400 characters: never flat
+        # 32 tokens stay well under 400 characters; the checksum term splits replies of equal
+        # length, so a group is flat only when its replies are identical.
+        reward = max(0.0, 1.0 - len(action) / 400) - (zlib.crc32(action.encode()) % 1000) * 1e-6
         return "", reward, True, False, {"answer": "", "success": reward > 0.8, "valid": True, "metadata": {}}
 
 

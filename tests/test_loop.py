@@ -54,7 +54,7 @@ def build(tiny_model, tmp_path, method, **overrides):
                                              rows_per_step=cfg.selected_programs * 4, group_size=2, total_steps=2,
                                              learning_rate=cfg.learning_rate, lora_rank=4, lora_alpha=8,
                                              loss_type="dr_grpo", scale_rewards="none", max_completion_length=8,
-                                             micro_batch_size=4, seed=0))
+                                             micro_batch_size=4, seed=0, temperature=0.7))
         model, tokenizer = learner.model, learner.tokenizer
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer

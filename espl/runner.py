@@ -169,8 +169,23 @@ def run(cfg: RunConfig) -> dict:
     if planned == done and history:
         from espl.rundir import atomic_write, dump_json
 
+        final = _keep_session_record(final, Path(cfg.out) / "summary.json")
         atomic_write(Path(cfg.out) / "summary.json", dump_json(final))
     return final
+
+
+def _keep_session_record(final: dict, path: Path) -> dict:
+    """A session that ran nothing keeps the code and time of the one that committed the last
+    iteration (or none, for a run made before provenance was recorded): a finished run that a
+    suite resumes must not claim the current checkout made it."""
+    import json
+
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return final
+    kept = {k: v for k, v in final.items() if k not in ("provenance", "seconds_this_session")}
+    return {**kept, **{k: previous[k] for k in ("seconds_this_session", "provenance") if k in previous}}
 
 
 def _commit(rundir: RunDir, cfg: RunConfig, loop: EsplLoop, t: int, result: IterationResult, history: list[dict],

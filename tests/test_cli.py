@@ -75,3 +75,11 @@ def test_run_then_resume_from_toml_config(tiny_model, tmp_path, capsys):
     pool = json.loads((out / "iterations" / "000002" / "pool.json").read_text())
     assert pool["programs"][0]["id"] == "p0"
     assert (out / "learner" / "checkpoint-2").is_dir()
+
+    # resuming a finished run runs nothing: the summary keeps the code that made it (or none)
+    summary = json.loads((out / "summary.json").read_text())
+    older = {**summary["provenance"], "git": {"commit": "0" * 40, "dirty": False}}
+    for recorded in ({**summary, "provenance": older}, {k: v for k, v in summary.items() if k != "provenance"}):
+        (out / "summary.json").write_text(json.dumps(recorded))
+        assert main(["run", "--config", str(config), "--out", str(out), *more, "--resume"]) == 0
+        assert json.loads((out / "summary.json").read_text()).get("provenance") == recorded.get("provenance")

@@ -60,7 +60,9 @@ class LiteLLMSampler:
         return []
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
-                 prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
+                 prompt_ids: Sequence[list[int] | None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        # ``seeds`` are not sent: hosted APIs do not promise reproducible samples.
         if not conversations:
             return []
         return asyncio.run_coroutine_threadsafe(self._all(list(conversations), params), self._loop).result()

@@ -4,6 +4,15 @@ Every episode runs under one system prompt; each turn, the replies of every live
 generated in one ``Sampler.generate`` call, then each env is stepped. A single-turn task is the
 one-turn case of the same loop. An exception inside an env is recorded on that episode (reward
 0, ``error`` set): a bad rollout is data, not a crash.
+
+Seeding: an episode is seeded by its spec alone. ``reset`` gets ``spec.seed`` and the reply of
+turn ``t`` is sampled with ``derive_seed(spec.seed, "turn", t)`` for that row only, so an episode
+does not depend on the other episodes of the call, their number or their order. Callers derive
+``spec.seed`` from the episode's coordinates (:mod:`espl.evaluation` for test episodes).
+
+Prompt placement: ``placement="system"`` sends the program as the system message;
+``placement="user"`` appends it to the first user turn after the problem (the E-SPL reference
+code's choice), with no system message, and sends the bare problem when the program is empty.
 """
 
 from __future__ import annotations
@@ -15,19 +24,32 @@ from dataclasses import asdict, dataclass, field
 
 import gymnasium as gym
 
-from agents.sampler import Sampler, SamplingParams
+from agents.sampler import Sampler, SamplingParams, derive_seed
 
 log = logging.getLogger(__name__)
 
 
+# The user-turn form of a program (placement "user"): the problem first, then the principles.
+USER_PLACEMENT = "{observation}\n\nBefore you answer, read these principles carefully and apply them:\n{program}"
+
+
 @dataclass(frozen=True)
 class EpisodeSpec:
-    """What to run: a system prompt on one problem of a split."""
+    """What to run: a system prompt on one problem of a split, seeded by ``seed`` alone."""
 
     system_prompt: str
     split: str
     index: int
     tags: dict = field(default_factory=dict)  # carried into the record untouched (program id, slot...)
+    seed: int = 0
+    placement: str = "system"  # system | user (see the module docstring)
+
+    def first_messages(self, observation: str) -> list[dict]:
+        """The conversation that opens the episode."""
+        if self.placement == "user":
+            text = USER_PLACEMENT.format(observation=observation, program=self.system_prompt) if self.system_prompt.strip() else observation
+            return [{"role": "user", "content": text}]
+        return [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": observation}]
 
 
 @dataclass
@@ -36,6 +58,7 @@ class Rollout:
 
     spec: EpisodeSpec
     problem_id: str = ""
+    observation: str = ""  # the env's first observation: the problem as the env states it
     messages: list[dict] = field(default_factory=list)
     reward: float = 0.0
     success: bool = False
@@ -60,6 +83,11 @@ class Rollout:
             if message["role"] == "assistant":
                 return message["content"]
         return ""
+
+    @property
+    def turns_after_prompt(self) -> list[dict]:
+        """The replies and environment messages after the opening conversation."""
+        return self.messages[len(self.spec.first_messages(self.observation)):]
 
     def to_record(self, *, with_tokens: bool = False) -> dict:
         record = asdict(self)
@@ -115,12 +143,13 @@ class RolloutEngine:
         live: list[int] = []
         for i, (spec, rollout) in enumerate(zip(specs, rollouts)):
             try:
-                observation, info = self._call(i, "reset", seed=params.seed, options={"split": spec.split, "index": spec.index})
+                observation, info = self._call(i, "reset", seed=spec.seed, options={"split": spec.split, "index": spec.index})
             except Exception as exc:  # a broken reset is one failed episode
                 rollout.error = f"reset: {type(exc).__name__}: {exc}"
                 continue
             rollout.problem_id = str(info.get("problem_id", f"{spec.split}/{spec.index}"))
-            rollout.messages = [{"role": "system", "content": spec.system_prompt}, {"role": "user", "content": observation}]
+            rollout.observation = str(observation)
+            rollout.messages = spec.first_messages(rollout.observation)
             live.append(i)
         turn = 0
         while live:
@@ -129,7 +158,8 @@ class RolloutEngine:
                 [rollouts[i].messages for i in live],
                 SamplingParams(max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                                top_p=params.top_p, seed=params.seed + turn),
-                prompt_ids=[rollouts[i].prompt_ids + rollouts[i].completion_ids if turn > 1 else None for i in live])
+                prompt_ids=[rollouts[i].prompt_ids + rollouts[i].completion_ids if turn > 1 else None for i in live],
+                seeds=[derive_seed(rollouts[i].spec.seed, "turn", turn) for i in live])
             still_live = []
             for i, completion in zip(live, completions):
                 rollout = rollouts[i]

@@ -1,11 +1,19 @@
 """The ``Sampler`` seam: chat prompts in, completions with token ids and logprobs out.
 
 Contract:
-    ``generate(conversations, params)`` returns exactly one :class:`Completion` per conversation,
-    in order. Every completion carries the prompt's token ids (as the learner will tokenize
+    ``generate(conversations, params, prompt_ids=None, seeds=None)`` returns exactly one
+    :class:`Completion` per conversation, in order. Every completion carries the prompt's token ids (as the learner will tokenize
     them), the sampled token ids, and the per-token log-probabilities under the sampling
     distribution (temperature applied, before top-p truncation), which TRL uses for its
     importance-sampling correction.
+
+Seeding:
+    ``seeds[i]``, when given, seeds conversation ``i`` on its own: a sampler that honours it
+    (the in-process transformers sampler) draws row ``i``'s tokens from a generator of its own,
+    so a reply depends on its seed and prompt, never on what else shares the batch (nanochat's
+    rule: a sample is seeded from its own coordinates). Without ``seeds`` the rows are seeded from
+    ``params.seed`` and their position. Samplers that cannot seed a request (a vLLM server on
+    CPU, hosted APIs) accept ``seeds`` and say so in their docstring.
 
 Error policy:
     A backend failure that affects the whole batch (model missing, out of memory) raises; a single
@@ -27,7 +35,7 @@ Message = dict[str, str]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to sample. ``seed`` makes a call reproducible on the same backend and hardware."""
+    """How to sample. ``seed`` seeds a call whose rows have no seeds of their own."""
 
     max_new_tokens: int = 256
     temperature: float = 0.7
@@ -51,11 +59,13 @@ class Sampler(Protocol):
     """Generates completions for chat conversations with the current policy weights."""
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
-                 prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
+                 prompt_ids: Sequence[list[int] | None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
         """One completion per conversation, same order. See the module docstring for the contract.
 
         ``prompt_ids[i]``, when given, is the exact token sequence to continue for conversation
-        ``i`` (multi-turn episodes pass their own record so that no turn is re-tokenized).
+        ``i`` (multi-turn episodes pass their own record so that no turn is re-tokenized);
+        ``seeds[i]`` seeds conversation ``i`` alone.
         """
         ...
 
@@ -104,23 +114,27 @@ class TransformersSampler(ChatTokens):
         self._eos_ids = eos_ids(model, tokenizer)
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
-                 prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
+                 prompt_ids: Sequence[list[int] | None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
         encoded = self.prompts(conversations, prompt_ids)
+        row_seeds = list(seeds) if seeds is not None else [derive_seed(params.seed, i) for i in range(len(encoded))]
+        if len(row_seeds) != len(encoded):
+            raise ValueError(f"{len(row_seeds)} seeds for {len(encoded)} conversations")
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         torch = self._torch
-        # fork_rng keeps the caller's global torch RNG untouched: sampling is seeded per call.
+        # fork_rng keeps the caller's global torch RNG untouched (sampling draws from per-row generators).
         device = self.model.device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad(), \
                 _eval_mode(self.model):
-            torch.manual_seed(params.seed)
             for start in range(0, len(order), self.max_batch_size):
                 chunk = order[start : start + self.max_batch_size]
-                for i, completion in zip(chunk, self._generate_batch([encoded[i] for i in chunk], params)):
+                batch = self._generate_batch([encoded[i] for i in chunk], params, [row_seeds[i] for i in chunk])
+                for i, completion in zip(chunk, batch):
                     results[i] = completion
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Completion]:
         torch = self._torch
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
@@ -128,14 +142,18 @@ class TransformersSampler(ChatTokens):
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         sampling = params.temperature > 0
+        # Sampling happens in a logits processor with one generator per row; generate's own
+        # search is then greedy over a one-hot score, so no draw is shared between rows.
+        processors = [RowSeededSampling(seeds, params.temperature, params.top_p)] if sampling else []
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             max_new_tokens=params.max_new_tokens,
-            do_sample=sampling,
-            temperature=params.temperature if sampling else None,
-            top_p=params.top_p if sampling else None,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
             top_k=None,
+            logits_processor=processors,
             pad_token_id=pad,
             eos_token_id=sorted(self._eos_ids),
             return_dict_in_generate=True,
@@ -161,6 +179,66 @@ class TransformersSampler(ChatTokens):
                 )
             )
         return completions
+
+
+def derive_seed(*coordinates) -> int:
+    """A seed that is a pure function of ``coordinates`` (ints and strings), in [0, 2**31)."""
+    import hashlib
+
+    text = "/".join(str(c) for c in coordinates)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") % 2**31
+
+
+class RowSeededSampling:
+    """A ``transformers`` logits processor that samples every row from a generator of its own.
+
+    Temperature, then top-p (transformers' own ``TopPLogitsWarper``), then inverse-CDF sampling
+    with one uniform draw per row and step from ``torch.Generator(seed)``; the chosen token gets
+    score 0 and every other one ``-inf``, so greedy search emits it. A row's t-th token uses the
+    t-th draw of its own generator whatever the rest of the batch holds or how long it runs.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        import torch
+        from transformers import TopPLogitsWarper
+
+        self._torch = torch
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids, scores):
+        torch = self._torch
+        logits = scores.float() / self.temperature
+        if self.top_p is not None:
+            logits = self.top_p(input_ids, logits)
+        cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
+        # 1 - U(0, 1) lies in (0, 1]: the first token whose cdf reaches it has nonzero mass.
+        u = torch.stack([1.0 - torch.rand((), generator=g) for g in self.generators]).to(cdf.device)
+        picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).clamp_(max=cdf.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(-1, picked, 0.0)
+
+
+class AdapterDisabled:
+    """The base weights of a peft model that a :class:`TransformersSampler` samples: every call
+    runs with the LoRA adapter switched off (``PeftModel.disable_adapter``), the model untouched."""
+
+    def __init__(self, sampler: TransformersSampler):
+        self.sampler = sampler
+        self.tokenizer = sampler.tokenizer
+
+    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
+                 prompt_ids: Sequence[list[int] | None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        with self.sampler.model.disable_adapter():
+            return self.sampler.generate(conversations, params, prompt_ids, seeds)
+
+    def continuation(self, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
+        return self.sampler.continuation(history, new, ended_with_eos)
+
+    def encode(self, conversation: list[Message]) -> list[int]:
+        return self.sampler.encode(conversation)
 
 
 def chat_continuation(tokenizer, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:

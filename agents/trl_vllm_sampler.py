@@ -99,7 +99,9 @@ class TRLVLLMSampler(ChatTokens):
         self.eos_ids = eos_ids if eos_ids is not None else {tokenizer.eos_token_id}
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
-                 prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
+                 prompt_ids: Sequence[list[int] | None] | None = None,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        # ``seeds`` are not sent (see the module docstring).
         encoded = self.prompts(conversations, prompt_ids)
         if not encoded:
             return []

@@ -48,6 +48,24 @@ class SamplerRequestError(EsplError):
     """The vLLM server rejected a request (bad adapter, bad parameter): a setup problem, not data."""
 
 
+class BaseModelView:
+    """Samples the server's base model through a :class:`VLLMSampler` (the breakdown's base row)."""
+
+    def __init__(self, sampler: VLLMSampler):
+        self.sampler = sampler
+        self.tokenizer = sampler.tokenizer
+
+    def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
+                 prompt_ids: Sequence[list[int] | None] | None = None, seeds: Sequence[int] | None = None):
+        return self.sampler.generate(conversations, params, prompt_ids, seeds, model=self.sampler.base_model_name)
+
+    def continuation(self, history, new, ended_with_eos):
+        return self.sampler.continuation(history, new, ended_with_eos)
+
+    def encode(self, conversation):
+        return self.sampler.encode(conversation)
+
+
 class VLLMSampler(ChatTokens):
     """Samples from a vLLM server; see the module docstring for the contract."""
 
@@ -77,11 +95,14 @@ class VLLMSampler(ChatTokens):
     # -- the Sampler protocol -------------------------------------------------------------------
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
-                 prompt_ids: Sequence[list[int] | None] | None = None) -> list[Completion]:
+                 prompt_ids: Sequence[list[int] | None] | None = None, seeds: Sequence[int] | None = None,
+                 *, model: str | None = None) -> list[Completion]:
+        # ``seeds`` are not sent (see the module docstring): vLLM samples are not seed-reproducible here.
         encoded = self.prompts(conversations, prompt_ids)
         if not encoded:
             return []
-        model, salt = self.model_name, self._cache_salt()
+        model = model or self.model_name
+        salt = self._cache_salt() if model == self.model_name else None
         payloads = [self._payload(ids, params, model, salt) for ids in encoded]
         answers = _run_sync(self._post_all(payloads))
         return [self._completion(ids, answer) for ids, answer in zip(encoded, answers)]
@@ -100,6 +121,10 @@ class VLLMSampler(ChatTokens):
     def use_base(self) -> None:
         """Sample from the base weights again (the adapter stays loaded on the server)."""
         self.model_name = self.base_model_name
+
+    def base_view(self) -> BaseModelView:
+        """A sampler of the server's base weights, whatever adapter this one samples."""
+        return BaseModelView(self)
 
     def unload_adapter(self, name: str) -> None:
         self._post_admin("/v1/unload_lora_adapter", {"lora_name": name}, f"unload the LoRA adapter {name!r}",

@@ -4,8 +4,15 @@ Any ``gymnasium.Env`` whose observations and actions are strings works with espl
 :class:`TextEnv` only adds conveniences. The contract:
 
 * ``reset(*, seed=None, options=None) -> (observation, info)``. ``options`` may hold
-  ``{"split": "train" | "test", "index": int}`` to pick one problem of a split; otherwise a
-  problem of the train split is drawn with the env's seeded generator.
+  ``{"split": "train" | "validation" | "test", "index": int}`` to pick one problem of a split;
+  otherwise a problem of the train split is drawn with the env's seeded generator. ``info`` may
+  carry ``content_key``, a string naming the problem's content (question, secret, board): two
+  problems with equal keys are the same problem. ``espl-bench envs check`` compares keys across
+  splits (the observation text stands in for a missing key).
+* ``split_size(split)``: problems per split. ``validation`` is optional (size 0 or a
+  ``KeyError``): a run then holds the first train problems out as its validation split
+  (:class:`envs.splits.SplitPlan`). The splits must be disjoint by content
+  (:func:`envs.splits.content_split` is the built-ins' rule).
 * observation: ``str``, the next user-turn text (the agent keeps the chat history).
 * action: ``str``, the model's whole reply for the turn.
 * ``step(action) -> (observation, reward, terminated, truncated, info)`` with ``reward`` in
@@ -25,7 +32,8 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-SPLITS = ("train", "test")
+from envs.splits import SPLITS  # re-exported: the contract's split names
+
 MAX_TEXT = 1 << 20
 
 

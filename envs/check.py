@@ -1,8 +1,15 @@
-"""``espl-bench envs check ID``: Gymnasium's env checker plus a same-seed determinism check.
+"""``espl-bench envs check ID``: Gymnasium's env checker, a same-seed determinism check, and the
+content overlap between the splits a run would use.
 
 Works on any id, a plugin's included. Contract deviations that a plain Gymnasium env may have
-(missing ``info`` keys) are warnings; API errors, rewards outside [0, 1] and non-determinism are
-failures.
+(missing ``info`` keys) are warnings; API errors, rewards outside [0, 1], non-determinism and a
+problem that occurs in two splits are failures.
+
+Overlap (:func:`split_overlap`): the run's split plan (:class:`envs.splits.SplitPlan`, so a
+validation split held out of train is checked too) gives each split's problems; each problem's
+content is ``info["content_key"]`` from its reset (the observation text when the env gives no
+key). Splits of at most ``limit`` problems are checked whole; larger ones at ``limit`` evenly
+spaced problems, and the report says how many were compared.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass, field
 from gymnasium.utils.env_checker import check_env
 
 from envs.registry import make_env
+from envs.splits import SPLITS, SplitPlan
 
 PROBE_ACTIONS = (
     "<answer>1</answer>",
@@ -30,10 +38,55 @@ class CheckReport:
     env_id: str
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    overlap: OverlapReport | None = None
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+
+@dataclass
+class OverlapReport:
+    """Problems shared by two splits, by content; see the module docstring."""
+
+    checked: dict[str, int]  # split -> problems compared
+    sizes: dict[str, int]  # split -> problems in the run's split
+    derived_validation: bool
+    shared: dict[str, list[str]] = field(default_factory=dict)  # "train/test" -> content keys in both
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.shared.values())
+
+    def describe(self) -> str:
+        where = "held out of train" if self.derived_validation else "the env's own"
+        sizes = ", ".join(f"{s} {self.sizes[s]} (checked {self.checked[s]})" for s in SPLITS)
+        found = "; ".join(f"{pair}: {len(keys)} shared, e.g. {keys[0][:80]!r}" for pair, keys in self.shared.items() if keys)
+        return f"splits {sizes}; validation {where}; " + (f"content overlap: {found}" if found else "no content overlap")
+
+
+def _spaced(indices: range, limit: int) -> list[int]:
+    if len(indices) <= limit:
+        return list(indices)
+    step = len(indices) / limit
+    return [indices[int(k * step)] for k in range(limit)]
+
+
+def split_overlap(env_id: str, kwargs: dict | None = None, *, validation_problems: int = 16,
+                  limit: int = 200) -> OverlapReport:
+    """Content shared between the train, validation and test problems a run of ``env_id`` uses."""
+    env = make_env(env_id, **(kwargs or {}))
+    plan = SplitPlan.for_env(env, validation_problems)
+    keys: dict[str, dict[str, int]] = {}
+    for name in SPLITS:
+        part = plan.of(name)
+        keys[name] = {}
+        for index in _spaced(part.indices, limit):
+            observation, info = env.reset(seed=0, options={"split": part.split, "index": index})
+            keys[name][str(info.get("content_key", observation))] = index
+    shared = {f"{a}/{b}": sorted(set(keys[a]) & set(keys[b])) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
+    return OverlapReport({s: len(_spaced(plan.of(s).indices, limit)) for s in SPLITS},
+                         {s: plan.of(s).size for s in SPLITS}, plan.derived_validation, shared)
 
 
 def _episode(env, seed: int, max_steps: int) -> list[str]:
@@ -78,5 +131,11 @@ def check(env_id: str, kwargs: dict | None = None, *, seeds: int = 3, max_steps:
             if missing:
                 report.warnings.append(f"info lacks {missing} (espl-bench then assumes success = reward >= 1, valid)")
                 break
+    try:
+        report.overlap = split_overlap(env_id, kwargs)
+        if not report.overlap.ok:
+            report.failures.append(f"the splits share problems: {report.overlap.describe()}")
+    except Exception as exc:
+        report.failures.append(f"the split-overlap check raised {type(exc).__name__}: {exc}")
     report.warnings = sorted(set(report.warnings))
     return report

@@ -2,13 +2,23 @@
 
 Data comes from either
 
-* ``train_path`` and ``test_path``: JSONL files, one ``{"problem": str, "answer": str | number}``
-  object a line (blank lines skipped; a bad line is a ``ValueError`` naming file, line and field);
+* ``train_path`` and ``test_path`` (and optionally ``validation_path``): JSONL files, one
+  ``{"problem": str, "answer": str | number}`` object a line (blank lines skipped; a bad line is a
+  ``ValueError`` naming file, line and field). Splits are made disjoint by problem text: repeats
+  within train are dropped, and so are validation and test problems that occur in an earlier
+  split (a warning counts them). Without ``validation_path`` a run holds out the first train
+  problems as its validation split (:class:`envs.splits.SplitPlan`);
 * ``preset``: one of the E-SPL paper's train -> test pairs in :data:`PRESETS`, loaded from the
   Hugging Face Hub through ``datasets.load_dataset`` on first use (never at construction). The
   hub ids and column names live in :data:`SOURCES`, one line each, so a renamed dataset is a
   one-line fix. When the hub cannot be reached the load raises :class:`DatasetUnavailable`,
   which says to pass local JSONL files instead. With neither, the preset is ``dapo100-aime25``.
+
+Problems carrying DAPO's own answer-format wrapper ("Solve the following math problem step by
+step. The last line of your response should be of the form Answer: $Answer ..." and "Remember
+to put your answer on its own line after "Answer:".") lose it on loading, as in the E-SPL
+reference code: the env asks for ``\boxed{}`` instead, and two format instructions would
+contradict each other.
 
 The observation is the problem plus an instruction to put the final answer in ``\\boxed{}``.
 The answer is the last ``\\boxed{...}`` (nested braces allowed) or ``<answer>...</answer>``,
@@ -21,6 +31,7 @@ match), else 0.0, with no partial credit. A math-verify error or timeout scores 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import threading
@@ -30,6 +41,8 @@ from pathlib import Path
 
 from envs.base import TextEnv
 from espl.errors import EsplError
+
+log = logging.getLogger(__name__)
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_PRESET = "dapo100-aime25"
@@ -85,12 +98,15 @@ class MathJSONLEnv(TextEnv):
     metadata = {"render_modes": [], "kind": "reasoning"}
 
     def __init__(self, train_path: str | None = None, test_path: str | None = None, *,
-                 preset: str | None = None, data_seed: int = 0, timeout_seconds: int = 5):
+                 preset: str | None = None, data_seed: int = 0, timeout_seconds: int = 5,
+                 validation_path: str | None = None):
         super().__init__(max_turns=1)
         if (train_path is None) != (test_path is None):
             raise ValueError("pass both train_path and test_path (JSONL files), or neither and a preset")
         if train_path is not None and preset is not None:
             raise ValueError("pass either train_path/test_path or preset, not both")
+        if validation_path is not None and train_path is None:
+            raise ValueError("validation_path goes with train_path and test_path; a preset's run holds out train problems")
         if train_path is None:
             preset = preset or DEFAULT_PRESET
             if preset not in PRESETS:
@@ -100,7 +116,8 @@ class MathJSONLEnv(TextEnv):
         self._name = preset or "jsonl"
         self._splits: dict[str, tuple[dict, ...]] | None = None
         if train_path is not None:  # local files are cheap: report a bad file at construction
-            self._splits = {"train": read_jsonl(train_path), "test": read_jsonl(test_path)}
+            files = {"train": train_path, "validation": validation_path, "test": test_path}
+            self._splits = disjoint({split: read_jsonl(path) if path else () for split, path in files.items()})
         self._entry: dict | None = None
         self._problem_id = ""
 
@@ -110,7 +127,7 @@ class MathJSONLEnv(TextEnv):
         return self._splits
 
     def split_size(self, split: str) -> int:
-        return len(self._data()[split])
+        return len(self._data().get(split, ()))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
@@ -118,7 +135,8 @@ class MathJSONLEnv(TextEnv):
         self._entry = self._data()[split][index]
         self._problem_id = f"{self._name}/{split}/{index}"
         observation = f"{self._entry['problem']}\n\n{INSTRUCTION}"
-        return observation, {"problem_id": self._problem_id, "split": split, "index": index}
+        return observation, {"problem_id": self._problem_id, "split": split, "index": index,
+                             "content_key": self._entry["problem"]}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         if self._entry is None:
@@ -130,6 +148,39 @@ class MathJSONLEnv(TextEnv):
 
 
 # -- data --------------------------------------------------------------------------------------
+
+def disjoint(splits: dict[str, tuple[dict, ...]]) -> dict[str, tuple[dict, ...]]:
+    """The splits with repeats removed: within train, and every problem of an earlier split
+    (train, validation, test, in that order) removed from the later ones."""
+    seen: set[str] = set()
+    out = {}
+    for split in ("train", "validation", "test"):
+        kept = []
+        for record in splits.get(split, ()):
+            if record["problem"] not in seen:
+                seen.add(record["problem"])
+                kept.append(record)
+        if len(kept) < len(splits.get(split, ())):
+            log.warning("math: dropped %d %s problems that repeat an earlier problem (splits stay disjoint)",
+                        len(splits[split]) - len(kept), split)
+        out[split] = tuple(kept)
+    return out
+
+
+_DAPO_PREFIX = ("Solve the following math problem step by step. The last line of your response should be of the "
+                "form Answer: $Answer (without quotes) where $Answer is the answer to the problem.")
+_DAPO_REMINDER = 'Remember to put your answer on its own line after "Answer:".'
+
+
+def strip_wrapper(problem: str) -> str:
+    """``problem`` without DAPO's answer-format prefix and reminder (see the module docstring)."""
+    text = problem.strip()
+    if text.startswith(_DAPO_PREFIX):
+        text = text[len(_DAPO_PREFIX):].lstrip()
+    if text.endswith(_DAPO_REMINDER):
+        text = text[: -len(_DAPO_REMINDER)].rstrip()
+    return text
+
 
 def read_jsonl(path: str | Path) -> tuple[dict, ...]:
     """``{"problem", "answer"}`` records of a JSONL file; a ValueError names file, line and field."""
@@ -184,7 +235,7 @@ def load_source(source: HubSource) -> list[dict]:
             missing = source.problem if problem is None else source.answer
             raise ValueError(f"{source.path} row {number}: no column {missing!r} (columns: {sorted(row)}); "
                              "fix its entry in envs.math_jsonl.SOURCES")
-        records.append({"problem": str(problem).strip(), "answer": _answer_text(answer)})
+        records.append({"problem": strip_wrapper(str(problem)), "answer": _answer_text(answer)})
     return records
 
 

@@ -1,8 +1,11 @@
 """Single-turn reasoning tasks from reasoning-gym behind the :mod:`envs.base` contract.
 
-Train and test splits are built from two reasoning-gym datasets with different seeds; test items
-whose question also occurs in train are dropped, so the splits are disjoint by construction.
-The reward is reasoning-gym's own ``score_answer`` on the extracted answer.
+Problems are built on demand: problem ``index`` of a split is the first item of one
+reasoning-gym dataset (seed ``data_seed``), at positions derived from (split, index, attempt),
+whose question hashes into that split (:func:`envs.splits.draw`). Equal questions therefore
+always share a split, so train, validation and test are disjoint by content, and the first reset
+costs a few items, not the whole split (reasoning-gym items are a pure function of seed and
+index). The reward is reasoning-gym's own ``score_answer`` on the extracted answer.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ from typing import Any
 
 from envs.answers import extract_answer
 from envs.base import TextEnv
+from envs.splits import draw
 
 ANSWER_FORMAT = "Think step by step, then give only the final answer inside <answer></answer> tags."
-_TEST_SEED_OFFSET = 1_000_003
+# Positions of the dataset the draws index into; a dataset may keep a list of this length
+# (list_functions, gsm_symbolic), so it is large enough for distinct items, not astronomical.
+# A dataset that refuses a size that large (word_ladder) gets the next one it accepts.
+STREAM_SIZES = (100_000, 10_000, 2_000, 500)
 
 
 class ReasoningGymEnv(TextEnv):
@@ -28,6 +35,7 @@ class ReasoningGymEnv(TextEnv):
         task: str = "basic_arithmetic",
         *,
         train_size: int = 1000,
+        validation_size: int = 200,
         test_size: int = 200,
         data_seed: int = 0,
         success_threshold: float = 1.0,
@@ -35,37 +43,36 @@ class ReasoningGymEnv(TextEnv):
     ):
         super().__init__(max_turns=1)
         self.task = task
-        self.train_size = train_size
-        self.test_size = test_size
+        self.sizes = {"train": train_size, "validation": validation_size, "test": test_size}
         self.data_seed = data_seed
         self.success_threshold = success_threshold
         self.task_config = task_config
+        try:  # a bad config fails here, not at the first episode (building the dataset builds no item)
+            _dataset(*self._key)
+        except (AssertionError, ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"reasoning-gym rejects the config of {task!r}: {type(exc).__name__}: {exc}") from None
         self._entry: dict | None = None
         self._problem_id = ""
 
     @cached_property
-    def _data(self) -> tuple[dict[str, list[dict]], Any]:
-        return _build_splits(self.task, self.train_size, self.test_size, self.data_seed,
-                             json.dumps(self.task_config, sort_keys=True))
-
-    @property
-    def _splits(self) -> dict[str, list[dict]]:
-        return self._data[0]
+    def _key(self) -> tuple:
+        return self.task, self.data_seed, json.dumps(self.task_config, sort_keys=True)
 
     @property
     def _scorer(self) -> Any:
-        return self._data[1]
+        return _dataset(*self._key)
 
     def split_size(self, split: str) -> int:
-        return len(self._splits[split])
+        return self.sizes[split]
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[str, dict]:
         super().reset(seed=seed)
         split, index = self._pick(options)
-        self._entry = self._splits[split][index]
+        self._entry = _entry(*self._key, split, index)
         self._problem_id = f"{self.task}/{split}/{index}"
         observation = f"{self._entry['question']}\n\n{ANSWER_FORMAT}"
-        return observation, {"problem_id": self._problem_id, "split": split, "index": index}
+        return observation, {"problem_id": self._problem_id, "split": split, "index": index,
+                             "content_key": self._entry["question"]}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         if self._entry is None:
@@ -90,15 +97,22 @@ class ReasoningGymEnv(TextEnv):
 
 
 @lru_cache(maxsize=32)
-def _build_splits(task: str, train_size: int, test_size: int, seed: int, config_json: str) -> tuple[dict, Any]:
-    """Both splits and the scoring dataset; cached because every concurrent episode has its own env."""
+def _dataset(task: str, seed: int, config_json: str) -> Any:
+    """The dataset draws index into (cheap: reasoning-gym builds items when they are indexed)."""
     import reasoning_gym
 
-    config = json.loads(config_json)
-    train = list(reasoning_gym.create_dataset(task, size=train_size, seed=seed, **config))
-    seen = {e["question"] for e in train}
-    # Oversample the test set so that removing overlaps still leaves test_size items.
-    pool = reasoning_gym.create_dataset(task, size=test_size + max(5, test_size // 2), seed=seed + _TEST_SEED_OFFSET,
-                                        **config)
-    test = [e for e in pool if e["question"] not in seen][:test_size]
-    return {"train": train, "test": test}, pool
+    for size in STREAM_SIZES:
+        try:
+            return reasoning_gym.create_dataset(task, size=size, seed=seed, **json.loads(config_json))
+        except ValueError as exc:
+            if "size" not in str(exc).lower() or size == STREAM_SIZES[-1]:
+                raise
+    raise AssertionError("unreachable")
+
+
+@lru_cache(maxsize=65536)
+def _entry(task: str, seed: int, config_json: str, split: str, index: int) -> dict:
+    """Problem ``index`` of ``split``; cached because every concurrent episode has its own env."""
+    dataset = _dataset(task, seed, config_json)
+    return draw(split, index, lambda position: dataset[position % len(dataset)], lambda e: str(e["question"]),
+                "reasoning-gym", task, seed, config_json)

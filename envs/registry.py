@@ -34,11 +34,15 @@ class BuiltinEnv:
     kwargs: dict = field(default_factory=dict)
 
 
-_GAMES = {  # id: (turn limit, description)
-    "GuessTheNumber": (10, "textarena GuessTheNumber: find a hidden number 1-20 from higher/lower hints, guesses as [n]"),
-    "TowerOfHanoi": (20, "textarena TowerOfHanoi: move 3 disks from peg A to peg C, moves as [A C]"),
-    "Sudoku": (40, "textarena Sudoku: fill a 60-clue 9x9 grid, moves as [row col digit]"),
-    "Minesweeper": (50, "textarena Minesweeper: reveal every safe cell of an 8x8 board, moves as [row col]"),
+_GAMES = {  # id: (turn limit, description, game kwargs)
+    # 1-50, not textarena's 1-20: the secrets are dealt to three disjoint splits, and 20 leave
+    # about 6 per split; binary search still needs at most 6 of the 10 guesses
+    "GuessTheNumber": (10, "textarena GuessTheNumber: find a hidden number 1-50 from higher/lower hints, guesses as [n]",
+                       {"max_number": 50}),
+    "TowerOfHanoi": (20, "textarena TowerOfHanoi: move the disks from peg A to peg C (train 3, validation 2, test 4 "
+                         "disks), moves as [A C]", {}),
+    "Sudoku": (40, "textarena Sudoku: fill a 60-clue 9x9 grid, moves as [row col digit]", {}),
+    "Minesweeper": (50, "textarena Minesweeper: reveal every safe cell of an 8x8 board, moves as [row col]", {}),
 }
 
 BUILTIN = (
@@ -51,8 +55,8 @@ BUILTIN = (
                "offline multi-hop QA over a seeded corpus of fictional entities, search (BM25) and open tools", "agentic", 8),
     BuiltinEnv("espl/ToolUse-v0", "envs.tool_use:ToolUseEnv",
                "unit-conversion word problems solved with calculator and convert tool calls", "agentic", 6),
-    *(BuiltinEnv(f"espl/{game}-v0", "envs.games:TextArenaEnv", text, "agentic", turns, {"game": f"{game}-v0"})
-      for game, (turns, text) in _GAMES.items()),
+    *(BuiltinEnv(f"espl/{game}-v0", "envs.games:TextArenaEnv", text, "agentic", turns, {"game": f"{game}-v0", **extra})
+      for game, (turns, text, extra) in _GAMES.items()),
     BuiltinEnv("espl/TwentyQuestions-v0", "envs.games:TextArenaEnv",
                "textarena 20 Questions against a litellm game master: --env-kwargs '{\"gamemaster\": \"<model>\"}'",
                "agentic", 21, {"game": "TwentyQuestions-v0"}),
@@ -155,3 +159,6 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
         raise EnvNotFound(f"cannot import the plugin for {env_id!r} ({exc}); fix: pip install the package that provides it") from None
     except TypeError as exc:
         raise EnvNotFound(f"bad keyword arguments for {env_id!r} ({exc}); fix: check --env-kwargs") from None
+    except (ValueError, AssertionError, KeyError) as exc:  # the env's own check of its arguments
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EnvNotFound(f"cannot build {env_id!r}: {message}; fix: check --env-kwargs") from None

@@ -11,8 +11,8 @@ Mirrors the agentic search task of the E-SPL paper without a network or a real W
 * ``distractors`` similar-name entities per question (same family name, or same first syllable)
   are added to the corpus; their documents mention the real entity, as Wikipedia's "not to be
   confused with" notes do, so a careless agent can follow the wrong entity.
-* Train and test questions start from different entities; both splits are a pure function of
-  the constructor arguments. Tools: ``search(query)`` (BM25 via ``bm25s``, top 3 ids, titles and
+* Train, validation and test questions start from different entities (so no two splits share a
+  question); all three are a pure function of the constructor arguments. Tools: ``search(query)`` (BM25 via ``bm25s``, top 3 ids, titles and
   a snippet) and ``open(doc_id)`` (full text; an unknown id returns an error string).
 * Reward: 1.0 for an exact match after normalisation (lowercase, no punctuation, no articles,
   single spaces), else token-level F1 capped below 1; ``info["success"]`` only on exact match.
@@ -145,8 +145,8 @@ def _chains(start: _Entity, hops: int, by_name: dict) -> list[list[tuple[str, _E
 
 @lru_cache(maxsize=16)
 def build_world(hops: int, distractors: int, corpus_size: int, train_size: int, test_size: int,
-                data_seed: int) -> _World:
-    """Corpus, BM25 index and both splits; cached because every concurrent episode has its own env."""
+                data_seed: int, validation_size: int = 0) -> _World:
+    """Corpus, BM25 index and the splits; cached because every concurrent episode has its own env."""
     rng = random.Random(data_seed)
     used: set = set()
     by_kind = {k: [_entity(rng, k, used) for _ in range(max(3, round(corpus_size * share)))]
@@ -158,11 +158,15 @@ def build_world(hops: int, distractors: int, corpus_size: int, train_size: int, 
     starts = [(e, _chains(e, hops, by_name)) for e in entities]
     starts = [(e, chains) for e, chains in starts if chains]
     rng.shuffle(starts)
-    if len(starts) < train_size + test_size:
-        raise ValueError(f"only {len(starts)} entities start a {hops}-hop chain but train_size + test_size = "
-                         f"{train_size + test_size}; raise corpus_size or lower the split sizes")
-    # Test takes its start entities first, so no train question starts from a test entity.
-    chosen = {"test": starts[:test_size], "train": starts[test_size:test_size + train_size]}
+    total = train_size + validation_size + test_size
+    if len(starts) < total:
+        raise ValueError(f"only {len(starts)} entities start a {hops}-hop chain but the splits need {total}; "
+                         "raise corpus_size or lower the split sizes")
+    # Each split takes its own start entities (test first, so test questions do not depend on
+    # the other sizes): no question of one split starts from an entity of another.
+    validation_end = test_size + validation_size
+    chosen = {"test": starts[:test_size], "validation": starts[test_size:validation_end],
+              "train": starts[validation_end:validation_end + train_size]}
     texts = [(e.name, _text(e, rng)) for e in entities]
     picked = {}
     for split, group in chosen.items():
@@ -197,11 +201,11 @@ class SearchQAEnv(ToolEnv):
     """Multi-hop QA over a fictional corpus with ``search`` and ``open``; see the module docstring."""
 
     def __init__(self, hops: int = 2, distractors: int = 2, corpus_size: int = 600, train_size: int = 200,
-                 test_size: int = 100, data_seed: int = 0, max_turns: int = 8):
+                 test_size: int = 100, data_seed: int = 0, max_turns: int = 8, validation_size: int = 50):
         super().__init__(max_turns=max_turns)
         if not 2 <= hops <= 4:
             raise ValueError(f"hops must be 2, 3 or 4, got {hops}")
-        self._world = build_world(hops, distractors, corpus_size, train_size, test_size, data_seed)
+        self._world = build_world(hops, distractors, corpus_size, train_size, test_size, data_seed, validation_size)
         self._last: dict = {}
 
     def split_size(self, split: str) -> int:

@@ -67,8 +67,8 @@ class ToolEnv(TextEnv):
         self._tool_calls = 0
         self._invalid = 0
         tools = {t.signature: t.description for t in self.tools().values()}
-        return f"{self._problem.question}\n\n{format_instructions(tools)}", {"problem_id": self._problem_id,
-                                                                             "split": split, "index": index}
+        return f"{self._problem.question}\n\n{format_instructions(tools)}", {
+            "problem_id": self._problem_id, "split": split, "index": index, "content_key": self._problem.question}
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict]:
         if self._problem is None:

@@ -10,9 +10,10 @@ is each piece, in meters? Round to 2 decimals and answer with the number only."
   (an ``ast`` whitelist with size limits, never ``eval``), and ``convert(value, from_unit,
   to_unit)`` over the length/mass/time/temperature table :data:`UNITS`. A bad call returns its
   error text to the model.
-* Splits: problem ``(split, index)`` is drawn from ``random.Random`` seeded by (data_seed,
-  difficulty, split, index, attempt); a hash of the question text decides which split it may
-  belong to, so train and test never share a question. No global random state is used.
+* Splits (train, validation, test): problem ``(split, index)`` is drawn from ``random.Random``
+  seeded by (data_seed, difficulty, split, index, attempt); a hash of the question text decides
+  which split it may belong to (:func:`envs.splits.content_split`), so no two splits share a
+  question. No global random state is used.
 * Score: 1.0 when the first number in the ``<answer>`` is within a relative 1e-2 of the
   reference, else 0. ``Problem.metadata`` records the plan (start, ops, units) for oracles.
 """
@@ -20,7 +21,6 @@ is each piece, in meters? Round to 2 decimals and answer with the number only."
 from __future__ import annotations
 
 import ast
-import hashlib
 import itertools
 import math
 import operator
@@ -28,6 +28,7 @@ import random
 import re
 from functools import lru_cache
 
+from envs.splits import content_split
 from envs.tool_env import Problem, Tool, ToolEnv
 
 # key: (category, factor to the category's base unit, singular, plural); temperatures are affine.
@@ -222,7 +223,7 @@ def _problem(data_seed: int, difficulty: int, split: str, index: int) -> Problem
         rng = random.Random(f"tool-use/{data_seed}/{difficulty}/{split}/{index}/{attempt}")
         problem = generate(rng, difficulty)
         # The question's hash, not the draw, decides the split: equal questions land in one split.
-        if problem and ("train", "test")[hashlib.sha256(problem.question.encode()).digest()[0] % 2] == split:
+        if problem and content_split(problem.question) == split:
             return problem
     raise AssertionError("unreachable")
 
@@ -235,12 +236,12 @@ class ToolUseEnv(ToolEnv):
 
     metadata = {"render_modes": [], "kind": "agentic"}
 
-    def __init__(self, *, train_size: int = 1000, test_size: int = 200, data_seed: int = 0,
-                 max_turns: int = 6, difficulty: int = 2):
+    def __init__(self, *, train_size: int = 1000, validation_size: int = 200, test_size: int = 200,
+                 data_seed: int = 0, max_turns: int = 6, difficulty: int = 2):
         super().__init__(max_turns=max_turns)
-        if difficulty < 1 or train_size < 1 or test_size < 1:
-            raise ValueError("difficulty, train_size and test_size must all be at least 1")
-        self.train_size, self.test_size = train_size, test_size
+        if difficulty < 1 or train_size < 1 or test_size < 1 or validation_size < 0:
+            raise ValueError("difficulty, train_size and test_size must all be at least 1 (validation_size at least 0)")
+        self.sizes = {"train": train_size, "validation": validation_size, "test": test_size}
         self.data_seed, self.difficulty = data_seed, difficulty
         self._tools = {
             "calculator": Tool("calculator(expression)",
@@ -250,7 +251,7 @@ class ToolUseEnv(ToolEnv):
         }
 
     def split_size(self, split: str) -> int:
-        return {"train": self.train_size, "test": self.test_size}[split]
+        return self.sizes[split]
 
     def problem(self, split: str, index: int) -> Problem:
         return _problem(self.data_seed, self.difficulty, split, index)

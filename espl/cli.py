@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     best = sub.add_parser("select-best", help="pick a run's best committed iteration on its validation split (never the test split)")
     best.add_argument("run", help="a run folder (espl-bench run --out)")
     best.add_argument("--samples", type=int, default=2, help="samples per validation problem")
+    ev = sub.add_parser("evaluate", help="the weights x prompt breakdown of a finished run, on more test problems")
+    ev.add_argument("run", help="a run folder (espl-bench run --out)")
+    ev.add_argument("--problems", type=int, default=None, help="test problems (default: the run's --eval-problems)")
+    ev.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's --eval-samples)")
     from leaderboards.commands import add_parsers
 
     add_parsers(sub)
@@ -82,11 +86,19 @@ def _screen(s: dict, out: str) -> str:
     ]
     if test:
         ks = "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k.startswith("pass@"))
-        lines.append(f"  test success    {test['success']:.3f}  {ks}  ({test['problems']} problems x {test['samples']})")
+        ci = test.get("interval") or {}
+        interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
+        lines.append(f"  test success    {test['success']:.3f}{interval}  {ks}  ({test.get('split', 'test')} split, "
+                     f"{test['problems']} problems x {test['samples']} samples; 95% interval clustered by problem)")
+    for name, effect in ((s.get("breakdown") or {}).get("effects") or {}).items():
+        lines.append(f"  {name:<26}{effect['estimate']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}]")
+    counts = s.get("reflection") or {}
+    children = counts.get("children") or {}
     lines += [
         f"  test program    {s['test_program']['id']} ({s['test_program']['rule']})",
-        f"  pool size       {s['pool_size']}   reflection failures {s['reflection_failures']}",
-        f"  run folder      {out}  (summary.json, best_prompt.txt, iterations/)",
+        f"  pool size       {s['pool_size']}   children {', '.join(f'{k} {v}' for k, v in children.items()) or '-'}"
+        f"   failed {counts.get('failed', s['reflection_failures'])}   skipped {counts.get('skipped', 0)}",
+        f"  run folder      {out}  (summary.json, breakdown.json, best_prompt.txt, iterations/)",
         "",
     ]
     return "\n".join(lines)
@@ -101,7 +113,9 @@ def _envs(args: argparse.Namespace) -> int:
         return _check(args)
     rows = list_envs()
     if args.json:
-        sys.stdout.write(json.dumps([{**asdict(e), "splits": ["train", "test"]} for e in rows], indent=1) + "\n")
+        from envs.splits import SPLITS
+
+        sys.stdout.write(json.dumps([{**asdict(e), "splits": list(SPLITS)} for e in rows], indent=1) + "\n")
     else:
         sys.stdout.write("".join(f"{e.id:32s} {e.kind:9s} turns {e.max_turns or '-':<3} {e.description}\n" for e in rows))
     return 0
@@ -122,6 +136,8 @@ def _check(args: argparse.Namespace) -> int:
         log.warning("%s: %s", args.env_id, line)
     for line in report.failures:
         log.error("%s: %s", args.env_id, line)
+    if report.overlap is not None:
+        sys.stdout.write(f"{args.env_id}: {report.overlap.describe()}\n")
     sys.stdout.write(f"{args.env_id}: {'ok' if report.ok else 'FAILED'}\n")
     return 0 if report.ok else 1
 
@@ -147,6 +163,18 @@ def _select_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from espl.evaluate_run import evaluate_run, render
+
+    for flag in ("problems", "samples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise EsplError(f"--{flag}={value} is invalid; fix: pass 1 or more")
+    result, path = evaluate_run(args.run, problems=args.problems, samples=args.samples)
+    sys.stdout.write(render(result) + f"written: {path}\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -157,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         from leaderboards.commands import bench, leaderboard
 
         handlers = {"run": _run, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,
-                    "select-best": _select_best}
+                    "select-best": _select_best, "evaluate": _evaluate}
         return handlers[args.command](args)
     except EsplError as exc:
         log.error("%s", exc)

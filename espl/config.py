@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from espl.errors import ConfigError
+from espl.methods import METHODS, MethodSpec, TestRule, resolve_rule
 
 Method = Literal["espl", "rl", "evolution", "self-reflection", "gepa"]
 SamplerKind = Literal["transformers", "vllm", "litellm", "trl-vllm"]
@@ -60,11 +61,14 @@ class RunConfig(BaseModel):
     max_words: int = Field(32, ge=4, description="word cap per principle")
     sigma_inflation: float = Field(1.0, ge=0, description="delta sigma added (in quadrature) to a child's sigma")
     tie_tolerance: float = Field(0.01, ge=0, description="mean rewards this close rank as a tie")
-    test_program: Literal["lcb", "latest"] = Field("lcb", description="program used at test time: lcb = best mu - 2 sigma (ratings from training rollouts only); latest = newest program (the reference code's choice)")
-    validation_problems: int = Field(16, ge=0, description="train problems held out as the validation split (at most half the train split): never trained on; espl-bench select-best and GEPA's candidate selection use them, never the test split")
+    test_program: Literal["auto", "lcb", "latest", "root"] = Field("auto", description="program scored at test time: auto = the method's rule (espl/evolution lcb, self-reflection latest, rl root, gepa its validation best); lcb = best mu - 2 sigma (ratings from training rollouts only); latest = newest program (the reference code's choice); root = the root program")
+    prompt_placement: Literal["system", "user"] = Field("system", description="where the program goes: system (a system message) or user (appended to the first user turn after the problem, the reference code's choice; an empty program sends the bare problem)")
+    crossover_requires_win: bool = Field(True, description="cross over only when the iteration's best program won at least one problem outright (the reference code's rule)")
+    validation_problems: int = Field(16, ge=0, description="validation problems: the env's validation split (its first N), or the first N train problems held out (at most half) when the env has none; never trained on; select-best and GEPA's candidate selection use them, never the test split")
     eval_every: int = Field(1, ge=0, description="evaluate on the test split every N iterations (0: only at the end)")
-    eval_problems: int = Field(4, ge=1, description="test problems per evaluation")
+    eval_problems: int = Field(4, ge=1, description="test problems per evaluation (the first N of the test split)")
     eval_samples: int = Field(2, ge=1, description="samples per test problem (k of pass@k goes up to this)")
+    eval_seed: int = Field(0, description="seed of every evaluation sample, combined with the sample's coordinates (split, problem, sample, turn); shared by all methods and run seeds, so equal weights and prompts give equal episodes")
     learning_rate: float = Field(4e-5, gt=0, description="Adam learning rate (paper: 4e-5)")
     lora_rank: int = Field(16, ge=1, description="LoRA rank (paper: 32 on a 671B model)")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
@@ -93,18 +97,28 @@ class RunConfig(BaseModel):
         return self.programs
 
     @property
+    def spec(self) -> MethodSpec:
+        """The method as a value (:mod:`espl.methods`)."""
+        return METHODS[self.method]
+
+    @property
     def trains_weights(self) -> bool:
-        return self.method in ("espl", "rl")
+        return self.spec.trains
 
     @property
     def evolves(self) -> bool:
         """Whether the E-SPL loop mutates and recombines programs."""
-        return self.method in ("espl", "evolution", "self-reflection")
+        return self.spec.evolves
 
     @property
     def reflects(self) -> bool:
         """Whether the run calls a reflector at all (GEPA reflects through its own optimizer)."""
-        return self.evolves or self.method == "gepa"
+        return self.spec.reflects
+
+    @property
+    def test_rule(self) -> TestRule:
+        """The rule that picks the test-time program: ``--test-program``, else the method's own."""
+        return resolve_rule(self.spec, self.test_program)
 
     @property
     def rollout_budget(self) -> int:
@@ -119,6 +133,12 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
+        if self.trains_weights and self.group_size < 2:
+            raise ValueError(f"--group-size {self.group_size} gives every RL group one sample, so no advantage "
+                             f"(r - group mean is 0) and TRL refuses it; fix: --group-size 2 or more for {self.method}")
+        if self.method == "gepa" and self.test_program not in ("auto",):
+            raise ValueError(f"--test-program {self.test_program} does not apply to gepa (its programs are scored on "
+                             "the validation split, not rated); fix: drop --test-program")
         if self.sampler == "litellm" and self.trains_weights:
             raise ValueError(f"--sampler litellm cannot train weights (method {self.method!r}); fix: use --method "
                              "evolution or self-reflection, or --sampler vllm/transformers for rl and espl")

@@ -17,7 +17,7 @@ class ConfigError(EsplError):
 
 
 class EnvNotFound(EsplError):
-    """An environment id is not registered."""
+    """An environment id is not registered, or the env cannot be built from its arguments."""
 
 
 class ModelNotFound(EsplError):

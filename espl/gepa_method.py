@@ -6,11 +6,15 @@ policy, envs and scoring) as every other method, and turns rollouts into GEPA's 
 dataset (the problem, the reply, and feedback naming the reward and the reference answer). The
 reflection LM is the run's reflector, so its calls and tokens are metered like E-SPL's.
 
-Equal budget: GEPA may spend :attr:`~espl.config.RunConfig.rollout_budget` rollouts (its
-``max_metric_calls``), the training rollouts E-SPL spends on the same config; its validation
-evaluations count against it, so its validation set is the run's validation split capped at
-``batch_size`` problems (``--validation-problems``); the test split stays unseen until the final
-evaluation.
+Equal budget, exactly: GEPA may spend :attr:`~espl.config.RunConfig.rollout_budget` rollouts,
+the training rollouts E-SPL spends on the same config, and its validation evaluations count
+against them (its validation set is the run's validation split capped at ``batch_size``
+problems). GEPA checks its budget only between its iterations, so one iteration could overrun it
+by a minibatch and a validation pass. Here an evaluation that does not fit runs only the
+rollouts left in the budget (they are spent, so every method spends the same training rollouts),
+then the search stops at once: GEPA never sees that partial evaluation, and a candidate whose
+validation pass did not fit is not adopted. The test split stays unseen until the final evaluation, which is the
+evaluation protocol's, as for every method.
 
 One search is one committed step: :class:`GepaLoop` runs the whole search as the run's only
 iteration (GEPA keeps its own state; its on-disk checkpoints are pickles, which this project never
@@ -20,15 +24,14 @@ loads). A run killed mid-search restarts the search on ``--resume``.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 
 from agents.llm_router import usage_delta
 from agents.rollout import EpisodeSpec, Rollout
-from agents.sampler import SamplingParams
+from agents.sampler import derive_seed
 from espl.config import RunConfig
-from espl.loop import IterationResult, Parts, _invalid_rate, _rate, evaluate_prompt
+from espl.loop import EsplLoop, IterationResult, Parts, _invalid_rate, _rate, sampling
 from espl.program import Pool, Program
 from espl.reflector import ReflectorCallError
 
@@ -37,29 +40,54 @@ log = logging.getLogger(__name__)
 COMPONENT = "system_prompt"
 
 
+
+
+class BudgetSpent(Exception):
+    """An evaluation GEPA asked for does not fit in what is left of the rollout budget."""
+
+
 class EnvAdapter:
-    """Our env and policy as a GEPA system; see the module docstring."""
+    """Our env and policy as a GEPA system; see the module docstring.
+
+    A data instance is ``(split, index)`` of the env. Every rollout is seeded from the run's seed
+    and its position in the sequence GEPA paid for.
+    """
 
     propose_new_texts = None  # GEPA's own reflective proposer
 
-    def __init__(self, parts: Parts, params: Callable[[int], SamplingParams],
-                 on_spent: Callable[[int], None] = lambda rollouts: None):
-        self.parts, self.params, self.on_spent = parts, params, on_spent
+    def __init__(self, parts: Parts, cfg: RunConfig, on_spent: Callable[[int], None] = lambda rollouts: None):
+        self.parts, self.cfg, self.on_spent = parts, cfg, on_spent
+        self.budget = cfg.rollout_budget
         self.rollouts: list[Rollout] = []  # every rollout GEPA paid for
+        self.refused = False  # an evaluation did not fit: the search must stop
 
-    def evaluate(self, batch: list[int], candidate: dict[str, str], capture_traces: bool = False):
+    def evaluate(self, batch: list[tuple[str, int]], candidate: dict[str, str], capture_traces: bool = False):
         from gepa import EvaluationBatch
 
-        specs = [EpisodeSpec(candidate[COMPONENT], "train", index, {"problem": index}) for index in batch]
-        rollouts = self.parts.engine.run(specs, self.params(len(self.rollouts)))
-        self.rollouts += rollouts
-        self.on_spent(len(self.rollouts))
+        left = self.budget - len(self.rollouts)
+        if len(batch) > left:
+            self.refused = True
+            self._run(batch[:left], candidate)  # the budget's last rollouts, which GEPA never sees
+            raise BudgetSpent(f"{len(batch)} rollouts asked, {left} left of {self.budget}")
+        rollouts = self._run(batch, candidate)
         return EvaluationBatch(outputs=[r.response for r in rollouts], scores=[r.reward for r in rollouts],
                                trajectories=rollouts if capture_traces else None)
 
+    def _run(self, batch: list[tuple[str, int]], candidate: dict[str, str]) -> list[Rollout]:
+        if not batch:
+            return []
+        start = len(self.rollouts)
+        specs = [EpisodeSpec(candidate[COMPONENT], split, index, {"problem": index},
+                             seed=derive_seed("gepa", self.cfg.seed, start + n), placement=self.cfg.prompt_placement)
+                 for n, (split, index) in enumerate(batch)]
+        rollouts = self.parts.engine.run(specs, sampling(self.cfg))
+        self.rollouts += rollouts
+        self.on_spent(len(self.rollouts))
+        return rollouts
+
     def make_reflective_dataset(self, candidate: dict[str, str], eval_batch, components_to_update: list[str]) -> dict:
-        records = [{"Inputs": r.messages[1]["content"] if len(r.messages) > 1 else "",
-                    "Generated Outputs": "\n---\n".join(m["content"] for m in r.messages[2:]),
+        records = [{"Inputs": r.observation,
+                    "Generated Outputs": "\n---\n".join(m["content"] for m in r.turns_after_prompt),
                     "Feedback": feedback(r)} for r in eval_batch.trajectories or []]
         return {name: records for name in components_to_update}
 
@@ -79,36 +107,26 @@ def feedback(rollout: Rollout) -> str:
     return " ".join(parts)
 
 
-class GepaLoop:
+class GepaLoop(EsplLoop):
     """Runs one GEPA search as the run's single committed step (interface of ``EsplLoop``)."""
-
-    def __init__(self, cfg: RunConfig, parts: Parts, pool: Pool, rng: random.Random):
-        self.cfg, self.parts, self.pool, self.rng = cfg, parts, pool, rng
 
     def schedule(self, done: int) -> range:
         return range(done + 1, 2)
-
-    def sampling(self, call: int, salt: int = 0) -> SamplingParams:
-        cfg = self.cfg
-        return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                              seed=(cfg.seed * 1_000_003 + call * 7919 + salt) % 2**31)
-
-    def test_program(self) -> Program:
-        """GEPA's best: the first candidate with the highest validation mean (its ``best_idx``)."""
-        return max(self.pool.programs, key=lambda p: p.mu)
 
     def iteration(self, t: int, progress: Callable[[str], None] = lambda name: None) -> IterationResult:
         import gepa
 
         cfg, parts = self.cfg, self.parts
-        trainset = list(range(parts.validation_size, parts.train_size))
+        train = parts.plan.train
+        trainset = [(train.split, i) for i in train.indices]
         # GEPA selects candidates on a validation set: the run's validation split when it has one.
-        # Capped at batch_size: every validation pass is paid from the same rollout budget.
-        valset = (list(range(min(parts.validation_size, cfg.batch_size)))
-                  or self.rng.sample(trainset, min(cfg.batch_size, len(trainset))))
+        # Capped at batch_size (and the budget): every validation pass is paid from the rollout budget.
+        cap = min(cfg.batch_size, cfg.rollout_budget)
+        validation = parts.plan.validation
+        valset = ([(validation.split, i) for i in validation.indices[:cap]]
+                  or self.rng.sample(trainset, min(cap, len(trainset))))
         # A search is one long step: the progress bar shows the rollout budget it has spent.
-        adapter = EnvAdapter(parts, self.sampling,
-                             lambda spent: progress(f"gepa search, {spent}/{cfg.rollout_budget} rollouts"))
+        adapter = EnvAdapter(parts, cfg, lambda spent: progress(f"gepa search, {spent}/{cfg.rollout_budget} rollouts"))
         reflector = parts.reflector
         calls = [0, 0]  # reflector calls, failures
 
@@ -128,13 +146,13 @@ class GepaLoop:
         result = gepa.optimize(
             seed_candidate={COMPONENT: self.pool.programs[0].render()}, trainset=trainset, valset=valset,
             adapter=adapter, reflection_lm=reflection_lm, max_metric_calls=cfg.rollout_budget,
+            stop_callbacks=[lambda state: adapter.refused],
             reflection_minibatch_size=min(cfg.batch_size, len(trainset)), seed=cfg.seed,
             raise_on_exception=False, logger=_GepaLog(), display_progress_bar=False)
         self._adopt(result, t)
         searched = time.monotonic()
         progress("eval")
-        best = self.test_program()
-        test = evaluate_prompt(parts.engine, best.render(), best.id, cfg, parts.test_size, self.sampling(0, salt=1))
+        test = self.evaluate()
         rollouts = adapter.rollouts
         metrics = {
             "iteration": t,
@@ -147,16 +165,18 @@ class GepaLoop:
             "reflection_failures": calls[1],
             "children": [p.id for p in self.pool.programs[1:]],
             "rollouts": len(rollouts),
+            "validation_rollouts": sum((r.spec.split, r.spec.index) in set(valset) for r in rollouts),
             "generated_tokens": sum(r.generated_tokens for r in rollouts),
             "gepa": {"candidates": len(result.candidates), "best": f"p{result.best_idx}",
                      "val_scores": [round(x, 4) for x in result.val_aggregate_scores],
-                     "metric_calls": result.total_metric_calls, "budget": cfg.rollout_budget},
-            "test": test,
+                     "metric_calls": result.total_metric_calls, "budget": cfg.rollout_budget,
+                     "stopped_by_budget": adapter.refused},
+            "test": test.to_dict(),
             "usage": {name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
             "seconds": round(time.monotonic() - started, 2),
             "phase_seconds": {"gepa search": round(searched - started, 2), "eval": round(time.monotonic() - searched, 2)},
         }
-        return IterationResult(rollouts, [], metrics)
+        return IterationResult(rollouts, [], metrics, test)
 
     def _adopt(self, result, t: int) -> None:
         """GEPA's candidates become the pool (ratings: GEPA's validation means, sigma 0)."""

@@ -2,7 +2,9 @@
 
 The loop only orchestrates: sampling, rating, reflection, learning and storage sit behind their
 seams (``RolloutEngine``, :mod:`espl.rating`, ``Mutation``/``Crossover``, ``Learner``,
-``RunDir``), so it runs the same with fakes in tests and with real models in a run.
+``RunDir``), so it runs the same with fakes in tests and with real models in a run. What a method
+switches on or off comes from its spec (:mod:`espl.methods`); test scores come from the
+evaluation protocol (:mod:`espl.evaluation`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from dataclasses import dataclass, field
 
 from agents.llm_router import usage_delta
 from agents.rollout import EpisodeSpec, Rollout, RolloutEngine
-from agents.sampler import SamplingParams
+from agents.sampler import SamplingParams, derive_seed
+from envs.splits import SplitPlan
 from espl.advantage import training_batch
 from espl.config import RunConfig
+from espl.evaluation import CellResult, EvalItems, evaluate
 from espl.faults import maybe_kill
 from espl.learner import Learner
-from espl.metrics import pass_at_k
+from espl.methods import test_program
 from espl.program import Pool, Program
 from espl.rating import update_ratings
-from espl.reflection import Crossover, Mutation, ReflectionOutcome, win_matrix
+from espl.reflection import SOURCES, Crossover, Mutation, ReflectionOutcome, win_matrix
 from espl.selection import Selector
 
 log = logging.getLogger(__name__)
@@ -42,14 +46,16 @@ class Parts:
     selector: Selector
     mutation: Mutation | None
     crossover: Crossover | None
-    train_size: int  # the env's train split; its first ``validation_size`` problems are the validation split
-    test_size: int
+    plan: SplitPlan  # where train, validation and test problems come from
     eos_id: int
-    validation_size: int = 0
     reflector: object | None = None  # the Reflector behind mutation and crossover (GEPA calls it directly)
     # name -> cumulative usage snapshot (calls, tokens, dollars) of a metered model (reflector, API policy)
     meters: dict[str, Callable[[], dict]] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)  # servers to stop, in order
+    # the engine sampling the base weights, for the weights x prompt breakdown (None: frozen weights)
+    base_engine: Callable[[], RolloutEngine] | None = None
+    # why a program cannot enter the pool (its text cannot be rendered or tokenized), or None
+    admit: Callable[[Program], str | None] = lambda program: None
 
     def close(self) -> None:
         self.learner.close()
@@ -62,6 +68,28 @@ class IterationResult:
     rollouts: list[Rollout]
     outcomes: list[ReflectionOutcome]
     metrics: dict
+    test: CellResult | None = None
+
+
+def sampling(cfg: RunConfig) -> SamplingParams:
+    """How the policy samples; seeds come from each episode's coordinates, not from here."""
+    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
+
+
+def test_items(cfg: RunConfig, plan: SplitPlan, problems: int | None = None, samples: int | None = None) -> EvalItems:
+    """The run's test items: the first ``--eval-problems`` problems of the test split."""
+    test = plan.test
+    n = min(problems or cfg.eval_problems, test.size)
+    return EvalItems(test.split, tuple(test.indices[:n]), samples or cfg.eval_samples, cfg.eval_seed,
+                     cfg.prompt_placement)
+
+
+def reflection_counts(outcomes: list[ReflectionOutcome]) -> dict:
+    """How many children an iteration really produced, by source, and how many attempts did not."""
+    labels = [o.label for o in outcomes]
+    return {"children": {source: labels.count(source) for source in SOURCES},
+            "failed": labels.count("failed"), "skipped": labels.count("skipped"),
+            "copied_edits_rejected": sum(o.copies for o in outcomes)}
 
 
 class EsplLoop:
@@ -75,12 +103,8 @@ class EsplLoop:
         """The iterations still to run after ``done`` committed ones."""
         return range(done + 1, self.cfg.iterations + 1)
 
-    def sampling(self, iteration: int, salt: int = 0) -> SamplingParams:
-        return SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
-                              top_p=self.cfg.top_p, seed=(self.cfg.seed * 1_000_003 + iteration * 7919 + salt) % 2**31)
-
     def iteration(self, t: int, progress: Callable[[str], None] = lambda name: None) -> IterationResult:
-        cfg, parts = self.cfg, self.parts
+        cfg, parts, spec = self.cfg, self.parts, self.cfg.spec
         started = time.monotonic()
         spent_before = {name: meter() for name, meter in parts.meters.items()}
         timings: dict[str, float] = {}
@@ -95,18 +119,21 @@ class EsplLoop:
             maybe_kill(t, name)
 
         # 1. select M programs from the K most recent
-        window = self.pool.window(1 if cfg.method == "self-reflection" else cfg.window)
+        window = self.pool.window(spec.window or cfg.window)
         programs = parts.selector.select(window, cfg.selected_programs, self.rng)
-        trainable = range(parts.validation_size, parts.train_size)
+        trainable = parts.plan.train.indices
         problems = self.rng.sample(trainable, min(cfg.batch_size, len(trainable)))
-        # 2-3. rollouts of every (program, problem) pair, N samples each, generated together
+        # 2-3. rollouts of every (program, problem) pair, N samples each, generated together;
+        # each seeded from its coordinates in the run (seed, iteration, slot, problem, sample)
         phase("rollouts")
-        specs = [EpisodeSpec(p.render(), "train", q, {"program": p.id, "slot": s, "problem": j, "sample": n})
+        split = parts.plan.train.split
+        specs = [EpisodeSpec(p.render(), split, q, {"program": p.id, "slot": s, "problem": j, "sample": n},
+                             seed=derive_seed("train", cfg.seed, t, s, split, q, n), placement=cfg.prompt_placement)
                  for s, p in enumerate(programs) for j, q in enumerate(problems) for n in range(cfg.group_size)]
-        rollouts = parts.engine.run(specs, self.sampling(t))
+        rollouts = parts.engine.run(specs, sampling(cfg))
         # 6. rank programs by mean reward and update their TrueSkill ratings
         scores = _mean_by(rollouts, "program")
-        rated = update_ratings(programs, scores, tolerance=cfg.tie_tolerance) if cfg.evolves else {}
+        rated = update_ratings(programs, scores, tolerance=cfg.tie_tolerance) if spec.rated else {}
         # 4-5. the RL step on r - V (grouped by the chosen baseline); runs while we reflect
         phase("learn + reflect")
         if parts.learner.trainable:
@@ -117,7 +144,13 @@ class EsplLoop:
         train_stats = parts.learner.wait()
         for outcome in outcomes:
             if outcome.child is not None:
-                self.pool.add(outcome.child)
+                refused = parts.admit(outcome.child)
+                if refused:
+                    outcome.reject(f"the child cannot be used as a prompt: {refused}")
+                    log.warning("%s child refused: %s", outcome.kind, refused)
+                else:
+                    self.pool.add(outcome.child)
+        counts = reflection_counts(outcomes)
         metrics = {
             "iteration": t,
             "train_reward": sum(scores.values()) / len(scores) if scores else 0.0,
@@ -127,68 +160,60 @@ class EsplLoop:
             "env_errors": sum(r.error is not None for r in rollouts),
             "program_scores": scores,
             "ratings": {k: {"mu": mu, "sigma": sd} for k, (mu, sd) in rated.items()},
-            "reflections": {o.kind: o.status for o in outcomes},
+            "reflections": {o.kind: o.label for o in outcomes},
+            "reflection_counts": counts,
             "reflection_calls": sum(o.calls for o in outcomes),
-            "reflection_failures": sum(o.status == "failed" for o in outcomes),
+            "reflection_failures": counts["failed"],
             "children": [o.child.id for o in outcomes if o.child],
             "rollouts": len(rollouts),
             "generated_tokens": sum(r.generated_tokens for r in rollouts),
             "learner": {k: v for k, v in train_stats.items() if k in LEARNER_METRICS or k.startswith("sampling/")},
         }
+        test = None
         if cfg.eval_every and t % cfg.eval_every == 0 or t == cfg.iterations:
             phase("eval")
-            metrics["test"] = self.evaluate(t)
+            test = self.evaluate()
+            metrics["test"] = test.to_dict()
         phase("")
         metrics["usage"] = {name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()}
         metrics["seconds"] = round(time.monotonic() - started, 2)
         metrics["phase_seconds"] = timings
-        return IterationResult(rollouts, outcomes, metrics)
+        return IterationResult(rollouts, outcomes, metrics, test)
 
     def evolve(self, programs: list[Program], scores: dict[str, float], rollouts: list[Rollout],
                t: int) -> list[ReflectionOutcome]:
-        if not self.cfg.evolves or self.parts.mutation is None:
+        spec = self.cfg.spec
+        if not spec.mutates or self.parts.mutation is None:
             return []
         unique = list({p.id: p for p in programs}.values())
         best = max(unique, key=lambda p: (scores.get(p.id, 0.0), p.mu))
         mine = [r for r in rollouts if r.spec.tags["program"] == best.id and r.spec.tags["slot"] == programs.index(best)]
         outcomes = [self.parts.mutation(best, mine, t)]
-        if self.parts.crossover is not None and len(unique) > 1 and self.rng.random() < self.cfg.crossover_prob:
+        if spec.crosses and self.parts.crossover is not None and len(unique) > 1 \
+                and self.rng.random() < self.cfg.crossover_prob:
             _, wins = win_matrix(rollouts)
-            problem_text = {r.problem_id: r.messages[1]["content"] for r in rollouts if len(r.messages) > 1}
-            outcomes.append(self.parts.crossover(best, unique, wins, problem_text, t))
+            if self.cfg.crossover_requires_win and not wins.get(best.id):
+                # The reference code recombines only around a best program that won a problem outright.
+                outcomes.append(ReflectionOutcome(kind="crossover", status="skipped",
+                                                  reason="the best program won no problem outright"))
+            else:
+                problem_text = {r.problem_id: r.observation for r in rollouts if r.observation}
+                outcomes.append(self.parts.crossover(best, unique, wins, problem_text, t))
         for outcome in outcomes:
-            log.info("%s of %s: %s %s", outcome.kind, best.id, outcome.status, outcome.reason)
+            log.info("%s of %s: %s %s", outcome.kind, best.id, outcome.label, outcome.reason)
         return outcomes
 
     def test_program(self) -> Program:
-        """lcb: best mu - 2 sigma, rated on training rollouts only; latest: the newest program."""
-        return self.pool.latest() if self.cfg.test_program == "latest" else self.pool.best()
+        """The program the run is scored with: its test-time rule (:func:`espl.methods.test_program`)."""
+        return test_program(self.cfg.test_rule, self.pool)
 
-    def evaluate(self, t: int) -> dict:
-        program = self.test_program()
-        return evaluate_prompt(self.parts.engine, program.render(), program.id, self.cfg, self.parts.test_size,
-                               self.sampling(t, salt=1))
-
-
-def evaluate_prompt(engine: RolloutEngine, prompt: str, program_id: str, cfg: RunConfig, test_size: int,
-                    params: SamplingParams) -> dict:
-    """Success, invalid-action rate and pass@k of ``prompt`` on the first test problems."""
-    n = cfg.eval_samples
-    specs = [EpisodeSpec(prompt, "test", q, {"problem": q, "sample": s})
-             for q in range(min(cfg.eval_problems, test_size)) for s in range(n)]
-    rollouts = engine.run(specs, params)
-    correct: dict[int, int] = {}
-    for r in rollouts:
-        correct[r.spec.tags["problem"]] = correct.get(r.spec.tags["problem"], 0) + int(r.success)
-    ks = sorted({1, n})
-    return {
-        "program": program_id,
-        "success": _rate(rollouts, "success"),
-        "invalid_action_rate": _invalid_rate(rollouts),
-        **{f"pass@{k}": sum(pass_at_k(n, c, k) for c in correct.values()) / len(correct) for k in ks},
-        "problems": len(correct),
-        "samples": n,
-    }
+    def evaluate(self, engine: RolloutEngine | None = None, program: Program | None = None,
+                 items: EvalItems | None = None, weights: str = "trained") -> CellResult:
+        """The evaluation protocol on the run's test items (or ``items``)."""
+        program = program or self.test_program()
+        return evaluate(engine or self.parts.engine, program.render(), program.id,
+                        items or test_items(self.cfg, self.parts.plan), sampling(self.cfg),
+                        weights=weights if self.cfg.trains_weights else "base")
 
 
 def _mean_by(rollouts: list[Rollout], tag: str) -> dict[str, float]:

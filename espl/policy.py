@@ -22,13 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.sampler import Sampler, TransformersSampler
+from agents.sampler import AdapterDisabled, Sampler, TransformersSampler
 from espl.config import RunConfig
 from espl.errors import ConfigError, ModelNotFound, RunDirError
 from espl.learner import FrozenLearner, Learner, LearnerSettings, TRLLearner, TrainingSample
 from espl.models import resolve_model
 
 log = logging.getLogger(__name__)
+
+
+# A program longer than this (rendered with the chat template) leaves small models no context.
+MAX_PROGRAM_TOKENS = 1536
+MAX_PROGRAM_CHARS = 20_000
 
 
 @dataclass
@@ -43,6 +48,28 @@ class Policy:
     reference: Callable[[], tuple[str, dict]]
     meters: dict[str, Callable[[], dict]] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    # () -> a sampler of the base weights (the weights x prompt breakdown); None for frozen weights
+    base_sampler: Callable[[], Sampler] | None = None
+
+    def admit(self, program) -> str | None:
+        """Why ``program`` cannot be a prompt of this policy (None when it can): its text must be
+        UTF-8, within :data:`MAX_PROGRAM_CHARS`, and render through the chat template into at most
+        :data:`MAX_PROGRAM_TOKENS` tokens."""
+        text = program.render()
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "its text is not valid UTF-8"
+        if len(text) > MAX_PROGRAM_CHARS:
+            return f"{len(text)} characters, more than {MAX_PROGRAM_CHARS}"
+        encode = getattr(self.sampler, "encode", None)
+        if encode is None:
+            return None
+        try:
+            tokens = len(encode([{"role": "system", "content": text}]))
+        except Exception as exc:  # a template that cannot render the text
+            return f"the chat template cannot render it ({type(exc).__name__})"
+        return f"{tokens} tokens, more than {MAX_PROGRAM_TOKENS}" if tokens > MAX_PROGRAM_TOKENS else None
 
 
 class AdapterSync:
@@ -179,7 +206,8 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
         frozen = sampler  # frozen weights: the policy is the reference policy
 
     reference, closers = _local_reference(model_path, frozen)
-    return Policy(sampler, learner, int(tokenizer.eos_token_id), reference, closers=closers)
+    base = (lambda: AdapterDisabled(sampler)) if cfg.trains_weights else None
+    return Policy(sampler, learner, int(tokenizer.eos_token_id), reference, closers=closers, base_sampler=base)
 
 
 def _local_reference(model_path: str, frozen: Sampler | None = None) -> tuple[Callable[[], tuple[str, dict]], list]:
@@ -224,7 +252,8 @@ def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Po
         raise
     closers = [server.stop] if server.owned else []
     return Policy(sampler, learner, int(sampler.tokenizer.eos_token_id),
-                  lambda: (sampler.litellm_model, {"api_base": sampler.api_base}), closers=closers)
+                  lambda: (sampler.litellm_model, {"api_base": sampler.api_base}), closers=closers,
+                  base_sampler=sampler.base_view if cfg.trains_weights else None)
 
 
 def litellm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
@@ -254,7 +283,8 @@ def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -
                              eos_ids(learner.model, learner.tokenizer))
     # The engine holds the trained weights, so reflection gets its own frozen reference copy.
     reference, closers = _local_reference(model_path)
-    return Policy(sampler, EngineSync(learner), int(learner.tokenizer.eos_token_id), reference, closers=closers)
+    return Policy(sampler, EngineSync(learner), int(learner.tokenizer.eos_token_id), reference, closers=closers,
+                  base_sampler=lambda: TransformersSampler(*load_frozen(model_path)))
 
 
 def _check_trl_vllm_options(options: dict) -> None:

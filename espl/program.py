@@ -91,7 +91,8 @@ def apply_edits(principles: dict[str, str], ops: list[EditOp], *, max_words: int
 class Pool:
     """The population: programs in creation order, FIFO-evicted past ``max_size``.
 
-    Evicted programs stay in ``lineage`` (id -> parents) so the evolutionary tree is complete.
+    The root is never evicted (a fixed-prompt method and the weights x prompt breakdown score it);
+    evicted programs stay in ``lineage`` (id -> parents) so the evolutionary tree is complete.
     """
 
     def __init__(self, programs: list[Program], *, max_size: int = 100, next_index: int | None = None,
@@ -132,8 +133,8 @@ class Pool:
             program.id = self.new_id()
         self.programs.append(program)
         self.lineage[program.id] = list(program.parents)
-        while len(self.programs) > self.max_size:
-            self.programs.pop(0)
+        while len(self.programs) > max(self.max_size, 2):
+            self.programs.pop(1 if self.programs[0].origin == "root" else 0)
         return program
 
     def best(self) -> Program:
@@ -142,6 +143,10 @@ class Pool:
 
     def latest(self) -> Program:
         return self.programs[-1]
+
+    def root(self) -> Program:
+        """The program the run started from."""
+        return next((p for p in self.programs if p.origin == "root"), self.programs[0])
 
     def to_dict(self) -> dict:
         return {

@@ -7,22 +7,30 @@ Crossover (step 8): from the per-problem win matrix, the best program is edited 
 principles of programs that alone solved some problems.
 
 Any malformed answer gets one repair attempt that quotes the error; if that fails too the
-reflection is recorded as failed, no child is made, and the run goes on. Operators never touch
-the pool: a child gets its id when the loop adds it.
+reflection is recorded as failed, no child is made, and the run goes on. An edit that copies the
+templates' examples or placeholders is dropped and counted (:mod:`espl.copies`); an answer left
+with no edit is malformed. A child whose principles equal its parent's is no child. Operators
+never touch the pool: a child gets its id when the loop admits it.
+
+Outcomes are counted apart (:attr:`ReflectionOutcome.label`): a child from the batch revision
+(``revision``), from the critiques' edits when the revision was unusable (``fallback``), from
+crossover (``crossover``); or ``failed`` / ``skipped``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 import json
 import logging
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
 from agents.rollout import Rollout
+from espl.copies import CopyGuard
 from espl.edits import ReflectionParseError, parse_ops
 from espl.program import EditOp, Program, apply_edits
 from espl.rating import crossover_prior, mutation_prior
@@ -45,6 +53,9 @@ def template_hashes() -> dict[str, str]:
     return {name: hashlib.sha256((root / f"{name}.md").read_bytes()).hexdigest() for name in TEMPLATE_NAMES}
 
 
+SOURCES = ("revision", "fallback", "crossover")  # where an admitted child came from
+
+
 @dataclass
 class ReflectionOutcome:
     """What one mutation or crossover produced: a child, or why not."""
@@ -56,12 +67,24 @@ class ReflectionOutcome:
     calls: int = 0
     repairs: int = 0
     fallback: bool = False  # the batch revision failed and the critiques' edits were applied
+    copies: int = 0  # edits dropped for copying the templates' examples or placeholders
     log: list[dict] = field(default_factory=list)  # every prompt and answer, for audit and replay
 
+    @property
+    def label(self) -> str:
+        """``revision``, ``fallback`` or ``crossover`` for a child; else ``failed`` or ``skipped``."""
+        if self.status != "ok" or self.child is None:
+            return self.status
+        return "crossover" if self.kind == "crossover" else "fallback" if self.fallback else "revision"
+
+    def reject(self, reason: str) -> None:
+        """No child after all (the loop refused it): the outcome becomes a failure."""
+        self.status, self.reason, self.child = "failed", reason, None
+
     def to_record(self) -> dict:
-        return {"kind": self.kind, "status": self.status, "reason": self.reason,
-                "child": self.child.id if self.child else None, "calls": self.calls, "repairs": self.repairs, "fallback": self.fallback,
-                "log": self.log}
+        return {"kind": self.kind, "status": self.status, "label": self.label, "reason": self.reason,
+                "child": self.child.id if self.child else None, "calls": self.calls, "repairs": self.repairs,
+                "fallback": self.fallback, "copies": self.copies, "log": self.log}
 
 
 def _clip(text: str) -> str:
@@ -80,7 +103,7 @@ def render_trajectory(rollout: Rollout, budget: int = _MAX_TEXT) -> str:
     and, past ``budget`` characters, the middle turns are elided so the start (the approach) and
     the end (how it finished) stay visible within the reflector's context.
     """
-    turns = rollout.messages[2:]
+    turns = rollout.turns_after_prompt
     if len(turns) <= 1:
         return _clip(rollout.response)
     per_message = max(200, budget // max(1, len(turns)))
@@ -101,8 +124,7 @@ def render_trajectory(rollout: Rollout, budget: int = _MAX_TEXT) -> str:
 
 
 def _problem_text(rollout: Rollout) -> str:
-    users = [m["content"] for m in rollout.messages if m["role"] == "user"]
-    return _clip(users[0] if users else "")
+    return _clip(rollout.observation)
 
 
 class _Session:
@@ -119,6 +141,8 @@ class _Session:
         self.templates = templates
         self.outcome = outcome
         self.deadline = deadline
+        self.guard = CopyGuard(templates.values())
+        self._lock = threading.Lock()  # critiques and summaries run in threads and share the counters
 
     def ask(self, template: str, purpose: str, **values) -> str:
         prompt = self.templates[template].safe_substitute(**values)
@@ -127,7 +151,8 @@ class _Session:
     def chat(self, messages: list[dict], purpose: str) -> str:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise ReflectorCallError(f"{purpose}: the iteration's reflection deadline has passed")
-        self.outcome.calls += 1
+        with self._lock:
+            self.outcome.calls += 1
         try:
             answer = self.reflector.complete(messages, purpose=purpose)
         except ReflectorCallError as exc:
@@ -143,13 +168,25 @@ class _Session:
         messages = [{"role": "user", "content": prompt}]
         answer = self.chat(messages, purpose)
         try:
-            return parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
+            return self._usable(answer, allowed, valid_ids, max_ops)
         except ReflectionParseError as exc:
-            self.outcome.repairs += 1
+            with self._lock:
+                self.outcome.repairs += 1
             repair = self.templates["repair"].safe_substitute(error=str(exc))
             messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": repair}]
             answer = self.chat(messages, f"{purpose} (repair)")
-            return parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
+            return self._usable(answer, allowed, valid_ids, max_ops)
+
+    def _usable(self, answer: str, allowed: set[str], valid_ids: set[str], max_ops: int) -> list[EditOp]:
+        """The answer's valid edits minus those that copy the templates (at least one must remain)."""
+        ops = parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
+        kept = [op for op in ops if op.op == "remove" or not self.guard.copies(op.text)]
+        with self._lock:
+            self.outcome.copies += len(ops) - len(kept)
+        if not kept:
+            raise ReflectionParseError("every edit copies the example or placeholder of the instructions; write "
+                                       "principles of your own, drawn from the attempts")
+        return kept
 
 
 class Mutation:
@@ -206,11 +243,14 @@ class Mutation:
         except ReflectorCallError as exc:
             outcome.status, outcome.reason = "failed", str(exc)
             return outcome
+        principles = apply_edits(parent.principles, ops, max_words=self.max_words)
+        if principles == apply_edits(parent.principles, [], max_words=self.max_words):
+            outcome.status, outcome.reason = "failed", "the edits leave the program unchanged"
+            return outcome
         mu, sigma = mutation_prior(parent, self.inflation)
         outcome.child = Program(
-            id="", principles=apply_edits(parent.principles, ops, max_words=self.max_words),
-            preamble=parent.preamble, parents=[parent.id], origin="mutation", iteration=iteration, mu=mu,
-            sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
+            id="", principles=principles, preamble=parent.preamble, parents=[parent.id], origin="mutation",
+            iteration=iteration, mu=mu, sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
         return outcome
 
     def _critiques(self, session: _Session, parent: Program, chosen: dict[str, list[Rollout]],
@@ -274,7 +314,7 @@ class Crossover:
             return outcome
         winners = "\n\n".join(
             f"### Prompt {p.id}\n{_principles_text(p)}\nSolved only by it:\n"
-            + "\n".join(f"- {_clip(problems[q])}" for q in wins[p.id])
+            + "\n".join(f"- {_clip(problems.get(q, q))}" for q in wins[p.id])
             for p in others)
         session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s))
         try:
@@ -287,12 +327,15 @@ class Crossover:
         except ReflectorCallError as exc:
             outcome.status, outcome.reason = "failed", str(exc)
             return outcome
+        principles = apply_edits(best.principles, ops, max_words=self.max_words)
+        if principles == apply_edits(best.principles, [], max_words=self.max_words):
+            outcome.status, outcome.reason = "failed", "the edits leave the program unchanged"
+            return outcome
         parents = [best, *others]
         mu, sigma = crossover_prior(parents, self.inflation)
         outcome.child = Program(
-            id="", principles=apply_edits(best.principles, ops, max_words=self.max_words),
-            preamble=best.preamble, parents=[p.id for p in parents], origin="crossover", iteration=iteration,
-            mu=mu, sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
+            id="", principles=principles, preamble=best.preamble, parents=[p.id for p in parents], origin="crossover",
+            iteration=iteration, mu=mu, sigma=sigma, edits=[op.model_dump(exclude_defaults=True) for op in ops])
         return outcome
 
 

@@ -36,7 +36,7 @@ def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -47,12 +47,28 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+# Characters str.splitlines() breaks on besides \n and \r: written raw inside a JSON string, they
+# would split one JSONL record into two for every reader that splits lines (a fuzzed reflector
+# answer found it). JSON only holds them inside strings, where their escapes mean the same.
+_LINE_BREAKS = {c: f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+_LINE_BREAK_TABLE = str.maketrans(_LINE_BREAKS)
+
+
+def _dumps(data: Any, **kwargs) -> str:
+    text = json.dumps(data, ensure_ascii=False, **kwargs)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates (a model's broken unicode): escaped, so the file stays valid UTF-8
+        text = json.dumps(data, ensure_ascii=True, **kwargs)
+    return text.translate(_LINE_BREAK_TABLE)
+
+
 def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=1, ensure_ascii=False, sort_keys=False) + "\n"
+    return _dumps(data, indent=1, sort_keys=False) + "\n"
 
 
 def dump_jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return "".join(_dumps(r) + "\n" for r in rows)
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -66,9 +82,13 @@ class RunDir:
 
     # -- start and resume ------------------------------------------------------------------------
 
-    def create(self, header: dict) -> None:
+    def check_new(self) -> None:
+        """Refuse a folder that already holds a run (before anything is built or written)."""
         if (self.root / "LATEST").exists() or (self.root / "run.json").exists():
             raise RunDirError(f"{self.root} already holds a run; fix: pass --resume to continue it or choose another --out")
+
+    def create(self, header: dict) -> None:
+        self.check_new()
         self.root.mkdir(parents=True, exist_ok=True)
         atomic_write(self.root / "run.json", dump_json({"schema_version": SCHEMA_VERSION, **header}))
 

@@ -5,14 +5,18 @@ Contract:
 * :func:`find_run_dirs` returns, sorted, every folder under the roots holding ``summary.json``
   or ``run.json`` (a root may itself be a run folder).
 * :func:`load_run` reads one folder into a :class:`RunRecord` or raises :class:`RunLoadError`:
-  ``summary.json`` and ``run.json`` (the seed is ``config.seed``) are required; the
-  per-iteration metrics come from ``metrics.jsonl``, else ``iterations/N/metrics.json``, in
-  both cases only up to the commit marker ``LATEST`` (uncommitted leftovers are ignored).
+  ``summary.json`` (schema 2: test results with per-problem outcomes, written by the evaluation
+  protocol) and ``run.json`` are required; the per-iteration metrics come from ``metrics.jsonl``,
+  else ``iterations/N/metrics.json``, in both cases only up to the commit marker ``LATEST``.
+  A folder written before the evaluation protocol is refused with the fix (re-run it).
 * :func:`load_runs` logs a warning naming each folder it cannot read and skips it.
-* :func:`aggregate` groups runs by env, then (method, model): test success is the mean over
-  seeds with standard error ``stdev / sqrt(n)`` (sample stdev; ``None`` for one seed); pass@k
-  and invalid-action rate are means; rollouts, generated tokens and reflector calls are totals
-  over the row's runs. Rows are sorted by mean success, best first (no test result last).
+* :func:`aggregate` groups runs by env, then (method, model). Every row of an env is measured on
+  the problems all of the env's runs share (their test items); success is the mean over seeds
+  and problems with a 95% interval that resamples both (:func:`espl.stats.interval`); methods
+  are grouped into tiers the data cannot separate (:func:`espl.stats.tie_groups`), and each board
+  states the smallest difference it could detect. The weights x prompt cells and effects are
+  combined over seeds the same way. Budgets (rollouts, tokens, reflector calls, seconds) are per
+  run, averaged over the row's seeds. Rows are sorted by tier, then mean success.
 * :func:`load_tree` reads a run's latest ``pool.json`` into :class:`TreeNode` s, evicted
   ancestors (known from ``lineage`` only) included with ``in_pool=False``.
 """
@@ -21,12 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from espl import stats
+from espl.evaluation import CellResult
 from espl.program import Program
 
 log = logging.getLogger(__name__)
@@ -56,18 +63,38 @@ class RunRecord:
     model: str
     seed: int
     iterations_completed: int
-    test_success: float | None
-    pass_at: dict[str, float]
-    invalid_action_rate: float | None
-    rollouts: int
-    generated_tokens: int
+    test: CellResult | None
     reflection_calls: int
     reflector_tokens: int
     cost_usd: float  # reflector and API policy dollars (0 for local models)
     test_program_id: str | None
     best_prompt: str
+    budget: dict = field(default_factory=dict)  # the run's ledger (espl.runner.budget)
+    cells: dict[str, CellResult] = field(default_factory=dict)  # the weights x prompt breakdown
+    children: dict[str, int] = field(default_factory=dict)  # by source: revision, fallback, crossover
     points: list[IterationPoint] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # code version and libraries (espl.provenance); {} if unrecorded
+
+    @property
+    def test_success(self) -> float | None:
+        return None if self.test is None else self.test.success
+
+    @property
+    def pass_at(self) -> dict[str, float]:
+        return {} if self.test is None else self.test.pass_at()
+
+    @property
+    def invalid_action_rate(self) -> float | None:
+        return None if self.test is None else self.test.invalid_action_rate
+
+    @property
+    def rollouts(self) -> int:
+        """Training rollouts (validation passes a method paid for included)."""
+        return int(self.budget.get("training_rollouts", 0)) + int(self.budget.get("validation_rollouts", 0))
+
+    @property
+    def generated_tokens(self) -> int:
+        return int(sum((self.budget.get("generated_tokens") or {}).values()))
 
     @property
     def code(self) -> str:
@@ -81,21 +108,25 @@ class RunRecord:
 
 @dataclass
 class LeaderboardRow:
-    """One (method, model) pair in an env, aggregated over its runs (seeds)."""
+    """One (method, model) pair in an env, aggregated over its runs (seeds) on the board's problems."""
 
     env: str
     method: str
     model: str
     runs: list[RunRecord]
-    success_mean: float | None
-    success_se: float | None
+    success: stats.Interval | None
     pass_at: dict[str, float]
     invalid_action_rate: float | None
-    rollouts: int
-    generated_tokens: int
-    reflection_calls: int
-    reflector_tokens: int = 0
-    cost_usd: float = 0.0
+    per_run: dict[str, float]  # budget per run, averaged over seeds
+    cells: dict[str, stats.Interval] = field(default_factory=dict)
+    effects: dict[str, stats.Interval] = field(default_factory=dict)
+    children: dict[str, float] = field(default_factory=dict)  # per run, by source
+    tier: int | None = None
+    matrix: np.ndarray | None = None  # seeds x problems, the board's problems
+
+    @property
+    def success_mean(self) -> float | None:
+        return None if self.success is None else self.success.estimate
 
     @property
     def n_seeds(self) -> int:
@@ -108,10 +139,13 @@ class LeaderboardRow:
 
 @dataclass
 class EnvBoard:
-    """The leaderboard of one env."""
+    """The leaderboard of one env: rows in tiers, what it was measured on, what it could detect."""
 
     env: str
     rows: list[LeaderboardRow]
+    measured_on: str = ""
+    detectable: float | None = None  # smallest difference detectable with 80% power at 5%
+    problems: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,27 +230,29 @@ def load_run(folder: str | Path) -> RunRecord:
         if isinstance(done, int) and isinstance(planned, int) and done < planned:
             # A run still going (or stopped) would compare a partial budget with finished ones.
             raise RunLoadError(f"unfinished ({done} of {planned} iterations); resume it to include it")
+        if int(summary.get("schema_version", 1)) < 2:
+            raise RunLoadError("written before the evaluation protocol (no per-problem test results); "
+                               "fix: re-run it with this version")
         history = _metrics(folder)
-        test = summary.get("test") or {}
+        test = CellResult.from_dict(summary["test"]) if summary.get("test") else None
         usage = summary.get("usage") or {}
         program = summary.get("test_program") or {}
         prompt = program.get("text")
         if prompt is None and (folder / "best_prompt.txt").exists():
             prompt = (folder / "best_prompt.txt").read_text(encoding="utf-8")
+        breakdown = summary.get("breakdown") or {}
+        items = breakdown.get("items")
+        cells = {name: CellResult.from_dict({**cell, "items": items}) for name, cell in (breakdown.get("cells") or {}).items()}
         return RunRecord(
             path=folder, env=str(summary["env"]), method=str(summary["method"]), model=str(summary["model"]),
-            seed=seed, iterations_completed=int(summary.get("iterations_completed", len(history))),
-            test_success=float(test["success"]) if "success" in test else None,
-            pass_at={k: float(v) for k, v in test.items() if k.startswith("pass@")},
-            invalid_action_rate=float(test["invalid_action_rate"]) if "invalid_action_rate" in test else None,
-            rollouts=int(summary.get("rollouts", sum(m.get("rollouts", 0) for m in history))),
-            generated_tokens=int(summary.get("generated_tokens", sum(m.get("generated_tokens", 0) for m in history))),
+            seed=seed, iterations_completed=int(summary.get("iterations_completed", len(history))), test=test,
             reflection_calls=sum(int(m.get("reflection_calls", 0)) for m in history),
             reflector_tokens=int(usage.get("reflector", {}).get("prompt_tokens", 0))
             + int(usage.get("reflector", {}).get("completion_tokens", 0)),
             cost_usd=sum(float(u.get("cost_usd", 0.0)) for u in usage.values()),
-            test_program_id=program.get("id"), best_prompt=prompt or "", points=_points(history),
-            provenance=dict(summary.get("provenance") or {}))
+            test_program_id=program.get("id"), best_prompt=prompt or "", budget=dict(summary.get("budget") or {}),
+            cells=cells, children=dict((summary.get("reflection") or {}).get("children") or {}),
+            points=_points(history), provenance=dict(summary.get("provenance") or {}))
     except RunLoadError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -234,42 +270,91 @@ def load_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
     return runs
 
 
-def mean_se(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and standard error of the mean (sample stdev / sqrt(n); ``None`` below two values)."""
-    if not values:
-        return None, None
-    if len(values) < 2:
-        return values[0], None
-    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+def _common_problems(runs: list[RunRecord]) -> list[str]:
+    """Problem ids every run's test result holds, in the first run's order."""
+    tested = [r for r in runs if r.test is not None]
+    if not tested:
+        return []
+    shared = set.intersection(*(set(r.test.problem_ids) for r in tested))
+    return [p for p in tested[0].test.problem_ids if p in shared]
 
 
-def _row(env: str, method: str, model: str, runs: list[RunRecord]) -> LeaderboardRow:
+def _matrix(cells: list[CellResult], problems: list[str]) -> np.ndarray:
+    """(runs x problems) success rates on ``problems``."""
+    rows = []
+    for cell in cells:
+        rate = dict(zip(cell.problem_ids, cell.per_problem))
+        rows.append([rate[p] for p in problems])
+    return np.array(rows, dtype=float)
+
+
+BUDGET_KEYS = ("training rollouts", "evaluation rollouts", "generated tokens", "reflector calls", "reflector tokens",
+               "seconds", "cost $")
+
+
+def _per_run(run: RunRecord) -> dict[str, float]:
+    seconds = sum((run.budget.get("seconds_by_phase") or {}).values())
+    return {"training rollouts": run.rollouts, "evaluation rollouts": int(run.budget.get("evaluation_rollouts", 0)),
+            "generated tokens": run.generated_tokens, "reflector calls": run.reflection_calls,
+            "reflector tokens": run.reflector_tokens, "seconds": round(seconds, 1), "cost $": run.cost_usd}
+
+
+def _row(env: str, method: str, model: str, runs: list[RunRecord], problems: list[str]) -> LeaderboardRow:
+    from espl.breakdown import EFFECTS
+
     runs = sorted(runs, key=lambda r: (r.seed, str(r.path)))
     seeds = [r.seed for r in runs]
     if len(set(seeds)) < len(seeds):
         log.warning("leaderboard: %s %s %s has several runs with the same seed: %s", env, method, model,
                     ", ".join(str(r.path) for r in runs))
-    mean, se = mean_se([r.test_success for r in runs if r.test_success is not None])
-    keys = sorted({k for r in runs for k in r.pass_at}, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
+    tested = [r for r in runs if r.test is not None]
+    matrix = _matrix([r.test for r in tested], problems) if tested and problems else None
+    keys = sorted({k for r in tested for k in r.pass_at}, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
+    names = set.intersection(*(set(r.cells) for r in runs)) if runs and all(r.cells for r in runs) else set()
+    cells: dict[str, stats.Interval] = {}
+    effects: dict[str, stats.Interval] = {}
+    same_items = len({(r.cells[n].problem_ids if n in r.cells else ()) for r in runs for n in names}) == 1
+    if names and same_items:
+        ids = list(runs[0].cells[sorted(names)[0]].problem_ids)
+        mats = {n: _matrix([r.cells[n] for r in runs], ids) for n in names}
+        cells = {n: stats.interval(mats[n]) for n in sorted(names)}
+        for name, terms in EFFECTS.items():
+            needed = [f"{w}/{p}" for _, (w, p) in terms]
+            if all(n in mats for n in needed):
+                effects[name] = stats.contrast([(weight, mats[f"{w}/{p}"]) for weight, (w, p) in terms])
+    budgets = [_per_run(r) for r in runs]
     return LeaderboardRow(
-        env, method, model, runs, mean, se,
-        pass_at={k: statistics.fmean(r.pass_at[k] for r in runs if k in r.pass_at) for k in keys},
-        invalid_action_rate=mean_se([r.invalid_action_rate for r in runs if r.invalid_action_rate is not None])[0],
-        rollouts=sum(r.rollouts for r in runs), generated_tokens=sum(r.generated_tokens for r in runs),
-        reflection_calls=sum(r.reflection_calls for r in runs),
-        reflector_tokens=sum(r.reflector_tokens for r in runs), cost_usd=sum(r.cost_usd for r in runs))
+        env, method, model, runs, stats.interval(matrix) if matrix is not None else None,
+        pass_at={k: statistics.fmean(r.pass_at[k] for r in tested if k in r.pass_at) for k in keys},
+        invalid_action_rate=statistics.fmean(r.invalid_action_rate for r in tested) if tested else None,
+        per_run={k: statistics.fmean(b[k] for b in budgets) for k in BUDGET_KEYS},
+        cells=cells, effects=effects,
+        children={k: statistics.fmean(r.children.get(k, 0) for r in runs) for k in ("revision", "fallback", "crossover")},
+        matrix=matrix)
 
 
 def aggregate(runs: Iterable[RunRecord]) -> list[EnvBoard]:
-    """Boards sorted by env id; rows sorted by mean test success, best first."""
+    """Boards sorted by env id; rows in tiers (see the module docstring)."""
     groups: dict[str, dict[tuple[str, str], list[RunRecord]]] = {}
     for run in runs:
         groups.setdefault(run.env, {}).setdefault((run.method, run.model), []).append(run)
     boards = []
     for env in sorted(groups):
-        rows = [_row(env, method, model, rs) for (method, model), rs in groups[env].items()]
-        rows.sort(key=lambda r: (r.success_mean is None, -(r.success_mean or 0.0), r.method, r.model))
-        boards.append(EnvBoard(env, rows))
+        problems = _common_problems([r for rs in groups[env].values() for r in rs])
+        rows = [_row(env, method, model, rs, problems) for (method, model), rs in groups[env].items()]
+        scored = {f"{r.method}\x00{r.model}": r.matrix for r in rows if r.matrix is not None}
+        for tier, names in enumerate(stats.tie_groups(scored), 1) if scored else ():
+            for row in rows:
+                if f"{row.method}\x00{row.model}" in names:
+                    row.tier = tier
+        rows.sort(key=lambda r: (r.tier is None, r.tier or 0, -(r.success_mean or 0.0), r.method, r.model))
+        intervals = [r.success for r in rows if r.success is not None]
+        measured = [r.test for rs in groups[env].values() for r in rs if r.test is not None]
+        seeds = sorted({r.seed for rs in groups[env].values() for r in rs})
+        describe = (f"{measured[0].items.split} split, {len(problems)} problems x {measured[0].items.samples} samples, "
+                    f"seeds {', '.join(map(str, seeds))}") if measured else ""
+        detectable = stats.detectable_difference(np.sqrt(2) * stats.pooled_se(intervals)) if intervals else None
+        boards.append(EnvBoard(env, rows, describe, detectable, len(problems)))
     return boards
 
 

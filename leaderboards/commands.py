@@ -28,8 +28,8 @@ def add_parsers(sub) -> None:
     bench.add_argument("--collect", action="store_true", help="run nothing: write results for the suite's finished runs in --out")
     bench.add_argument("--seeds", default=None, help="run only these seeds, comma-separated (e.g. to split a suite across machines)")
     bench.add_argument("--envs", default=None, help="run only these env ids, comma-separated (e.g. cheap ones first)")
-    bench.add_argument("--z", type=float, default=2.0, help="compare: tolerance in standard errors")
-    bench.add_argument("--floor", type=float, default=0.02, help="compare: smallest tolerated drop")
+    bench.add_argument("--level", type=float, default=0.95, help="compare: confidence level of the paired interval")
+    bench.add_argument("--floor", type=float, default=0.02, help="compare: smallest drop that counts as a regression")
     bench.add_argument("--allow-missing", action="store_true", help="compare: a baseline entry without a result is not a failure")
 
 
@@ -84,7 +84,11 @@ def run_suite(args: argparse.Namespace) -> int:
             if code != 0:
                 log.error("bench: %s failed (exit %d)", folder, code)
                 return code
-        records.append(ScoreRecord.from_summary(sid, json.loads((folder / "summary.json").read_text())))
+        try:
+            records.append(ScoreRecord.from_summary(sid, json.loads((folder / "summary.json").read_text())))
+        except ValueError as exc:
+            raise ConfigError(f"{folder}: {exc}; fix: re-run it with this version (delete the folder, then run "
+                              "the suite again: it resumes the others)") from None
     results = Path(args.results or out / "results.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     dump_scores(records, results)
@@ -125,7 +129,10 @@ def compare(args: argparse.Namespace) -> int:
     if len(args.files) != 2:
         raise ConfigError("bench compare needs two files; fix: espl-bench bench compare CURRENT.json BASELINE.json")
     try:
-        report = compare_files(args.files[0], args.files[1], z=args.z, floor=args.floor, allow_missing=args.allow_missing)
+        if not 0 < args.level < 1 or args.floor < 0:
+            raise ConfigError(f"--level {args.level} / --floor {args.floor} are invalid; fix: a level in (0, 1), a floor >= 0")
+        report = compare_files(args.files[0], args.files[1], floor=args.floor, allow_missing=args.allow_missing,
+                               level=args.level)
     except ScoreFileError as exc:
         raise ConfigError(f"{exc}; fix: pass results written by espl-bench bench") from None
     sys.stdout.write(render_table(report) + "\n")

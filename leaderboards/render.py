@@ -3,7 +3,9 @@
 Contract:
 
 * :func:`render_markdown` gives one table per env (rows as :func:`~leaderboards.aggregate.aggregate`
-  sorted them, success as ``mean ± se``; ``–`` where a value is unknown).
+  sorted them: by tier, then mean; success as ``mean [95% interval]``; ``–`` where a value is
+  unknown), preceded by what the board was measured on and the smallest difference it could
+  detect, and followed by the weights x prompt table and the per-run budgets.
 * :func:`render_site` writes into ``out_dir``: ``index.html`` (per env: the table, then an inline
   SVG of mean train and test success against iteration and against cumulative rollouts, one line
   per (method, model)), ``runs/<slug>.html`` per run (its best prompt, its lineage, and the pool's
@@ -41,8 +43,12 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _success(row: LeaderboardRow) -> str:
-    return f"{_num(row.success_mean)} ± {_num(row.success_se)}"
+def _ci(interval) -> str:
+    return "–" if interval is None else f"{interval.estimate:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
+def _signed(interval) -> str:
+    return "–" if interval is None else f"{interval.estimate:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]"
 
 
 def _pass_keys(board: EnvBoard) -> list[str]:
@@ -50,30 +56,61 @@ def _pass_keys(board: EnvBoard) -> list[str]:
     return sorted(keys, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
 
 
+CELL_COLUMNS = ("base/root", "base/program", "trained/root", "trained/program")
+EFFECT_COLUMNS = ("prompt (base weights)", "weights (root prompt)", "interaction", "total")
+
+
 def _cells(board: EnvBoard, row: LeaderboardRow) -> list[str]:
-    return [_success(row), *(_num(row.pass_at.get(k)) for k in _pass_keys(board)), _num(row.invalid_action_rate),
-            str(row.rollouts), str(row.generated_tokens), str(row.reflection_calls), str(row.reflector_tokens),
-            f"{row.cost_usd:.4f}", str(row.n_seeds)]
+    return [_ci(row.success), *(_num(row.pass_at.get(k)) for k in _pass_keys(board)), _num(row.invalid_action_rate),
+            " / ".join(f"{row.children.get(k, 0):g}" for k in ("revision", "fallback", "crossover")), str(row.n_seeds)]
 
 
 def _headers(board: EnvBoard) -> list[str]:
-    return ["#", "method", "model", "test success (mean ± se)", *_pass_keys(board), "invalid action rate",
-            "rollouts (total)", "generated tokens (total)", "reflector calls (total)", "reflector tokens (total)",
-            "cost $ (total)", "seeds"]
+    return ["tier", "method", "model", "test success [95% CI]", *_pass_keys(board), "invalid action rate",
+            "children per run (revision / fallback / crossover)", "seeds"]
+
+
+def _breakdown_cells(row: LeaderboardRow) -> list[str]:
+    return [*(_ci(row.cells.get(c)) for c in CELL_COLUMNS), *(_signed(row.effects.get(e)) for e in EFFECT_COLUMNS)]
+
+
+def _budget_cells(row: LeaderboardRow) -> list[str]:
+    from leaderboards.aggregate import BUDGET_KEYS
+
+    return [f"{row.per_run[k]:.4f}" if k == "cost $" else f"{row.per_run[k]:g}" for k in BUDGET_KEYS]
+
+
+def board_notes(board: EnvBoard) -> list[str]:
+    """What a board's numbers are measured on and what it can detect, in plain sentences."""
+    notes = [f"Measured on the {board.measured_on}." if board.measured_on else "No test results."]
+    if board.detectable is not None:
+        notes.append(f"Smallest difference in test success this board could detect (80% power, two-sided 5%, "
+                     f"paired on its {board.problems} problems): {board.detectable:.2f}.")
+    notes.append("Tiers: a tier is the best remaining method and every method the data cannot separate from it "
+                 "(95% paired bootstrap over problems and seeds, Bonferroni-adjusted); no order is claimed inside a tier.")
+    return notes
 
 
 def render_markdown(boards: list[EnvBoard]) -> str:
-    """One ``##`` section and table per env."""
+    """One ``##`` section per env: notes, the table, the weights x prompt table, the budgets."""
+    from leaderboards.aggregate import BUDGET_KEYS
+
     def md(text: str) -> str:
         return text.replace("|", "\\|")
 
+    def table(head: list[str], rows: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                *("| " + " | ".join(md(c) for c in r) + " |" for r in rows), ""]
+
     out = ["# espl-bench leaderboard", ""]
     for board in boards:
-        head = _headers(board)
-        out += [f"## {board.env}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for rank, row in enumerate(board.rows, 1):
-            out.append("| " + " | ".join([str(rank), md(row.method), md(row.model), *_cells(board, row)]) + " |")
-        out.append("")
+        out += [f"## {board.env}", "", *board_notes(board), ""]
+        out += table(_headers(board), [[_num(row.tier, 0) if row.tier else "–", row.method, row.model,
+                                        *_cells(board, row)] for row in board.rows])
+        out += ["Weights x prompt (cells: test success; effects: paired differences, 95% intervals):", ""]
+        out += table(["method", *CELL_COLUMNS, *EFFECT_COLUMNS], [[row.method, *_breakdown_cells(row)] for row in board.rows])
+        out += ["Budget per run (mean over seeds):", ""]
+        out += table(["method", *BUDGET_KEYS], [[row.method, *_budget_cells(row)] for row in board.rows])
     if boards:
         out += [md(_code_versions(boards)), ""]
     return "\n".join(out)
@@ -212,8 +249,14 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
     nodes = load_tree(run)
     chain = ancestors(nodes, run.test_program_id) if run.test_program_id else []
     facts = [("env", run.env), ("method", run.method), ("model", run.model), ("seed", str(run.seed)),
-             ("iterations", str(run.iterations_completed)), ("test success", _num(run.test_success)),
+             ("iterations", str(run.iterations_completed)),
+             ("test success [95% CI]", _ci(run.test.interval) if run.test else "–"),
+             ("measured on", run.test.items.describe() if run.test else "–"),
              *((k, _num(v)) for k, v in run.pass_at.items()), ("test-time program", run.test_program_id or "–"),
+             *((f"weights x prompt: {name}", _ci(cell.interval)) for name, cell in run.cells.items()),
+             ("children (revision / fallback / crossover)",
+              " / ".join(str(run.children.get(k, 0)) for k in ("revision", "fallback", "crossover"))),
+             *((f"budget: {k}", str(v)) for k, v in run.budget.items() if not isinstance(v, dict)),
              ("run folder", str(run.path)), ("code", run.code),
              *((k, str(run.provenance[k])) for k in ("python", "platform", "cuda") if run.provenance.get(k)),
              *((name, version) for name, version in (run.provenance.get("packages") or {}).items() if version)]
@@ -239,18 +282,31 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
 
 
 def _board_html(board: EnvBoard, anchor: str, pages: dict[int, str]) -> str:
+    from leaderboards.aggregate import BUDGET_KEYS
+
     head = "".join(f"<th>{escape(h)}</th>" for h in [*_headers(board), "runs"])
-    rows = []
-    for rank, row in enumerate(board.rows, 1):
+    rows, split_rows, budget_rows = [], [], []
+    for row in board.rows:
         best = max(row.runs, key=lambda r: -1.0 if r.test_success is None else r.test_success)
         runs = " ".join(f'<a class="run-link" href="{pages[id(r)]}">seed {r.seed}</a>' for r in row.runs)
-        rows.append(f'<tr><td>{rank}</td><td class="t"><a class="best-run" href="{pages[id(best)]}">'
-                    f'{escape(row.method)}</a></td><td class="t">{escape(row.model)}</td>'
+        rows.append(f'<tr><td>{_num(row.tier, 0) if row.tier else "–"}</td><td class="t"><a class="best-run" '
+                    f'href="{pages[id(best)]}">{escape(row.method)}</a></td><td class="t">{escape(row.model)}</td>'
                     + "".join(f"<td>{escape(c)}</td>" for c in _cells(board, row)) + f'<td class="t">{runs}</td></tr>')
+        split_rows.append(f'<tr><td class="t">{escape(row.method)}</td>'
+                          + "".join(f"<td>{escape(c)}</td>" for c in _breakdown_cells(row)) + "</tr>")
+        budget_rows.append(f'<tr><td class="t">{escape(row.method)}</td>'
+                           + "".join(f"<td>{escape(c)}</td>" for c in _budget_cells(row)) + "</tr>")
     svg = curves_svg(board)
     plot = f'<figure class="curves">{svg}</figure>' if svg else "<p>No per-iteration metrics.</p>"
-    return (f'<section id="{anchor}"><h2>{escape(board.env)}</h2>'
+    notes = "".join(f"<p class=\"note\">{escape(n)}</p>" for n in board_notes(board))
+    split_head = "".join(f"<th>{escape(h)}</th>" for h in ("method", *CELL_COLUMNS, *EFFECT_COLUMNS))
+    budget_head = "".join(f"<th>{escape(h)}</th>" for h in ("method", *BUDGET_KEYS))
+    return (f'<section id="{anchor}"><h2>{escape(board.env)}</h2>{notes}'
             f'<table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            f'<h3>Weights x prompt</h3><table class="breakdown"><thead><tr>{split_head}</tr></thead>'
+            f'<tbody>{"".join(split_rows)}</tbody></table>'
+            f'<h3>Budget per run (mean over seeds)</h3><table class="budget"><thead><tr>{budget_head}</tr></thead>'
+            f'<tbody>{"".join(budget_rows)}</tbody></table>'
             f"{plot}</section>")
 
 
@@ -271,8 +327,10 @@ def render_site(boards: list[EnvBoard], out_dir: str | Path) -> Path:
         written.update(pages.values())
         sections.append(_board_html(board, anchor, pages))
         nav.append(f'<li><a href="#{anchor}">{escape(board.env)}</a></li>')
-    body = ("<h1>espl-bench leaderboard</h1><p>Test success is the mean over seeds ± its standard error. "
-            'Click a method for its best run, or a seed for that run. <a href="leaderboard.md">Markdown</a></p>'
+    body = ("<h1>espl-bench leaderboard</h1><p>Test success is the mean over seeds and test problems with a 95% "
+            "interval that resamples both (episodes of one problem are not independent). Methods are grouped in "
+            "tiers the data cannot separate. Click a method for its best run, or a seed for that run. "
+            '<a href="leaderboard.md">Markdown</a></p>'
             + (f"<ul>{''.join(nav)}</ul>" if nav else "<p>No runs found.</p>") + "\n" + "\n".join(sections)
             + (f'<p class="code-versions">{escape(_code_versions(boards))}</p>' if boards else ""))
     for stale in (out / "runs").glob("*.html"):  # pages of runs no longer on the board

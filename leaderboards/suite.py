@@ -20,9 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SUITE_VERSION = "2"  # 2: gepa joined the methods
+from espl.methods import METHODS as _SPECS
 
-METHODS = ("espl", "rl", "evolution", "self-reflection", "gepa")
+SUITE_VERSION = "3"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits
+
+METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"
 
 

@@ -2,23 +2,29 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from espl.cli import main
 from leaderboards.suite import METHODS
 
 
-def scores(path, success):
+def scores(path, success, seed):
+    """Per-problem outcomes: 50 problems, 4 samples each, every problem at its own rate."""
+    rng = np.random.default_rng(seed)
+    rates = np.random.default_rng(0).beta(0.5, 0.5, size=50)
     rows = [{"suite_id": {"env": "espl/Arithmetic-v0", "method": m, "model": "smollm2-135m", "seed": 0, "budget": "smoke"},
-             "success": p, "n": 400} for m, p in success.items()]
+             "problems": [f"test/{i}" for i in range(50)],
+             "outcomes": [[int(x) for x in rng.random(4) < np.clip(r + shift, 0, 1)] for r in rates]}
+            for m, shift in success.items()]
     path.write_text(json.dumps(rows))
     return str(path)
 
 
 def test_compare_fails_on_an_injected_drop_and_passes_on_noise(tmp_path, capsys):
-    base = scores(tmp_path / "base.json", {"espl": 0.50, "rl": 0.40})
-    noisy = scores(tmp_path / "noisy.json", {"espl": 0.47, "rl": 0.42})
-    dropped = scores(tmp_path / "drop.json", {"espl": 0.30, "rl": 0.40})
+    base = scores(tmp_path / "base.json", {"espl": 0.0, "rl": 0.0}, seed=1)
+    noisy = scores(tmp_path / "noisy.json", {"espl": 0.0, "rl": 0.0}, seed=2)
+    dropped = scores(tmp_path / "drop.json", {"espl": -0.35, "rl": 0.0}, seed=2)
     assert main(["bench", "compare", noisy, base]) == 0
     assert main(["bench", "compare", dropped, base]) == 1
     table = capsys.readouterr().out
@@ -52,6 +58,29 @@ def test_bench_runs_only_the_requested_seeds(tmp_path, capsys):
     assert main(["bench", "--suite", "smoke", "--seeds", "zero", "--out", str(out)]) == 2
 
 
+def _test_result() -> dict:
+    from espl.evaluation import CellResult, EvalItems
+
+    return CellResult(EvalItems("test", (0, 1), 2), "p0", ((1, 0), (0, 1)), ((1.0, 0.0), (0.0, 1.0)),
+                      ("t/0", "t/1")).to_dict()
+
+
+TEST = _test_result()
+
+
+def test_an_old_results_summary_is_one_clear_error(tmp_path, caplog):
+    from leaderboards.suite import get_suite
+
+    out = tmp_path / "bench"
+    sid = get_suite("smoke").configs[0].suite_id
+    folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"iterations_completed": 2, "iterations_planned": 2,
+                                                     "test": {"success": 0.5, "problems": 4, "samples": 2}}))
+    assert main(["bench", "--suite", "smoke", "--collect", "--out", str(out)]) == 2
+    assert "per-problem" in caplog.text and "fix: re-run" in caplog.text
+
+
 def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
     from leaderboards.suite import get_suite
 
@@ -63,7 +92,7 @@ def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
         folder.mkdir(parents=True)
         (folder / "summary.json").write_text(json.dumps({
             "iterations_completed": completed, "iterations_planned": 2,
-            "test": {"success": 0.5, "problems": 4, "samples": 2, "pass@1": 0.5}}))
+            "test": TEST}))
     assert main(["bench", "--suite", "smoke", "--collect", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert "1 results" in capsys.readouterr().out
@@ -81,7 +110,7 @@ def test_bench_runs_only_the_requested_envs(tmp_path, capsys, caplog):
         folder.mkdir(parents=True)
         (folder / "summary.json").write_text(json.dumps({
             "iterations_completed": 2, "iterations_planned": 2,
-            "test": {"success": 0.5, "problems": 4, "samples": 2, "pass@1": 0.5}}))
+            "test": TEST}))
     assert main(["bench", "--suite", "board", "--collect", "--out", str(out), "--envs",
                  "espl/ToolUse-v0, rg/letter_counting-v0", "--seeds", "1"]) == 0
     results = json.loads((out / "results.json").read_text())

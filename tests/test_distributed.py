@@ -96,10 +96,10 @@ def test_a_run_killed_mid_step_resumes_exactly(processes, plugin, tiny_model, on
 
 
 def test_a_batch_the_processes_cannot_share_is_one_clear_error(plugin, tiny_model, tmp_path):
-    proc = espl_run(plugin, tiny_model, tmp_path / "run", "--batch-size", "3", "--group-size", "1", processes=2)
+    proc = espl_run(plugin, tiny_model, tmp_path / "run", "--batch-size", "3", "--group-size", "3", processes=2)
     assert proc.returncode != 0
-    assert "a step has 3 rows" in proc.stderr and "fix: launch a divisor of 3 processes" in proc.stderr
-    assert "Traceback" not in proc.stderr.split("a step has 3 rows")[0], "the error is not the first thing reported"
+    assert "a step has 9 rows" in proc.stderr and "fix: launch a divisor of 9 processes" in proc.stderr
+    assert "Traceback" not in proc.stderr.split("a step has 9 rows")[0], "the error is not the first thing reported"
 
 
 def test_a_run_with_nothing_to_train_releases_the_other_ranks(plugin, tiny_model, tmp_path):

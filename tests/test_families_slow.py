@@ -17,7 +17,7 @@ def write_math(tmp_path):
 
 FAMILIES = {
     "math-jsonl": ("espl/MathJSONL-v0", "rl", None),
-    "search-qa": ("espl/SearchQA-v0", "espl", {"corpus_size": 80, "train_size": 10, "test_size": 5, "max_turns": 2}),
+    "search-qa": ("espl/SearchQA-v0", "espl", {"corpus_size": 80, "train_size": 10, "validation_size": 4, "test_size": 5, "max_turns": 2}),
     "tool-use": ("espl/ToolUse-v0", "rl", {"max_turns": 2}),
     "game": ("espl/GuessTheNumber-v0", "rl", {"max_turns": 2}),
 }

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from litellm import CustomLLM
 
 from agents.rollout import RolloutEngine
+from envs.splits import SplitPlan
 from espl.learner import FrozenLearner
 from espl.loop import EsplLoop, Parts
 from espl.program import Pool, Program
@@ -132,7 +133,7 @@ def test_load_8_programs_64_rollouts_flaky_reflector_and_broken_envs_lose_no_ite
     sampler = EchoSampler()
     parts = Parts(engine=RolloutEngine(lambda: SometimesBroken(turns=1), sampler, step_timeout=0.3),
                   learner=FrozenLearner(), selector=make_selector("ucb"), mutation=Mutation(reflector),
-                  crossover=Crossover(reflector), train_size=5, test_size=5, eos_id=0)
+                  crossover=Crossover(reflector), plan=SplitPlan.of_sizes(5, 5), eos_id=0)
     programs = [Program(id=f"p{i}", principles={"G0": f"rule {i}"}) for i in range(8)]
     loop = EsplLoop(cfg, parts, Pool(programs), random.Random(0))
     results = [loop.iteration(t) for t in range(1, 4)]

@@ -5,7 +5,8 @@ import litellm
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs.games import TEST_SEED_OFFSET, TextArenaEnv
+from envs.games import TextArenaEnv
+from envs.splits import SPLITS
 
 GAMES = ["GuessTheNumber-v0", "TowerOfHanoi-v0", "Sudoku-v0", "Minesweeper-v0"]
 SCRIPT = ["[10]", "[A C]", "[1 1 1]", "[3 3]", "no move here", "[5]", "[A B]", "[2 2 5]", "[0 0]",
@@ -60,27 +61,47 @@ def test_same_problem_same_episode_and_global_random_untouched(game, gamemaster)
     random.seed(99)
     before = random.getstate()
     for split, index in [("train", 3), ("test", 0)]:
+        index %= make(game).split_size(split)
         a = play(make(game), split, index, SCRIPT)
         random.random()  # other code drawing in between must not change the game
         b = play(make(game), split, index, SCRIPT)
         assert a == b and len(a) > 1
         random.setstate(before)
-    play(make(game), "train", 1, SCRIPT)
+    play(make(game), "train", 1 % make(game).split_size("train"), SCRIPT)
     assert random.getstate() == before
 
 
-def test_splits_are_disjoint_seeds():
-    env = make("Sudoku-v0", train_size=3, test_size=2)
-    seeds = {s: {env.reset(options={"split": s, "index": i})[1]["seed"] for i in range(env.split_size(s))}
-             for s in ("train", "test")}
-    assert seeds == {"train": {0, 1, 2}, "test": {TEST_SEED_OFFSET, TEST_SEED_OFFSET + 1}}
-    env.reset(options={"split": "train", "index": 0})
-    train_grid = env.step("[1 1 1]")[4]["answer"]
-    env.reset(options={"split": "test", "index": 0})
-    assert env.step("[1 1 1]")[4]["answer"] != train_grid
+def _keys(env, split, n=None):
+    size = env.split_size(split) if n is None else min(n, env.split_size(split))
+    return {env.reset(options={"split": split, "index": i})[1]["content_key"] for i in range(size)}
 
 
-@pytest.mark.parametrize(("split", "index"), [("train", 0), ("train", 7), ("test", 4)])
+@pytest.mark.parametrize("game", ["GuessTheNumber-v0", "TowerOfHanoi-v0", "Sudoku-v0", "Minesweeper-v0"])
+def test_splits_are_disjoint_by_configuration(game):
+    env = make(game, train_size=6, validation_size=4, test_size=4)
+    keys = {split: _keys(env, split) for split in SPLITS}
+    assert all(keys.values())
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                assert not keys[a] & keys[b], (game, a, b)
+
+
+def test_guess_the_number_deals_its_secrets_and_hanoi_its_disk_counts():
+    guess = make("GuessTheNumber-v0", max_number=50)
+    secrets = {split: {int(k.split()[1]) for k in _keys(guess, split)} for split in SPLITS}
+    assert set().union(*secrets.values()) == set(range(1, 51)) and sum(map(len, secrets.values())) == 50
+    env = make("TowerOfHanoi-v0")
+    assert [env.split_size(s) for s in SPLITS] == [1, 1, 1]
+    assert "4 disks" in env.reset(options={"split": "test", "index": 0})[0]
+    assert "6 disks" in make("TowerOfHanoi-v0", num_disks=5).reset(options={"split": "test", "index": 0})[0]
+    with pytest.raises(ValueError, match="split_disks"):
+        make("TowerOfHanoi-v0", split_disks={"train": [3], "validation": [3], "test": [4]})
+    custom = make("TowerOfHanoi-v0", split_disks={"train": [2, 3], "validation": [4], "test": [5]})
+    assert custom.split_size("train") == 2 and "5 disks" in custom.reset(options={"split": "test", "index": 0})[0]
+
+
+@pytest.mark.parametrize(("split", "index"), [("train", 0), ("train", 3), ("test", 4)])
 def test_binary_search_wins_guess_the_number(split, index):
     env = make("GuessTheNumber-v0")
     obs, _ = env.reset(options={"split": split, "index": index})
@@ -98,7 +119,7 @@ def test_binary_search_wins_guess_the_number(split, index):
 
 def test_scripted_policies_win_hanoi_sudoku_minesweeper():
     hanoi = make("TowerOfHanoi-v0")
-    hanoi.reset(options={"split": "test", "index": 1})
+    hanoi.reset(options={"split": "train", "index": 0})  # 3 disks
     moves = ["A C", "A B", "C B", "A C", "B A", "B C", "A C"]
     results = [hanoi.step(f"[{m}]") for m in moves]
     assert all(r[1:4] == (0.0, False, False) for r in results[:-1])

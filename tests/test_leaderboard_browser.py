@@ -61,7 +61,8 @@ def test_index_has_tables_and_plots(site):
     assert "<title>espl-bench leaderboard</title>" in dom
     assert dom.count('<table class="leaderboard">') == 2
     assert len(re.findall(r'<figure class="curves"><svg\b', dom)) == 2
-    assert "0.500 ± 0.208" in dom and "cumulative rollouts" in dom and "test success" in dom
+    assert "0.500 [" in dom and "cumulative rollouts" in dom and "test success" in dom
+    assert dom.count('<table class="breakdown">') == 2
     assert len(re.findall(r'<a class="run-link" href="runs/[^"]+\.html">seed \d</a>', dom)) == 7
 
 

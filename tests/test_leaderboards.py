@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -33,10 +32,26 @@ def synthetic_pool() -> Pool:
     return pool
 
 
+PROBLEMS, SAMPLES = 8, 5
+
+
+def cell(success: float, program: str = "p3", weights: str = "trained", shift: int = 0) -> dict:
+    """A test result of ``success`` on 8 problems x 5 samples (``shift`` moves the hits across problems)."""
+    from espl.evaluation import CellResult, EvalItems
+
+    hits = round(success * PROBLEMS * SAMPLES)
+    flat = [int((k + shift) % (PROBLEMS * SAMPLES) < hits) for k in range(PROBLEMS * SAMPLES)]
+    rows = tuple(tuple(flat[p::PROBLEMS]) for p in range(PROBLEMS))
+    return CellResult(EvalItems("test", tuple(range(PROBLEMS)), SAMPLES), program, rows,
+                      tuple(tuple(float(x) for x in r) for r in rows), tuple(f"test/{p}" for p in range(PROBLEMS)),
+                      invalid_actions=10, turns=40, generated_tokens=100, weights=weights).to_dict()
+
+
 def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str = "tiny", seed: int = 0,
               train: tuple[float, ...] = (0.1, 0.3, 0.5), test: tuple[float, ...] = (0.2, 0.3, 0.4),
-              rollouts: int = 8, calls: int = 4, jsonl: bool = True, provenance: dict | None = None) -> Path:
-    """A run folder in the format espl.runner writes (summary.json has no seed; run.json does)."""
+              rollouts: int = 8, calls: int = 4, jsonl: bool = True, provenance: dict | None = None,
+              breakdown: bool = False) -> Path:
+    """A run folder in the format espl.runner writes (schema 2: per-problem test results)."""
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"schema_version": 1, "config": {"env": env, "method": method,
                                                                                  "model": model, "seed": seed}}))
@@ -45,8 +60,7 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
     for t, (tr, te) in enumerate(zip(train, test), 1):
         m = {"iteration": t, "train_reward": tr, "train_success": tr, "invalid_action_rate": 0.1,
              "reflection_calls": calls, "reflection_failures": 0, "rollouts": rollouts, "generated_tokens": 10 * rollouts,
-             "test": {"program": "p3", "success": te, "invalid_action_rate": 0.25, "pass@1": te, "pass@2": min(1, 2 * te),
-                      "problems": 4, "samples": 2}}
+             "test": cell(te, shift=seed), "phase_seconds": {"rollouts": 1.0, "eval": 0.5}}
         history.append(m)
         it = folder / "iterations" / f"{t:06d}"
         it.mkdir(parents=True)
@@ -55,11 +69,22 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
     if jsonl:
         (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     best = pool["p3"]
-    summary = {"env": env, "method": method, "model": model, "reflector": "espl-local/reference",
+    split = None
+    if breakdown:
+        cells = {"base/root": cell(0.1, "p0", "base"), "base/program": cell(0.3, "p3", "base"),
+                 "trained/root": cell(0.2, "p0"), "trained/program": history[-1]["test"]}
+        split = {"items": cells["base/root"]["items"], "cells": {k: {x: y for x, y in v.items() if x != "items"}
+                                                                 for k, v in cells.items()}, "effects": {}}
+    summary = {"schema_version": 2, "env": env, "method": method, "model": model, "reflector": "espl-local/reference",
                "iterations_completed": len(history), "iterations_planned": len(history),
-               "train_reward": list(train), "test": history[-1]["test"],
+               "train_reward": list(train), "test": history[-1]["test"], "breakdown": split,
                "test_program": {"id": "p3", "rule": "lcb", "mu": best.mu, "sigma": best.sigma, "text": best.render()},
                "pool_size": len(pool), "reflection_failures": 0, "rollouts": rollouts * len(history),
+               "reflection": {"children": {"revision": 2, "fallback": 1, "crossover": 0}, "failed": 1, "skipped": 0},
+               "budget": {"training_rollouts": rollouts * len(history), "validation_rollouts": 0,
+                          "evaluation_rollouts": 40 * len(history),
+                          "generated_tokens": {"training": 10 * rollouts * len(history), "evaluation": 100 * len(history)},
+                          "seconds_by_phase": {"rollouts": 1.0 * len(history), "eval": 0.5 * len(history)}},
                "generated_tokens": 10 * rollouts * len(history), "seconds_this_session": 1.0,
                "usage": {"reflector": {"calls": calls * len(history), "prompt_tokens": 100 * calls * len(history),
                                        "completion_tokens": 0, "cost_usd": 0.001 * calls * len(history)}}}
@@ -74,7 +99,8 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
 def write_runs(root: Path) -> Path:
     """Three espl seeds (final test 0.2, 0.4, 0.9), two rl seeds, one evolution run, one run in a second env."""
     for seed, final in enumerate((0.2, 0.4, 0.9)):
-        write_run(root / f"espl-s{seed}", seed=seed, test=(0.1, 0.1, final), train=(0.1 * seed, 0.2, 0.3))
+        write_run(root / f"espl-s{seed}", seed=seed, test=(0.1, 0.1, final), train=(0.1 * seed, 0.2, 0.3),
+                  breakdown=True)
     for seed, final in enumerate((0.5, 0.7)):
         write_run(root / "rl" / f"s{seed}", method="rl", seed=seed, test=(0.5, final), train=(0.4, 0.6), calls=0)
     write_run(root / "evo", method="evolution", seed=3, test=(0.05,), train=(0.1,), jsonl=False)
@@ -82,7 +108,9 @@ def write_runs(root: Path) -> Path:
     return root
 
 
-def test_mean_and_standard_error_over_seeds(tmp_path):
+def test_intervals_tiers_and_budgets_over_seeds_on_the_shared_problems(tmp_path):
+    from espl import stats
+
     root = write_runs(tmp_path / "runs")
     leftover = root / "evo" / "iterations" / "000002"  # uncommitted (LATEST is 1): ignored
     leftover.mkdir()
@@ -91,24 +119,37 @@ def test_mean_and_standard_error_over_seeds(tmp_path):
     ahead.write_text(ahead.read_text() + json.dumps({"iteration": 3, "train_success": 1.0, "rollouts": 8}) + "\n")
     boards = build_leaderboard([root])
     assert [b.env for b in boards] == ["espl/Arithmetic-v0", "espl/ToolUse-v0"]
-    rows = {r.method: r for r in boards[0].rows}
+    board = boards[0]
+    assert board.measured_on == "test split, 8 problems x 5 samples, seeds 0, 1, 2, 3" and board.problems == 8
+    assert 0 < board.detectable < 1
+    rows = {r.method: r for r in board.rows}
     espl = rows["espl"]
-    assert espl.seeds == [0, 1, 2] and espl.n_seeds == 3
-    assert espl.success_mean == pytest.approx(0.5)
-    sample_var = ((0.2 - 0.5) ** 2 + (0.4 - 0.5) ** 2 + (0.9 - 0.5) ** 2) / 2  # = 0.13
-    assert espl.success_se == pytest.approx(math.sqrt(sample_var / 3))
+    assert espl.seeds == [0, 1, 2] and espl.n_seeds == 3 and espl.matrix.shape == (3, 8)
+    assert espl.success.estimate == pytest.approx(0.5)
+    assert espl.success == stats.interval(espl.matrix) and espl.success.low < 0.5 < espl.success.high
     assert espl.pass_at["pass@1"] == pytest.approx(0.5)
-    assert espl.pass_at["pass@2"] == pytest.approx((0.4 + 0.8 + 1.0) / 3)
     assert espl.invalid_action_rate == pytest.approx(0.25)
-    assert (espl.rollouts, espl.generated_tokens, espl.reflection_calls) == (72, 720, 36)
-    assert rows["rl"].success_mean == pytest.approx(0.6)
-    assert rows["rl"].success_se == pytest.approx(0.1)  # |0.7 - 0.5| / 2
-    assert rows["rl"].reflection_calls == 0
+    assert espl.per_run["training rollouts"] == 24 and espl.per_run["evaluation rollouts"] == 120  # per run, not summed
+    assert espl.per_run["reflector calls"] == 12 and espl.children == {"revision": 2, "fallback": 1, "crossover": 0}
+    assert set(espl.cells) == {"base/root", "base/program", "trained/root", "trained/program"}
+    assert espl.effects["prompt (base weights)"].estimate == pytest.approx(0.2)
+    assert espl.effects["interaction"].estimate == pytest.approx(0.5 - 0.2 - 0.3 + 0.1)
+    assert rows["rl"].success.estimate == pytest.approx(0.6) and rows["rl"].cells == {}
     assert row_curve(rows["rl"]).iterations == [1, 2]
     evo = rows["evolution"]  # metrics only in iterations/*/metrics.json
-    assert evo.n_seeds == 1 and evo.success_se is None and evo.reflection_calls == 4
-    assert [r.method for r in boards[0].rows] == ["rl", "espl", "evolution"]  # by mean success
+    assert evo.n_seeds == 1 and evo.per_run["reflector calls"] == 4
+    # 0.6, 0.5 and 0.05: rl and espl are not told apart on 8 problems; evolution is below both
+    assert [(r.method, r.tier) for r in board.rows] == [("rl", 1), ("espl", 1), ("evolution", 2)]
     assert boards[1].rows[0].model == "other/model"
+
+
+def test_a_run_written_before_the_evaluation_protocol_is_left_out_with_the_fix(tmp_path, caplog):
+    folder = write_run(tmp_path / "runs" / "old")
+    summary = json.loads((folder / "summary.json").read_text())
+    (folder / "summary.json").write_text(json.dumps({**summary, "schema_version": 1}))
+    with caplog.at_level(logging.WARNING, logger="leaderboards"):
+        assert load_runs([tmp_path / "runs"]) == []
+    assert "before the evaluation protocol" in caplog.text and "fix: re-run it" in caplog.text
 
 
 def test_curves_average_over_seeds(tmp_path):
@@ -153,16 +194,21 @@ def test_tree_and_lineage(tmp_path):
 
 
 def test_markdown_tables(tmp_path):
-    md = render_markdown(build_leaderboard([write_runs(tmp_path / "runs")]))
+    boards = build_leaderboard([write_runs(tmp_path / "runs")])
+    md = render_markdown(boards)
     assert "## espl/Arithmetic-v0" in md and "## espl/ToolUse-v0" in md
+    assert "Measured on the test split, 8 problems x 5 samples, seeds 0, 1, 2, 3." in md
+    assert f"could detect (80% power, two-sided 5%, paired on its 8 problems): {boards[0].detectable:.2f}." in md
     lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| # | method | model | test success (mean ± se) | pass@1 | pass@2 |")
+    assert lines[0].startswith("| tier | method | model | test success [95% CI] | pass@1 | pass@5 |")
     body = [line for line in lines if line[2].isdigit()]
     assert [line.split(" | ")[1] for line in body[:3]] == ["rl", "espl", "evolution"]
     espl = next(line for line in body if "| espl |" in line)
-    assert "0.500 ± 0.208" in espl and "| 72 | 720 | 36 | 3600 | 0.0360 | 3 |" in espl
-    assert "0.050 ± –" in md
-    assert sum(line.startswith("|---|") for line in md.splitlines()) == 2
+    assert f"| {boards[0].rows[1].success.estimate:.3f} [{boards[0].rows[1].success.low:.3f}, " in espl
+    assert "| 2 / 1 / 0 | 3 |" in espl  # children per run by source, seeds
+    assert "| espl | 0.100 [" in md and "| rl | – | – |" in md  # the weights x prompt table
+    assert "| espl | 24 | 120 | 540 | 12 | 1200 | 4.5 | 0.0120 |" in md  # budget per run
+    assert sum(line.startswith("|---|") for line in md.splitlines()) == 6
 
 
 def test_every_run_names_the_code_that_made_it(tmp_path):
@@ -247,7 +293,8 @@ def test_site_files_and_relative_links(tmp_path):
     assert len(run_pages) == 7 and set(run_pages) <= pages
     html = index.read_text()
     assert html.count('<table class="leaderboard">') == 2 and html.count('<figure class="curves"><svg') == 2
-    assert "0.500 ± 0.208" in html and "cumulative rollouts" in html
+    assert f"{boards[0].rows[1].success.estimate:.3f} [" in html and "cumulative rollouts" in html
+    assert html.count('<table class="breakdown">') == 2 and "smallest difference" in html.lower()
     page = next(p for p in run_pages if "-espl-tiny-s2-" in p.name).read_text()
     assert 'class="node test-program" id="node-p3"' in page
     assert page.count('class="edge"') == 5  # p0->p1, p1->p2, p1->p3, p2->p3, p2->p4

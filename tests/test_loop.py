@@ -8,6 +8,7 @@ import torch
 from agents.rollout import RolloutEngine
 from agents.sampler import Completion, TransformersSampler
 from envs.registry import make_env
+from envs.splits import SplitPlan
 from espl.config import RunConfig
 from espl.learner import FrozenLearner, LearnerSettings, TRLLearner
 from espl.loop import EsplLoop, Parts
@@ -28,20 +29,18 @@ class RewardingSampler:
     def continuation(self, history, new, ended_with_eos):
         return self.inner.continuation(history, new, ended_with_eos)
 
-    def generate(self, conversations, params, prompt_ids=None):
-        out = self.inner.generate(conversations, params, prompt_ids)
+    def generate(self, conversations, params, prompt_ids=None, seeds=None):
+        out = self.inner.generate(conversations, params, prompt_ids, seeds)
         return [Completion(text=(f"<answer>{self._answer(c)}</answer>" if i % 2 else c_out.text),
                            prompt_ids=c_out.prompt_ids, completion_ids=c_out.completion_ids, logprobs=c_out.logprobs,
                            finish_reason=c_out.finish_reason)
                 for i, (c, c_out) in enumerate(zip(conversations, out))]
 
     def _answer(self, conversation):
-        question = conversation[1]["content"]
-        for split in ("train", "test"):
-            for entry in self.env._splits[split]:
-                if question.startswith(entry["question"]):
-                    return entry["answer"]
-        return "0"
+        from envs.tool_use import calculator
+
+        question = next(m["content"] for m in conversation if m["role"] == "user")
+        return calculator(question.split("\n")[0].removeprefix("Calculate ").rstrip("."))
 
 
 def build(tiny_model, tmp_path, method, **overrides):
@@ -65,8 +64,8 @@ def build(tiny_model, tmp_path, method, **overrides):
     reflector = ScriptedReflector(lambda messages: "summary" if "Summarise" in messages[0]["content"] else REVISION)
     parts = Parts(engine=RolloutEngine(lambda: make_env(cfg.env), sampler), learner=learner,
                   selector=make_selector("uniform"), mutation=Mutation(reflector) if cfg.evolves else None,
-                  crossover=Crossover(reflector) if cfg.evolves else None, train_size=env.split_size("train"),
-                  test_size=env.split_size("test"), eos_id=tokenizer.eos_token_id)
+                  crossover=Crossover(reflector) if cfg.evolves else None, plan=SplitPlan.for_env(env, 4),
+                  eos_id=tokenizer.eos_token_id)
     loop = EsplLoop(cfg, parts, Pool.with_root(), random.Random(0))
     return loop, model
 
@@ -94,7 +93,8 @@ def test_evolution_keeps_weights_and_grows_pool(tiny_model, tmp_path):
     result = loop.iteration(1)
     after = params(model, "")
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert result.metrics["reflections"]["mutation"] == "ok"
+    assert result.metrics["reflections"]["mutation"] == "revision"
+    assert result.metrics["reflection_counts"]["children"]["revision"] == 1
     child = loop.pool[result.metrics["children"][0]]
     assert child.parents == ["p0"] and "Work out each operation separately." in child.principles.values()
     assert len(loop.pool) == 1 + len(result.metrics["children"])

@@ -53,7 +53,7 @@ def test_learner_forwards_env_mask_to_trl(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize(("env_id", "env_kwargs"), [
-    ("espl/SearchQA-v0", '{"corpus_size": 60, "train_size": 10, "test_size": 5, "max_turns": 3}'),
+    ("espl/SearchQA-v0", '{"corpus_size": 60, "train_size": 10, "validation_size": 4, "test_size": 5, "max_turns": 3}'),
     ("espl/ToolUse-v0", '{"max_turns": 2}'),
     ("espl/GuessTheNumber-v0", '{"max_turns": 3}'),
 ])

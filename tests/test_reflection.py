@@ -154,3 +154,38 @@ def test_long_trajectories_fit_the_budget():
     r.messages = r.messages[:2] + [{"role": "assistant" if i % 2 == 0 else "user", "content": "x" * 5000} for i in range(40)]
     text = render_trajectory(r, budget=3000)
     assert len(text) < 7000 and "elided" in text and text.splitlines()[-1].startswith("OUTCOME")
+
+
+def test_an_edit_copying_the_templates_example_is_rejected_and_counted():
+    from espl.reflection import load_templates
+
+    example = '```json\n[{"op": "add", "text": "<a general principle learned from these attempts>"}]\n```'
+    assert "<a general principle learned from these attempts>" in load_templates()["critique"].template
+    parent, pool, rollouts = setup()
+    outcome = Mutation(scripted(critique=example, revision=example))(parent, rollouts, iteration=1)
+    assert outcome.status == "failed" and outcome.child is None and outcome.label == "failed"
+    assert outcome.copies == 2 and outcome.repairs == 1  # the copy got its repair attempt, which copied again
+    assert outcome.reason == "no critique produced a valid edit"
+    assert any("copies the example" in entry.get("prompt", "") for entry in outcome.log)
+    # a near-copy of an example, or a placeholder, is no better than the example itself
+    mixed = ('```json\n[{"op": "add", "text": "A general principle learned from these attempts."}, '
+             '{"op": "add", "text": "..."}, {"op": "add", "text": "Carry the tens digit before adding."}]\n```')
+    outcome = Mutation(scripted(critique=mixed, revision=mixed), max_ops=3)(parent, rollouts, iteration=1)
+    assert outcome.label == "revision" and outcome.copies == 4  # two copies in the critique, two in the revision
+    assert list(outcome.child.principles.values()) == ["Be careful.", "Carry the tens digit before adding."]
+
+
+def test_edits_that_change_nothing_make_no_child():
+    parent, pool, rollouts = setup()
+    same = '```json\n[{"op": "modify", "id": "G0", "text": "Be careful."}]\n```'
+    outcome = Mutation(scripted(critique=same, revision=same))(parent, rollouts, iteration=1)
+    assert outcome.status == "failed" and "unchanged" in outcome.reason
+
+
+def test_outcomes_name_where_a_child_came_from():
+    parent, pool, rollouts = setup()
+    assert Mutation(scripted())(parent, rollouts, 1).label == "revision"
+    fallback = Mutation(scripted(revision="not json"))(parent, rollouts, 1)
+    assert fallback.label == "fallback" and fallback.fallback and fallback.child is not None
+    strict = Mutation(scripted(revision="not json"), revision_fallback=False)(parent, rollouts, 1)
+    assert strict.label == "failed"

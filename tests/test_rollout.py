@@ -12,7 +12,7 @@ class EchoSampler:
     def __init__(self):
         self.batches = []
 
-    def generate(self, conversations, params, prompt_ids=None):
+    def generate(self, conversations, params, prompt_ids=None, seeds=None):
         self.batches.append(len(conversations))
         return [Completion(text=f"<answer>{len(c)}</answer>", prompt_ids=[1, 2], completion_ids=[3, 4], logprobs=[-0.1, -0.2])
                 for c in conversations]
@@ -137,7 +137,7 @@ def test_invalid_actions_are_counted_apart_from_success():
     class Scripted(EchoSampler):
         replies = ["no format here", '<tool_call>{"name": "echo", "arguments": {"text": "6"}}</tool_call>', "<answer>6</answer>"]
 
-        def generate(self, conversations, params, prompt_ids=None):
+        def generate(self, conversations, params, prompt_ids=None, seeds=None):
             turn = len(self.batches)
             self.batches.append(len(conversations))
             return [Completion(text=self.replies[turn], prompt_ids=[1], completion_ids=[3], logprobs=[-0.1])

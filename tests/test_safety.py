@@ -71,7 +71,7 @@ def test_api_key_canary_never_leaks(tmp_path, tiny_model):
          "--reflector", "openai/gpt-4o-mini", "--reflector-timeout", "3", "--model", str(tiny_model),
          "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and "unreachable" in proc.stderr
-    assert (out / "run.json").is_file()  # the config was dumped, and is checked below
+    assert not (out / "run.json").exists()  # a run that cannot start leaves nothing to block the fixed command
     text = proc.stdout + proc.stderr
     for path in tmp_path.rglob("*"):
         if path.is_file():

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 
+import numpy as np
 import pytest
 
 from espl.config import RunConfig
 from leaderboards.scores import (ScoreFileError, ScoreRecord, compare, compare_files, dump_scores, load_scores,
-                                 render_table, tolerance)
+                                 render_table)
 from leaderboards.suite import SUITE_VERSION, SUITES, SuiteId, get_suite
 
 A = SuiteId("espl/Arithmetic-v0", "espl", "smollm2-135m", 0, "smoke")
@@ -18,85 +18,106 @@ B = SuiteId("espl/Arithmetic-v0", "rl", "smollm2-135m", 0, "smoke")
 C = SuiteId("espl/ToolUse-v0", "espl", "smollm2-135m", 1, "small")
 
 
-def rec(suite_id: SuiteId, success: float, n: int = 200) -> ScoreRecord:
-    return ScoreRecord(suite_id, success, n)
+def rec(suite_id: SuiteId, rates, samples: int = 4, seed: int = 0) -> ScoreRecord:
+    """Outcomes drawn per problem from its own success rate (so samples of a problem are correlated)."""
+    rng = np.random.default_rng(seed)
+    rates = np.atleast_1d(rates)
+    outcomes = tuple(tuple(int(x) for x in rng.random(samples) < p) for p in rates)
+    return ScoreRecord(suite_id, tuple(f"test/{i}" for i in range(len(rates))), outcomes)
 
 
-def test_tolerance_is_z_times_the_combined_binomial_standard_error():
-    base, cur = rec(A, 0.8), rec(A, 0.7)
-    expected = 2 * math.sqrt(0.8 * 0.2 / 200 + 0.7 * 0.3 / 200)
-    assert tolerance(base, cur) == pytest.approx(expected)
-    assert tolerance(base, cur, z=3) == pytest.approx(1.5 * expected)
-    assert tolerance(rec(A, 1.0), rec(A, 1.0), floor=0.03) == 0.03  # se 0: the floor
+def clustered(n: int = 60, seed: int = 0) -> np.ndarray:
+    """Per-problem success rates of a policy: most problems always or never solved."""
+    return np.random.default_rng(seed).beta(0.4, 0.4, size=n)
 
 
-def test_an_injected_drop_fails(caplog):
-    baseline = [rec(A, 0.8), rec(B, 0.5)]
+def test_a_real_drop_fails_and_noise_on_clustered_problems_passes(caplog):
+    p = clustered()
+    # the same policy with fresh samples: a false alarm at most about as often as the 5% level allows
+    alarms = sum(not compare([rec(A, p, seed=1000 + k)], [rec(A, p, seed=k)]).passed for k in range(100))
+    assert alarms <= 8
+    # a real drop of 0.3 on every problem is caught every time
+    drops = [compare([rec(A, np.clip(p - 0.3, 0, 1), seed=1000 + k)], [rec(A, p, seed=k)]) for k in range(20)]
+    assert all(not r.passed and r.comparisons[0].status == "regressed" for r in drops)
+    baseline = [rec(A, p, seed=1), rec(B, p, seed=2)]
     with caplog.at_level(logging.WARNING, logger="leaderboards"):
-        report = compare([rec(A, 0.6), rec(B, 0.5)], baseline)
-    assert not report.passed
-    assert [c.status for c in report.comparisons] == ["regressed", "ok"]
-    assert [c.suite_id for c in report.failures] == [A]
-    assert report.comparisons[0].delta == pytest.approx(-0.2)
+        dropped = compare([rec(A, np.clip(p - 0.3, 0, 1), seed=3), rec(B, p, seed=2)], baseline)
+    assert [c.status for c in dropped.comparisons] == ["regressed", "ok"] and [c.suite_id for c in dropped.failures] == [A]
+    assert dropped.comparisons[0].delta < -0.15 and dropped.comparisons[0].difference.high < 0
     assert "espl/Arithmetic-v0 espl" in caplog.text
+    better = compare([rec(A, np.clip(p + 0.3, 0, 1), seed=3)], baseline[:1])
+    assert better.passed and better.comparisons[0].status == "improved"
 
 
-def test_noise_within_tolerance_passes_and_z_is_configurable():
-    baseline = [rec(A, 0.8), rec(B, 0.5)]
-    current = [rec(A, 0.76), rec(B, 0.55)]  # tolerance ~0.08 and ~0.10
-    report = compare(current, baseline)
-    assert report.passed and [c.status for c in report.comparisons] == ["ok", "ok"]
-    strict = compare(current, baseline, z=0.5)
-    assert not strict.passed and [c.status for c in strict.comparisons] == ["regressed", "improved"]
+def test_the_comparison_is_paired_on_problems_and_matches_scipy():
+    from scipy import stats as sp
+
+    p = clustered(200, seed=5)
+    base, cur = rec(A, p, samples=8, seed=6), rec(A, np.clip(p - 0.05, 0, 1), samples=8, seed=7)
+    c = compare([cur], [base]).comparisons[0]
+    old, new = np.array(list(base.rates().values())), np.array(list(cur.rates().values()))
+    ci = sp.ttest_rel(new, old).confidence_interval(0.95)
+    assert c.difference.estimate == pytest.approx(new.mean() - old.mean())
+    assert c.difference.low == pytest.approx(ci.low, abs=0.01) and c.difference.high == pytest.approx(ci.high, abs=0.01)
 
 
-def test_the_floor_absorbs_tiny_drops_from_a_perfect_baseline():
-    baseline, current = [rec(A, 1.0, 1000)], [rec(A, 0.985, 1000)]
-    assert compare(current, baseline).passed  # z * se ~ 0.008 < floor 0.02
-    assert not compare(current, baseline, floor=0.0).passed
+def test_the_floor_absorbs_tiny_real_drops():
+    base = ScoreRecord(A, tuple(f"t{i}" for i in range(400)), tuple((1, 1, 1, 1) for _ in range(400)))
+    cur = ScoreRecord(A, base.problems, tuple((1, 1, 1, 0) if i < 24 else (1, 1, 1, 1) for i in range(400)))
+    c = compare([cur], [base]).comparisons[0]
+    assert c.delta == pytest.approx(-0.015) and c.difference.high < 0 and c.status == "ok"  # real, but under the floor
+    assert not compare([cur], [base], floor=0.0).passed
 
 
-def test_missing_and_new_entries():
-    report = compare([rec(A, 0.8), rec(C, 0.1)], [rec(A, 0.8), rec(B, 0.5)])
+def test_missing_incomparable_and_new_entries():
+    p = clustered(20)
+    other = ScoreRecord(B, ("elsewhere/0",), ((1,),))
+    report = compare([rec(A, p), rec(C, p), other], [rec(A, p), rec(B, p)])
+    assert {c.suite_id: c.status for c in report.comparisons} == {A: "ok", B: "incomparable", C: "new"}
+    report = compare([rec(A, p), rec(C, p)], [rec(A, p), rec(B, p)])
     assert {c.suite_id: c.status for c in report.comparisons} == {A: "ok", B: "missing", C: "new"}
     assert not report.passed and [c.suite_id for c in report.failures] == [B]
-    assert compare([rec(A, 0.8), rec(C, 0.1)], [rec(A, 0.8), rec(B, 0.5)], allow_missing=True).passed
+    assert compare([rec(A, p), rec(C, p)], [rec(A, p), rec(B, p)], allow_missing=True).passed
 
 
 def test_table_rendering():
-    report = compare([rec(A, 0.6), rec(C, 0.1)], [rec(A, 0.8), rec(B, 0.5)])
-    table = render_table(report)
-    lines = table.splitlines()
-    assert lines[0].split() == ["env", "method", "model", "seed", "budget", "baseline", "current", "delta",
-                                "tolerance", "status"]
+    p = clustered()
+    report = compare([rec(A, np.clip(p - 0.3, 0, 1), seed=3), rec(C, p)], [rec(A, p, seed=1), rec(B, p)])
+    assert [c.status for c in report.comparisons] == ["regressed", "missing", "new"]
+    lines = render_table(report).splitlines()
+    assert lines[0].split()[:7] == ["env", "method", "model", "seed", "budget", "baseline", "current"]
     assert set(lines[1]) <= {"-", " "}
-    assert "0.800 (n=200)" in lines[2] and "0.600 (n=200)" in lines[2] and "-0.200" in lines[2]
-    assert lines[2].endswith("REGRESSED") and lines[3].endswith("MISSING") and lines[4].endswith("new")
-    assert lines[-1].startswith("FAIL (2 of 3): z=2, floor=0.02")
-    assert render_table(compare([rec(A, 0.8)], [rec(A, 0.8)])).splitlines()[-1].startswith("PASS")
+    assert "(60x4)" in lines[2] and lines[2].endswith("REGRESSED") and " 60 " in lines[2]
+    assert lines[3].endswith("MISSING") and lines[4].endswith("new")
+    assert lines[-1].startswith("FAIL (2 of 3): paired on shared problems")
+    assert render_table(compare([rec(A, p)], [rec(A, p)])).splitlines()[-1].startswith("PASS")
 
 
 def test_files_round_trip_and_list_form_ids(tmp_path):
+    p = clustered(10)
     base, cur = tmp_path / "baseline.json", tmp_path / "current.json"
-    dump_scores([rec(A, 0.8), rec(B, 0.5)], base)
-    cur.write_text(json.dumps([{"suite_id": ["espl/Arithmetic-v0", "espl", "smollm2-135m", 0, "smoke"],
-                                "success": 0.5, "n": 200}, {"suite_id": B.to_dict(), "success": 0.5, "n": 200}]))
-    assert load_scores(base) == [rec(A, 0.8), rec(B, 0.5)]
-    report = compare_files(cur, base)
-    assert [c.status for c in report.comparisons] == ["regressed", "ok"]
+    dump_scores([rec(A, p), rec(B, p)], base)
+    assert load_scores(base) == [rec(A, p), rec(B, p)]
+    entry = rec(A, p).to_dict()
+    cur.write_text(json.dumps([{**entry, "suite_id": ["espl/Arithmetic-v0", "espl", "smollm2-135m", 0, "smoke"]},
+                               rec(B, p).to_dict()]))
+    assert [c.status for c in compare_files(cur, base).comparisons] == ["ok", "ok"]
+
+
+GOOD = '"problems": ["t0"], "outcomes": [[1, 0]]'
 
 
 @pytest.mark.parametrize("content, message", [
     ("{oops", "cannot read scores"),
     ('{"suite_id": 1}', "expected a JSON list"),
-    ('[{"success": 0.5, "n": 3}]', "needs suite_id"),
-    ('[{"suite_id": ["e", "m", "x", 0], "success": 0.5, "n": 3}]', "suite_id must be"),
-    ('[{"suite_id": {"env": "e", "method": "m"}, "success": 0.5, "n": 3}]', "suite_id lacks model, seed, budget"),
-    ('[{"suite_id": ["e", "m", "x", "0", "b"], "success": 0.5, "n": 3}]', "seed must be an integer"),
-    ('[{"suite_id": ["e", "m", "x", 0, "b"], "success": 1.5, "n": 3}]', "success must be a number in [0, 1]"),
-    ('[{"suite_id": ["e", "m", "x", 0, "b"], "success": 0.5, "n": 0}]', "n must be a positive integer"),
-    ('[{"suite_id": ["e", "m", "x", 0, "b"], "success": 0.5, "n": 3},'
-     ' {"suite_id": ["e", "m", "x", 0, "b"], "success": 0.6, "n": 3}]', "entry 1: duplicate suite_id"),
+    ('[{"success": 0.5}]', "needs suite_id"),
+    ('[{"suite_id": ["e", "m", "x", 0, "b"], "success": 0.5, "n": 3}]', "no per-problem outcomes"),
+    ('[{"suite_id": ["e", "m", "x", 0], ' + GOOD + '}]', "suite_id must be"),
+    ('[{"suite_id": {"env": "e", "method": "m"}, ' + GOOD + '}]', "suite_id lacks model, seed, budget"),
+    ('[{"suite_id": ["e", "m", "x", "0", "b"], ' + GOOD + '}]', "seed must be an integer"),
+    ('[{"suite_id": ["e", "m", "x", 0, "b"], "problems": ["t0"], "outcomes": [[2]]}]', "0/1 lists"),
+    ('[{"suite_id": ["e", "m", "x", 0, "b"], ' + GOOD + '}, {"suite_id": ["e", "m", "x", 0, "b"], ' + GOOD + '}]',
+     "entry 1: duplicate suite_id"),
 ])
 def test_bad_files_name_the_file_and_the_problem(tmp_path, content, message):
     path = tmp_path / "scores.json"
@@ -107,8 +128,11 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, content, message):
 
 
 def test_score_from_a_run_summary():
-    summary = {"test": {"program": "p3", "success": 0.375, "pass@1": 0.375, "problems": 4, "samples": 2}}
-    assert ScoreRecord.from_summary(A, summary) == ScoreRecord(A, 0.375, 8)
+    from espl.evaluation import CellResult, EvalItems
+
+    cell = CellResult(EvalItems("test", (0, 1), 2), "p3", ((1, 0), (0, 0)), ((1.0, 0.0), (0.0, 0.0)), ("t/0", "t/1"))
+    record = ScoreRecord.from_summary(A, {"test": cell.to_dict()})
+    assert record == ScoreRecord(A, ("t/0", "t/1"), ((1, 0), (0, 0))) and record.success == 0.25
     with pytest.raises(ValueError, match="no test evaluation"):
         ScoreRecord.from_summary(A, {"test": None})
 

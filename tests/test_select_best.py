@@ -18,11 +18,27 @@ def trained_run(tiny_model, tmp_path_factory):
     return out
 
 
-def test_training_never_samples_the_validation_problems(trained_run):
+def test_training_samples_only_the_train_split(trained_run):
     for t in (1, 2):
         rollouts = (trained_run / "iterations" / f"{t:06d}" / "rollouts.jsonl").read_text().splitlines()
+        assert {json.loads(line)["spec"]["split"] for line in rollouts} == {"train"}
+    splits = json.loads((trained_run / "summary.json").read_text())["splits"]
+    assert splits["validation"] == {"split": "validation", "start": 0, "size": 3}  # the env's own split
+
+
+def test_a_validation_split_held_out_of_train_is_never_trained_on(tiny_model, tmp_path):
+    for name, n in (("train", 12), ("test", 4)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"problem": f"{name} {i} + 1", "answer": i + 1}) + "\n"
+                                                        for i in range(n)))
+    out = tmp_path / "held"
+    kwargs = json.dumps({"train_path": str(tmp_path / "train.jsonl"), "test_path": str(tmp_path / "test.jsonl")})
+    assert main(["run", "--env", "espl/MathJSONL-v0", "--env-kwargs", kwargs, "--method", "rl", "--model",
+                 str(tiny_model), "--iterations", "2", "--validation-problems", "3", "--out", str(out), *SMALL]) == 0
+    for t in (1, 2):
+        rollouts = (out / "iterations" / f"{t:06d}" / "rollouts.jsonl").read_text().splitlines()
         indices = {json.loads(line)["spec"]["index"] for line in rollouts}
-        assert indices and min(indices) >= 3  # problems 0-2 of the train split are the validation split
+        assert indices and min(indices) >= 3  # train problems 0-2 are the validation split
+    assert json.loads((out / "summary.json").read_text())["splits"]["validation"] == {"split": "train", "start": 0, "size": 3}
 
 
 def test_select_best_scores_every_iteration_with_its_own_weights_on_validation_only(trained_run, monkeypatch, capsys):
@@ -37,7 +53,7 @@ def test_select_best_scores_every_iteration_with_its_own_weights_on_validation_o
 
     monkeypatch.setattr(rollout.RolloutEngine, "run", spy)
     assert main(["select-best", str(trained_run), "--samples", "2"]) == 0
-    assert {split for split, _ in seen} == {"train"} and {i for _, i in seen} == {0, 1, 2}
+    assert {split for split, _ in seen} == {"validation"} and {i for _, i in seen} == {0, 1, 2}
     result = json.loads((trained_run / "selection.json").read_text())
     assert [r["iteration"] for r in result["iterations"]] == [1, 2] and result["problems"] == 3
     assert result["best"] in result["iterations"] and result["best_prompt"].strip()

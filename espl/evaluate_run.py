@@ -1,0 +1,55 @@
+"""``espl-bench evaluate RUN``: the weights x prompt breakdown of a finished run, on more problems.
+
+A run ends with its breakdown on its own test items (``--eval-problems`` x ``--eval-samples``);
+``evaluate`` scores it again from the run folder on the first ``--problems`` test problems with
+``--samples`` samples, through the same evaluation protocol and breakdown code, with the run's
+last committed weights and test-time program. The result goes to
+``RUN/evaluation-<problems>x<samples>.json`` (atomically) and a table on stdout.
+"""
+
+from __future__ import annotations
+
+from espl.breakdown import Breakdown, breakdown
+from espl.evaluation import CellResult, evaluate
+from espl.loop import sampling, test_items
+from espl.methods import test_program
+from espl.posthoc import RunWeights, load_run_config
+from espl.program import Pool
+from espl.rundir import atomic_write, dump_json
+from espl.runner import split_plan
+
+
+def evaluate_run(run: str, *, problems: int | None = None, samples: int | None = None) -> tuple[Breakdown, str]:
+    """The breakdown of ``run`` and the path it was written to."""
+    rundir, cfg = load_run_config(run)
+    items = test_items(cfg, split_plan(cfg), problems, samples)
+    done = rundir.latest()
+    pool = Pool.from_dict(rundir.load_iteration(done)["pool"])
+    program, root = test_program(cfg.test_rule, pool), pool.root()
+    weights = RunWeights(cfg)
+    trained = weights.trained(rundir.iterations / f"{done:06d}")
+
+    def score(row: str, column: str) -> CellResult:
+        chosen = root if column == "root" else program
+        engine = trained if row == "trained" or not cfg.trains_weights else weights.base()
+        return evaluate(engine, chosen.render(), chosen.id, items, sampling(cfg), weights=row)
+
+    result = breakdown(score, trained=cfg.trains_weights, root=root.id, program=program.id,
+                       same_prompt=program.render() == root.render())
+    path = rundir.root / f"evaluation-{len(items.indices)}x{items.samples}.json"
+    atomic_write(path, dump_json({"iteration": done, **result.to_dict()}))
+    return result, str(path)
+
+
+def render(result: Breakdown) -> str:
+    """The cells and effects as a table."""
+    lines = [f"weights x prompt breakdown on the {result.items.describe()} (root {result.root}, "
+             f"test-time program {result.program}); 95% intervals clustered by problem",
+             "cell               success [95% interval]"]
+    for name, cell in result.cells.items():
+        lines.append(f"{name:<18} {cell.interval}")
+    lines.append("effect                     difference [95% interval]")
+    for name, effect in result.effects.items():
+        note = "" if effect.method == "bootstrap" else f"  ({effect.method}: no variation in the data)"
+        lines.append(f"{name:<26} {effect.estimate:+.3f} [{effect.low:+.3f}, {effect.high:+.3f}]{note}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,76 @@
+"""Scoring a finished run folder again: its weights, its programs, the evaluation protocol.
+
+``espl-bench select-best`` and ``espl-bench evaluate`` load a run the same way: the run's
+config from ``run.json``, the base model, and for trained methods the LoRA adapter an iteration
+kept in ``iterations/N/adapter/``. Scoring always uses the in-process transformers sampler (a
+run made with vLLM is re-scored in-process, so its numbers can differ from the run's own within
+the engines' numeric mismatch).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from agents.rollout import RolloutEngine
+from agents.sampler import AdapterDisabled, TransformersSampler
+from envs.registry import make_env
+from espl.config import RunConfig
+from espl.errors import ConfigError, RunDirError
+from espl.models import resolve_model
+from espl.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def load_run_config(run: str) -> tuple[RunDir, RunConfig]:
+    """The run folder and its config; one clear error when it is not a committed run."""
+    rundir = RunDir(run)
+    if not (rundir.root / "run.json").is_file():
+        raise RunDirError(f"{run} holds no run; fix: pass a folder written by espl-bench run")
+    try:
+        cfg = RunConfig(**{**rundir.header()["config"], "resume": False})
+    except (TypeError, ValueError, KeyError) as exc:
+        raise RunDirError(f"{run}/run.json does not hold a config this version reads ({type(exc).__name__}); "
+                          "fix: re-run it with this version") from None
+    if cfg.sampler == "litellm":
+        raise ConfigError("re-scoring needs local weights; fix: compare an API policy's runs by their own test metrics")
+    if rundir.latest() == 0:
+        raise RunDirError(f"{run} has no committed iteration yet; fix: run it first")
+    return rundir, cfg
+
+
+class RunWeights:
+    """The policy of one iteration: base weights plus, for trained runs, that iteration's adapter."""
+
+    def __init__(self, cfg: RunConfig):
+        from espl.policy import load_frozen
+
+        self.cfg = cfg
+        self.model, self.tokenizer = load_frozen(resolve_model(cfg.model))
+        self.peft = None
+
+    def _env(self):
+        return make_env(self.cfg.env, **self.cfg.env_kwargs)
+
+    def base(self) -> RolloutEngine:
+        sampler = TransformersSampler(self.peft or self.model, self.tokenizer)
+        return RolloutEngine(self._env, AdapterDisabled(sampler) if self.peft is not None else sampler)
+
+    def trained(self, folder: Path) -> RolloutEngine:
+        """The engine of iteration ``folder`` (base weights for frozen methods)."""
+        if not self.cfg.trains_weights:
+            return RolloutEngine(self._env, TransformersSampler(self.model, self.tokenizer))
+        adapter = folder / "adapter"
+        if not (adapter / "adapter_config.json").is_file():
+            raise RunDirError(f"{adapter} is missing; fix: re-score a run committed by this version "
+                              "(each iteration keeps its adapter)")
+        from peft import PeftModel
+
+        name = folder.name
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.model, adapter, adapter_name=name).eval()
+        elif name not in self.peft.peft_config:
+            self.peft.load_adapter(adapter, adapter_name=name)
+        self.peft.set_adapter(name)
+        return RolloutEngine(self._env, TransformersSampler(self.peft, self.tokenizer))

@@ -195,6 +195,7 @@ class VLLMServer:
         _install_hooks()
         log.info("starting vLLM server for %s on %s (log: %s)", self.model, self.url, self.log_path)
         began = time.monotonic()
+        Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)  # the run folder may not exist yet
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=env, start_new_session=True)  # own group: one killpg ends it all

@@ -24,9 +24,9 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from agents.llm_router import Usage, retrying_router
-from agents.sampler import Completion, Message, SamplingParams
-from espl.errors import EsplError
+from espl_bench.agents.llm_router import Usage, retrying_router
+from espl_bench.agents.sampler import Completion, Message, SamplingParams
+from espl_bench.errors import EsplError
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ one-turn case of the same loop. An exception inside an env is recorded on that e
 Seeding: an episode is seeded by its spec alone. ``reset`` gets ``spec.seed`` and the reply of
 turn ``t`` is sampled with ``derive_seed(spec.seed, "turn", t)`` for that row only, so an episode
 does not depend on the other episodes of the call, their number or their order. Callers derive
-``spec.seed`` from the episode's coordinates (:mod:`espl.evaluation` for test episodes).
+``spec.seed`` from the episode's coordinates (:mod:`espl_bench.scoring.evaluation` for test episodes).
 
 Prompt placement: ``placement="system"`` sends the program as the system message;
 ``placement="user"`` appends it to the first user turn after the problem (the E-SPL reference
@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import gymnasium as gym
 
-from agents.sampler import Sampler, SamplingParams, derive_seed
+from espl_bench.agents.sampler import Sampler, SamplingParams, derive_seed
 
 log = logging.getLogger(__name__)
 

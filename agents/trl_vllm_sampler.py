@@ -29,7 +29,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from agents.sampler import ChatTokens, Completion, Message, SamplingParams
+from espl_bench.agents.sampler import ChatTokens, Completion, Message, SamplingParams
 
 log = logging.getLogger(__name__)
 

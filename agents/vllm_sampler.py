@@ -37,9 +37,9 @@ from pathlib import Path
 
 import httpx
 
-from agents.sampler import ChatTokens, Completion, Message, SamplingParams
-from agents.vllm_server import SamplerUnavailable, VLLMServer
-from espl.errors import EsplError
+from espl_bench.agents.sampler import ChatTokens, Completion, Message, SamplingParams
+from espl_bench.agents.vllm_server import SamplerUnavailable, VLLMServer
+from espl_bench.errors import EsplError
 
 log = logging.getLogger(__name__)
 

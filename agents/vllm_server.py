@@ -36,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from espl.errors import EsplError
+from espl_bench.errors import EsplError
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ to seconds, so the number tracks the loop's own overhead and the TRL step, not a
 import json
 import random
 
-from espl.config import RunConfig
-from espl.loop import EsplLoop
-from espl.program import Pool
-from espl.rundir import RunDir
-from espl.runner import build_parts
-from espl.testing import make_tiny_model
+from espl_bench.config import RunConfig
+from espl_bench.method.loop import EsplLoop
+from espl_bench.method.program import Pool
+from espl_bench.running.rundir import RunDir
+from espl_bench.running.runner import build_parts
+from tests.fakes import make_tiny_model
 
 ROUNDS = 2
 

@@ -9,11 +9,11 @@ import random
 
 import pytest
 
-from envs.registry import make_env
-from espl.edits import parse_ops
-from espl.program import Pool, Program
-from espl.rating import update_ratings
-from espl.selection import SELECTORS, make_selector
+from espl_bench.envs.registry import make_env
+from espl_bench.method.edits import parse_ops
+from espl_bench.method.program import Pool, Program
+from espl_bench.method.rating import update_ratings
+from espl_bench.method.selection import SELECTORS, make_selector
 
 
 def pool_of(n: int) -> Pool:

@@ -18,9 +18,9 @@ import time
 import pytest
 import urllib3.util.connection  # noqa: F401  (probes IPv6 with a socket at import: do it before sockets are blocked)
 
-from agents.rollout import EpisodeSpec, RolloutEngine
-from agents.sampler import SamplingParams
-from envs.registry import make_env
+from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
+from espl_bench.agents.sampler import SamplingParams
+from espl_bench.envs.registry import make_env
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +32,7 @@ PARAMS = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0.7, top_p=0.95, 
 
 @pytest.fixture(scope="module")
 def model_dir():
-    from espl.models import convert_embedded
+    from espl_bench.training.models import convert_embedded
 
     return convert_embedded()
 
@@ -87,7 +87,7 @@ def compare(benchmark, sampler, backend: str) -> None:
 def test_transformers_sampler_throughput(benchmark, model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from agents.sampler import TransformersSampler
+    from espl_bench.agents.sampler import TransformersSampler
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).requires_grad_(False)  # as the runner loads it
@@ -97,9 +97,9 @@ def test_transformers_sampler_throughput(benchmark, model_dir):
 @pytest.mark.vllm
 @pytest.mark.allow_hosts(["127.0.0.1"])  # the local server only; the suite's sockets stay blocked
 def test_vllm_sampler_throughput(benchmark, model_dir, tmp_path):
-    from agents.vllm_sampler import VLLMSampler
-    from agents.vllm_server import VLLMServer
-    from espl.testing import vllm_python_or_skip
+    from espl_bench.agents.vllm_sampler import VLLMSampler
+    from espl_bench.agents.vllm_server import VLLMServer
+    from tests.fakes import vllm_python_or_skip
 
     python = vllm_python_or_skip()
     with VLLMServer(model_dir, python=python, log_path=tmp_path / "server.log") as server:

@@ -32,7 +32,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from envs.splits import SPLITS  # re-exported: the contract's split names
+from espl_bench.envs.splits import SPLITS  # re-exported: the contract's split names
 
 MAX_TEXT = 1 << 20
 

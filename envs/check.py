@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from gymnasium.utils.env_checker import check_env
 
-from envs.registry import make_env
-from envs.splits import SPLITS, SplitPlan
+from espl_bench.envs.registry import make_env
+from espl_bench.envs.splits import SPLITS, SplitPlan
 
 PROBE_ACTIONS = (
     "<answer>1</answer>",

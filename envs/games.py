@@ -41,8 +41,8 @@ from typing import Any
 
 import textarena as ta
 
-from envs.base import MAX_TEXT, TextEnv
-from envs.splits import SPLITS, content_split, derive, draw
+from espl_bench.envs.base import MAX_TEXT, TextEnv
+from espl_bench.envs.splits import SPLITS, content_split, derive, draw
 
 _RANDOM_LOCK = threading.Lock()  # two envs swapping the global random state must not interleave
 # the fewest moves a win needs plus room for mistakes; other ids fall back to textarena's limit
@@ -127,7 +127,7 @@ class TextArenaEnv(TextEnv):
         # move after ours, so the cut-off is always this env's truncation.
         kwargs = {**self.game_kwargs, **overrides}
         if self.gamemaster:
-            from envs.twenty_questions import TwentyQuestionsGame  # imports litellm, which is slow
+            from espl_bench.envs.twenty_questions import TwentyQuestionsGame  # imports litellm, which is slow
 
             return TwentyQuestionsGame(self.gamemaster, self.gamemaster_kwargs, **kwargs)
         # "-raw" skips textarena's default wrappers, which would replay the whole history each turn

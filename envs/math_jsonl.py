@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from envs.base import TextEnv
-from espl.errors import EsplError
+from espl_bench.envs.base import TextEnv
+from espl_bench.errors import EsplError
 
 log = logging.getLogger(__name__)
 

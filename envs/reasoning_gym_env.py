@@ -14,9 +14,9 @@ import json
 from functools import cached_property, lru_cache
 from typing import Any
 
-from envs.answers import extract_answer
-from envs.base import TextEnv
-from envs.splits import draw
+from espl_bench.envs.answers import extract_answer
+from espl_bench.envs.base import TextEnv
+from espl_bench.envs.splits import draw
 
 ANSWER_FORMAT = "Think step by step, then give only the final answer inside <answer></answer> tags."
 # Positions of the dataset the draws index into; a dataset may keep a list of this length

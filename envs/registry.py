@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import gymnasium as gym
 
-from espl.errors import EnvNotFound
+from espl_bench.errors import EnvNotFound
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,18 @@ _GAMES = {  # id: (turn limit, description, game kwargs)
 }
 
 BUILTIN = (
-    BuiltinEnv("espl/Arithmetic-v0", "envs.reasoning_gym_env:ReasoningGymEnv",
+    BuiltinEnv("espl/Arithmetic-v0", "espl_bench.envs.reasoning_gym_env:ReasoningGymEnv",
                "reasoning-gym basic_arithmetic: integer expressions, exact answer",
                kwargs={"task": "basic_arithmetic", "min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}),
-    BuiltinEnv("espl/MathJSONL-v0", "envs.math_jsonl:MathJSONLEnv",
+    BuiltinEnv("espl/MathJSONL-v0", "espl_bench.envs.math_jsonl:MathJSONLEnv",
                "competition math from JSONL files (train_path, test_path) or a paper preset, \\boxed{} answer, math-verify"),
-    BuiltinEnv("espl/SearchQA-v0", "envs.search_qa:SearchQAEnv",
+    BuiltinEnv("espl/SearchQA-v0", "espl_bench.envs.search_qa:SearchQAEnv",
                "offline multi-hop QA over a seeded corpus of fictional entities, search (BM25) and open tools", "agentic", 8),
-    BuiltinEnv("espl/ToolUse-v0", "envs.tool_use:ToolUseEnv",
+    BuiltinEnv("espl/ToolUse-v0", "espl_bench.envs.tool_use:ToolUseEnv",
                "unit-conversion word problems solved with calculator and convert tool calls", "agentic", 6),
-    *(BuiltinEnv(f"espl/{game}-v0", "envs.games:TextArenaEnv", text, "agentic", turns, {"game": f"{game}-v0", **extra})
+    *(BuiltinEnv(f"espl/{game}-v0", "espl_bench.envs.games:TextArenaEnv", text, "agentic", turns, {"game": f"{game}-v0", **extra})
       for game, (turns, text, extra) in _GAMES.items()),
-    BuiltinEnv("espl/TwentyQuestions-v0", "envs.games:TextArenaEnv",
+    BuiltinEnv("espl/TwentyQuestions-v0", "espl_bench.envs.games:TextArenaEnv",
                "textarena 20 Questions against a litellm game master: --env-kwargs '{\"gamemaster\": \"<model>\"}'",
                "agentic", 21, {"game": "TwentyQuestions-v0"}),
 )
@@ -80,7 +80,7 @@ def register_builtins() -> None:
     for name in _reasoning_gym_datasets():
         env_id = f"rg/{name}-v0"
         if env_id not in gym.registry:
-            gym.register(id=env_id, entry_point="envs.reasoning_gym_env:ReasoningGymEnv", kwargs={"task": name},
+            gym.register(id=env_id, entry_point="espl_bench.envs.reasoning_gym_env:ReasoningGymEnv", kwargs={"task": name},
                          disable_env_checker=True)
 
 
@@ -88,7 +88,7 @@ def load_plugins() -> dict[str, list[str]]:
     """Import every ``espl_bench.envs`` entry point; returns ``{plugin: ids it registered}``."""
     found: dict[str, list[str]] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.value == "envs":
+        if ep.value == "espl_bench.envs":
             continue  # this package itself
         before = set(gym.registry)
         try:
@@ -111,7 +111,7 @@ class EnvInfo:
 
 def list_envs(*, plugins: bool = True) -> list[EnvInfo]:
     """Every id espl-bench can run, with a one-line description."""
-    import envs  # noqa: F401  (registers the built-ins)
+    import espl_bench.envs  # noqa: F401  (registers the built-ins)
 
     out = [EnvInfo(s.id, s.description, s.kind, s.max_turns, "builtin") for s in BUILTIN]
     out += [EnvInfo(f"rg/{n}-v0", f"reasoning-gym {n}", "reasoning", 1, "reasoning-gym") for n in _reasoning_gym_datasets()]
@@ -147,7 +147,7 @@ def describe(env_id: str) -> str:
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
     """``gymnasium.make`` with one clear error for an unknown id (``pkg:Id`` imports ``pkg``)."""
-    import envs  # noqa: F401
+    import espl_bench.envs  # noqa: F401
 
     try:
         return gym.make(env_id, disable_env_checker=True, **kwargs).unwrapped

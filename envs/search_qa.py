@@ -30,7 +30,7 @@ from functools import lru_cache
 
 import bm25s
 
-from envs.tool_env import Problem, Tool, ToolEnv
+from espl_bench.envs.tool_env import Problem, Tool, ToolEnv
 
 TOP_K = 3
 _ONSETS = "b br d dr f g gr h k kr l m n p r s st t tr v z th sh".split()

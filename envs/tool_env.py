@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from envs.base import TextEnv
-from envs.protocol import format_instructions, parse_action
+from espl_bench.envs.base import TextEnv
+from espl_bench.envs.protocol import format_instructions, parse_action
 
 MAX_TOOL_OUTPUT = 2000
 

@@ -28,8 +28,8 @@ import random
 import re
 from functools import lru_cache
 
-from envs.splits import content_split
-from envs.tool_env import Problem, Tool, ToolEnv
+from espl_bench.envs.splits import content_split
+from espl_bench.envs.tool_env import Problem, Tool, ToolEnv
 
 # key: (category, factor to the category's base unit, singular, plural); temperatures are affine.
 UNITS = {

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from espl.errors import ConfigError
-from espl.methods import METHODS, MethodSpec, TestRule, resolve_rule
+from espl_bench.errors import ConfigError
+from espl_bench.methods import METHODS, MethodSpec, TestRule, resolve_rule
 
 Method = Literal["espl", "rl", "evolution", "self-reflection", "gepa"]
 SamplerKind = Literal["transformers", "vllm", "litellm", "trl-vllm"]
@@ -98,7 +98,7 @@ class RunConfig(BaseModel):
 
     @property
     def spec(self) -> MethodSpec:
-        """The method as a value (:mod:`espl.methods`)."""
+        """The method as a value (:mod:`espl_bench.methods`)."""
         return METHODS[self.method]
 
     @property

@@ -3,7 +3,8 @@
 :data:`METHODS` is the one table every part of espl-bench reads (config checks, the loop, the
 runner, ``select-best``, ``evaluate``, the board); nothing else tests a method's name.
 
-Test-time rules (which program a run is scored with), :func:`test_program`:
+Test-time rules (which program a run is scored with; :func:`espl_bench.method.test_time.scored_program`
+applies them):
 
 * ``lcb``: the best TrueSkill lower bound mu - 2 sigma. Ratings come from training rollouts only,
   so the choice never sees the test split; the rule for rated populations (``espl``,
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-from espl.program import Pool, Program
 
 TestRule = Literal["lcb", "latest", "root", "validation"]
 
@@ -72,14 +71,3 @@ def method(name: str) -> MethodSpec:
 def resolve_rule(spec: MethodSpec, override: str) -> TestRule:
     """The test-time rule of a run: the method's own unless ``--test-program`` names one."""
     return spec.test_rule if override == "auto" else override  # type: ignore[return-value]
-
-
-def test_program(rule: TestRule, pool: Pool) -> Program:
-    """The program a run is scored with under ``rule``; see the module docstring."""
-    if rule == "latest":
-        return pool.latest()
-    if rule == "root":
-        return pool.root()
-    if rule == "validation":
-        return max(pool.programs, key=lambda p: p.mu)  # the first of the best: GEPA's best_idx
-    return pool.best()

@@ -4,7 +4,7 @@
 them; ``compare_files`` / ``render_table`` back ``espl-bench bench compare``; ``get_suite`` is the
 versioned list of configurations that ``espl-bench bench`` runs.
 
-Names are imported lazily (PEP 562), so ``import leaderboards.suite`` does not load matplotlib.
+Names are imported lazily (PEP 562), so ``import espl_bench.leaderboards.suite`` does not load matplotlib.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ __all__ = sorted(_WHERE)
 
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
-        raise AttributeError(f"module 'leaderboards' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"leaderboards.{_WHERE[name]}"), name)
+        raise AttributeError(f"module 'espl_bench.leaderboards' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"espl_bench.leaderboards.{_WHERE[name]}"), name)
 
 
 def __dir__() -> list[str]:

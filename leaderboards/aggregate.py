@@ -12,8 +12,8 @@ Contract:
 * :func:`load_runs` logs a warning naming each folder it cannot read and skips it.
 * :func:`aggregate` groups runs by env, then (method, model). Every row of an env is measured on
   the problems all of the env's runs share (their test items); success is the mean over seeds
-  and problems with a 95% interval that resamples both (:func:`espl.stats.interval`); methods
-  are grouped into tiers the data cannot separate (:func:`espl.stats.tie_groups`), and each board
+  and problems with a 95% interval that resamples both (:func:`espl_bench.stats.interval`); methods
+  are grouped into tiers the data cannot separate (:func:`espl_bench.stats.tie_groups`), and each board
   states the smallest difference it could detect. The weights x prompt cells and effects are
   combined over seeds the same way. Budgets (rollouts, tokens, reflector calls, seconds) are per
   run, averaged over the row's seeds. Rows are sorted by tier, then mean success.
@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from espl import stats
-from espl.evaluation import CellResult
-from espl.program import Program
+from espl_bench import stats
+from espl_bench.scoring.evaluation import CellResult
+from espl_bench.method.program import Program
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +69,11 @@ class RunRecord:
     cost_usd: float  # reflector and API policy dollars (0 for local models)
     test_program_id: str | None
     best_prompt: str
-    budget: dict = field(default_factory=dict)  # the run's ledger (espl.runner.budget)
+    budget: dict = field(default_factory=dict)  # the run's ledger (espl_bench.running.runner.budget)
     cells: dict[str, CellResult] = field(default_factory=dict)  # the weights x prompt breakdown
     children: dict[str, int] = field(default_factory=dict)  # by source: revision, fallback, crossover
     points: list[IterationPoint] = field(default_factory=list)
-    provenance: dict = field(default_factory=dict)  # code version and libraries (espl.provenance); {} if unrecorded
+    provenance: dict = field(default_factory=dict)  # code version and libraries (espl_bench.running.provenance); {} if unrecorded
 
     @property
     def test_success(self) -> float | None:
@@ -300,7 +300,7 @@ def _per_run(run: RunRecord) -> dict[str, float]:
 
 
 def _row(env: str, method: str, model: str, runs: list[RunRecord], problems: list[str]) -> LeaderboardRow:
-    from espl.breakdown import EFFECTS
+    from espl_bench.scoring.breakdown import EFFECTS
 
     runs = sorted(runs, key=lambda r: (r.seed, str(r.path)))
     seeds = [r.seed for r in runs]

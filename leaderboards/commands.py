@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from espl.errors import ConfigError
+from espl_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def add_parsers(sub) -> None:
 
 
 def leaderboard(args: argparse.Namespace) -> int:
-    from leaderboards.aggregate import build_leaderboard
-    from leaderboards.render import render_markdown, render_site
+    from espl_bench.leaderboards.aggregate import build_leaderboard
+    from espl_bench.leaderboards.render import render_markdown, render_site
 
     boards = build_leaderboard(args.runs)
     if not boards:
@@ -52,8 +52,8 @@ def bench(args: argparse.Namespace) -> int:
 def run_suite(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from leaderboards.scores import ScoreRecord, dump_scores
-    from leaderboards.suite import get_suite
+    from espl_bench.leaderboards.scores import ScoreRecord, dump_scores
+    from espl_bench.leaderboards.suite import get_suite
 
     try:
         suite = get_suite(args.suite)
@@ -80,7 +80,7 @@ def run_suite(args: argparse.Namespace) -> int:
             # Each run in a child process: its memory returns to the OS when it ends (in one
             # process the allocator kept ~0.6 GB per finished run of the 135M model) and a crash
             # stays inside its run.
-            code = subprocess.run([sys.executable, "-m", "espl.cli", "run", *config.run_args(str(folder)), *resume]).returncode
+            code = subprocess.run([sys.executable, "-m", "espl_bench", "run", *config.run_args(str(folder)), *resume]).returncode
             if code != 0:
                 log.error("bench: %s failed (exit %d)", folder, code)
                 return code
@@ -124,7 +124,7 @@ def _envs(text: str | None, known: set[str], suite: str) -> set[str] | None:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from leaderboards.scores import ScoreFileError, compare_files, render_table
+    from espl_bench.leaderboards.scores import ScoreFileError, compare_files, render_table
 
     if len(args.files) != 2:
         raise ConfigError("bench compare needs two files; fix: espl-bench bench compare CURRENT.json BASELINE.json")

@@ -28,7 +28,7 @@ import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from leaderboards.aggregate import EnvBoard, LeaderboardRow, RunRecord, TreeNode, ancestors, load_tree, row_curve
+from espl_bench.leaderboards.aggregate import EnvBoard, LeaderboardRow, RunRecord, TreeNode, ancestors, load_tree, row_curve
 
 log = logging.getLogger(__name__)
 BOLD = ' font-weight="bold"'
@@ -75,7 +75,7 @@ def _breakdown_cells(row: LeaderboardRow) -> list[str]:
 
 
 def _budget_cells(row: LeaderboardRow) -> list[str]:
-    from leaderboards.aggregate import BUDGET_KEYS
+    from espl_bench.leaderboards.aggregate import BUDGET_KEYS
 
     return [f"{row.per_run[k]:.4f}" if k == "cost $" else f"{row.per_run[k]:g}" for k in BUDGET_KEYS]
 
@@ -93,7 +93,7 @@ def board_notes(board: EnvBoard) -> list[str]:
 
 def render_markdown(boards: list[EnvBoard]) -> str:
     """One ``##`` section per env: notes, the table, the weights x prompt table, the budgets."""
-    from leaderboards.aggregate import BUDGET_KEYS
+    from espl_bench.leaderboards.aggregate import BUDGET_KEYS
 
     def md(text: str) -> str:
         return text.replace("|", "\\|")
@@ -282,7 +282,7 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
 
 
 def _board_html(board: EnvBoard, anchor: str, pages: dict[int, str]) -> str:
-    from leaderboards.aggregate import BUDGET_KEYS
+    from espl_bench.leaderboards.aggregate import BUDGET_KEYS
 
     head = "".join(f"<th>{escape(h)}</th>" for h in [*_headers(board), "runs"])
     rows, split_rows, budget_rows = [], [], []

@@ -5,7 +5,7 @@ Both files are JSON lists of ``{"suite_id": {env, method, model, seed, budget}, 
 may also be a 5-element list in that order): each entry keeps its per-problem outcomes, because
 samples of one problem are not independent. For every baseline entry, the current run is
 compared on the problems both hold, paired on them, with the statistics of the board
-(:func:`espl.stats.difference`: a bootstrap over problems, exact bounds when nothing varies):
+(:func:`espl_bench.stats.difference`: a bootstrap over problems, exact bounds when nothing varies):
 
 * ``regressed``: the 95% interval of current - baseline lies below 0 and the drop exceeds
   ``floor`` (default 0.02): a real drop, not noise;
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from espl import stats
-from espl.evaluation import CellResult
-from leaderboards.suite import SuiteId
+from espl_bench import stats
+from espl_bench.scoring.evaluation import CellResult
+from espl_bench.leaderboards.suite import SuiteId
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ Contract:
 * ``SUITES[name]`` is a :class:`Suite`; ``get_suite(name)`` raises ``KeyError`` naming the
   known suites otherwise.
 * ``SuiteConfig.run_args(out)`` is the ``espl-bench run`` argument list for that configuration
-  (every flag exists in :class:`espl.config.RunConfig`).
+  (every flag exists in :class:`espl_bench.config.RunConfig`).
 * ``SuiteConfig.suite_id`` is hashable and round-trips through ``SuiteId.to_dict`` /
   ``SuiteId.from_obj`` (the JSON form used in results and baseline files).
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from espl.methods import METHODS as _SPECS
+from espl_bench.methods import METHODS as _SPECS
 
 SUITE_VERSION = "3"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits
 

@@ -14,13 +14,13 @@ import urllib3.util.connection  # noqa: E402,F401  (probes IPv6 with a socket at
 
 import pytest  # noqa: E402
 
-from espl.program import Pool, Program  # noqa: E402
+from espl_bench.method.program import Pool, Program  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """A 2-layer random Llama with the embedded tokenizer (built once per session, offline)."""
-    from espl.testing import make_tiny_model
+    from tests.fakes import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from espl.cli import main
-from leaderboards.suite import METHODS
+from espl_bench.running.cli import main
+from espl_bench.leaderboards.suite import METHODS
 
 
 def scores(path, success, seed):
@@ -59,7 +59,7 @@ def test_bench_runs_only_the_requested_seeds(tmp_path, capsys):
 
 
 def _test_result() -> dict:
-    from espl.evaluation import CellResult, EvalItems
+    from espl_bench.scoring.evaluation import CellResult, EvalItems
 
     return CellResult(EvalItems("test", (0, 1), 2), "p0", ((1, 0), (0, 1)), ((1.0, 0.0), (0.0, 1.0)),
                       ("t/0", "t/1")).to_dict()
@@ -69,7 +69,7 @@ TEST = _test_result()
 
 
 def test_an_old_results_summary_is_one_clear_error(tmp_path, caplog):
-    from leaderboards.suite import get_suite
+    from espl_bench.leaderboards.suite import get_suite
 
     out = tmp_path / "bench"
     sid = get_suite("smoke").configs[0].suite_id
@@ -82,7 +82,7 @@ def test_an_old_results_summary_is_one_clear_error(tmp_path, caplog):
 
 
 def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
-    from leaderboards.suite import get_suite
+    from espl_bench.leaderboards.suite import get_suite
 
     out = tmp_path / "bench"
     done, unfinished = get_suite("smoke").configs[:2]
@@ -100,7 +100,7 @@ def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
 
 
 def test_bench_runs_only_the_requested_envs(tmp_path, capsys, caplog):
-    from leaderboards.suite import get_suite
+    from espl_bench.leaderboards.suite import get_suite
 
     out = tmp_path / "bench"
     board = get_suite("board").configs

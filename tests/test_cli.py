@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from espl.cli import main
+from espl_bench.running.cli import main
 
 SMALL = ["--iterations", "1", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",
          "--reflector-max-tokens", "16", "--eval-problems", "2", "--eval-samples", "2", "--micro-batch-size", "4"]
 
 
 def run_cli(*args):
-    proc = subprocess.run([sys.executable, "-m", "espl.cli", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "espl_bench", *args], capture_output=True, text=True, timeout=300)
     return proc.returncode, proc.stdout, proc.stderr
 
 

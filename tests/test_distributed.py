@@ -1,6 +1,6 @@
 """Several learner processes under ``accelerate launch`` (DDP over gloo on this CPU machine).
 
-The runs use a dense reward (``espl.testing.ShortReplies``) so that every step has a gradient,
+The runs use a dense reward (``tests.fakes.ShortReplies``) so that every step has a gradient,
 and the repository's own launch config, ``configs/accelerate/ddp.yaml``.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from espl.testing import DENSE_PLUGIN, launch_espl
+from tests.fakes import DENSE_PLUGIN, launch_espl
 
 FLAGS = ["--env", "dense_plugin:Short-v0", "--method", "rl", "--iterations", "2", "--programs", "1",
          "--batch-size", "2", "--group-size", "4", "--eval-problems", "1", "--eval-samples", "1",
@@ -113,9 +113,9 @@ def test_a_run_with_nothing_to_train_releases_the_other_ranks(plugin, tiny_model
 
 
 def test_sharded_parameters_need_the_vllm_sampler(monkeypatch, tiny_model, tmp_path):
-    from espl.config import RunConfig
-    from espl.errors import ConfigError
-    from espl.policy import transformers_policy
+    from espl_bench.config import RunConfig
+    from espl_bench.errors import ConfigError
+    from espl_bench.training.policy import transformers_policy
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from envs.check import check
-from envs.registry import list_env_ids
+from espl_bench.envs.check import check
+from espl_bench.envs.registry import list_env_ids
 
 
 def kwargs_for(env_id: str, tmp_path) -> dict:

@@ -1,9 +1,9 @@
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs.answers import extract_answer
-from envs.registry import make_env
-from espl.errors import EnvNotFound
+from espl_bench.envs.answers import extract_answer
+from espl_bench.envs.registry import make_env
+from espl_bench.errors import EnvNotFound
 
 
 def test_env_passes_gymnasium_checker():

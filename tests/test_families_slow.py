@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from espl.cli import main
+from espl_bench.running.cli import main
 
 
 def write_math(tmp_path):

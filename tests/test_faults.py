@@ -11,15 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litellm import CustomLLM
 
-from agents.rollout import RolloutEngine
-from envs.splits import SplitPlan
-from espl.learner import FrozenLearner
-from espl.loop import EsplLoop, Parts
-from espl.program import Pool, Program
-from espl.reflection import Crossover, Mutation
-from espl.reflector import LiteLLMReflector, ReflectorCallError
-from espl.selection import make_selector
-from espl.testing import ScriptedReflector
+from espl_bench.agents.rollout import RolloutEngine
+from espl_bench.envs.splits import SplitPlan
+from espl_bench.method.learning import FrozenLearner
+from espl_bench.method.loop import EsplLoop, Parts
+from espl_bench.method.program import Pool, Program
+from espl_bench.method.reflection import Crossover, Mutation
+from espl_bench.agents.reflector import LiteLLMReflector, ReflectorCallError
+from espl_bench.method.selection import make_selector
+from tests.fakes import ScriptedReflector
 from tests.test_reflection import setup
 from tests.test_rollout import CountdownEnv, EchoSampler
 
@@ -125,7 +125,7 @@ class SometimesBroken(CountdownEnv):
 
 
 def test_load_8_programs_64_rollouts_flaky_reflector_and_broken_envs_lose_no_iteration():
-    from espl.config import RunConfig
+    from espl_bench.config import RunConfig
 
     cfg = RunConfig(env="test/none", method="evolution", iterations=3, programs=8, batch_size=4, group_size=2,
                     window=10, eval_problems=2, eval_samples=2, crossover_prob=1.0, out="unused")

@@ -3,10 +3,10 @@
 import json
 import random
 
-from agents.rollout import EpisodeSpec, Rollout
-from envs.splits import SplitPlan
-from espl.cli import main
-from espl.gepa_method import feedback
+from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.envs.splits import SplitPlan
+from espl_bench.running.cli import main
+from espl_bench.baselines.gepa import feedback
 
 # GEPA's reflection prompt asks for the new instruction inside ``` fences.
 NEW_PROMPT = "Compute carefully. Reply with only the number inside <answer></answer> tags."
@@ -58,13 +58,13 @@ class PromptSensitiveEngine:
 
 
 def test_gepa_accepts_a_better_prompt_and_records_its_lineage(tmp_path):
-    from espl.config import RunConfig
-    from espl.gepa_method import GepaLoop
-    from espl.learner import FrozenLearner
-    from espl.loop import Parts
-    from espl.offline_reflectors import offline_reflector
-    from espl.program import Pool
-    from espl.selection import make_selector
+    from espl_bench.config import RunConfig
+    from espl_bench.baselines.gepa import GepaLoop
+    from espl_bench.method.learning import FrozenLearner
+    from espl_bench.method.loop import Parts
+    from espl_bench.agents.offline_reflectors import offline_reflector
+    from espl_bench.method.program import Pool
+    from espl_bench.method.selection import make_selector
 
     script = tmp_path / "script.json"
     script.write_text(json.dumps(SCRIPT))

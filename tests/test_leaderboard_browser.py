@@ -15,8 +15,8 @@ from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
 
-from leaderboards.aggregate import build_leaderboard
-from leaderboards.render import render_site
+from espl_bench.leaderboards.aggregate import build_leaderboard
+from espl_bench.leaderboards.render import render_site
 from test_leaderboards import write_runs
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")) if p

@@ -10,9 +10,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from espl.program import Pool, Program
-from leaderboards.aggregate import aggregate, ancestors, build_leaderboard, load_run, load_runs, load_tree, row_curve
-from leaderboards.render import render_markdown, render_site
+from espl_bench.method.program import Pool, Program
+from espl_bench.leaderboards.aggregate import aggregate, ancestors, build_leaderboard, load_run, load_runs, load_tree, row_curve
+from espl_bench.leaderboards.render import render_markdown, render_site
 
 ENV = "espl/Arithmetic-v0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ PROBLEMS, SAMPLES = 8, 5
 
 def cell(success: float, program: str = "p3", weights: str = "trained", shift: int = 0) -> dict:
     """A test result of ``success`` on 8 problems x 5 samples (``shift`` moves the hits across problems)."""
-    from espl.evaluation import CellResult, EvalItems
+    from espl_bench.scoring.evaluation import CellResult, EvalItems
 
     hits = round(success * PROBLEMS * SAMPLES)
     flat = [int((k + shift) % (PROBLEMS * SAMPLES) < hits) for k in range(PROBLEMS * SAMPLES)]
@@ -51,7 +51,7 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
               train: tuple[float, ...] = (0.1, 0.3, 0.5), test: tuple[float, ...] = (0.2, 0.3, 0.4),
               rollouts: int = 8, calls: int = 4, jsonl: bool = True, provenance: dict | None = None,
               breakdown: bool = False) -> Path:
-    """A run folder in the format espl.runner writes (schema 2: per-problem test results)."""
+    """A run folder in the format espl_bench.running.runner writes (schema 2: per-problem test results)."""
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps({"schema_version": 1, "config": {"env": env, "method": method,
                                                                                  "model": model, "seed": seed}}))
@@ -109,7 +109,7 @@ def write_runs(root: Path) -> Path:
 
 
 def test_intervals_tiers_and_budgets_over_seeds_on_the_shared_problems(tmp_path):
-    from espl import stats
+    from espl_bench import stats
 
     root = write_runs(tmp_path / "runs")
     leftover = root / "evo" / "iterations" / "000002"  # uncommitted (LATEST is 1): ignored
@@ -231,7 +231,7 @@ def test_provenance_names_this_checkout_and_its_libraries():
     import subprocess
     from importlib import metadata
 
-    from espl.provenance import provenance
+    from espl_bench.running.provenance import provenance
 
     made = provenance()
     assert made["espl_bench"] == metadata.version("espl-bench")
@@ -311,7 +311,7 @@ def test_the_committed_leaderboards_links_resolve_in_the_repository():
 
 
 def test_package_exports_lazily():
-    import leaderboards
+    from espl_bench import leaderboards
 
     assert leaderboards.build_leaderboard is build_leaderboard and leaderboards.render_site is render_site
     assert leaderboards.get_suite("smoke").version == leaderboards.SUITE_VERSION

@@ -2,8 +2,9 @@
 
 import pytest
 
-from agents.sampler import SamplingParams, TransformersSampler
-from espl.learner import LearnerSettings, TrainingSample, TRLLearner
+from espl_bench.agents.sampler import SamplingParams, TransformersSampler
+from espl_bench.method.learning import TrainingSample
+from espl_bench.training.learner import LearnerSettings, TRLLearner
 
 
 def settings(tiny_model, tmp_path, temperature):

@@ -9,9 +9,9 @@ import json
 import litellm
 import pytest
 
-from agents.litellm_sampler import LiteLLMSampler, PolicyUnavailable
-from agents.sampler import SamplingParams
-from espl.cli import main
+from espl_bench.agents.litellm_sampler import LiteLLMSampler, PolicyUnavailable
+from espl_bench.agents.sampler import SamplingParams
+from espl_bench.running.cli import main
 
 MODEL = "openai/gpt-4o-mini"
 QUESTION = [{"role": "user", "content": "What is 2+2?"}]

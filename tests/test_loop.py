@@ -5,17 +5,18 @@ import random
 import pytest
 import torch
 
-from agents.rollout import RolloutEngine
-from agents.sampler import Completion, TransformersSampler
-from envs.registry import make_env
-from envs.splits import SplitPlan
-from espl.config import RunConfig
-from espl.learner import FrozenLearner, LearnerSettings, TRLLearner
-from espl.loop import EsplLoop, Parts
-from espl.program import Pool
-from espl.reflection import Crossover, Mutation
-from espl.selection import make_selector
-from espl.testing import ScriptedReflector
+from espl_bench.agents.rollout import RolloutEngine
+from espl_bench.agents.sampler import Completion, TransformersSampler
+from espl_bench.envs.registry import make_env
+from espl_bench.envs.splits import SplitPlan
+from espl_bench.config import RunConfig
+from espl_bench.method.learning import FrozenLearner
+from espl_bench.training.learner import LearnerSettings, TRLLearner
+from espl_bench.method.loop import EsplLoop, Parts
+from espl_bench.method.program import Pool
+from espl_bench.method.reflection import Crossover, Mutation
+from espl_bench.method.selection import make_selector
+from tests.fakes import ScriptedReflector
 
 REVISION = '```json\n[{"op": "add", "text": "Work out each operation separately."}]\n```'
 
@@ -37,7 +38,7 @@ class RewardingSampler:
                 for i, (c, c_out) in enumerate(zip(conversations, out))]
 
     def _answer(self, conversation):
-        from envs.tool_use import calculator
+        from espl_bench.envs.tool_use import calculator
 
         question = next(m["content"] for m in conversation if m["role"] == "user")
         return calculator(question.split("\n")[0].removeprefix("Calculate ").rstrip("."))

@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs.math_jsonl as mj
-from envs.math_jsonl import (PRESETS, SOURCES, DatasetUnavailable, HubSource, MathJSONLEnv, extract_final,
+import espl_bench.envs.math_jsonl as mj
+from espl_bench.envs.math_jsonl import (PRESETS, SOURCES, DatasetUnavailable, HubSource, MathJSONLEnv, extract_final,
                              load_preset, load_source, score_answer)
 
 

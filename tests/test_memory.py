@@ -2,7 +2,7 @@
 
 import gc
 
-from espl.cli import main
+from espl_bench.running.cli import main
 
 
 def live_models() -> int:

@@ -1,6 +1,6 @@
 import pytest
 
-from espl.metrics import pass_at_k
+from espl_bench.scoring.metrics import pass_at_k
 
 
 @pytest.mark.parametrize(

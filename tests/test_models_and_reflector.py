@@ -1,9 +1,9 @@
 import pytest
 
-from agents.sampler import SamplingParams, TransformersSampler
-from espl.errors import ModelNotFound, ReflectorUnavailable
-from espl.models import cache_root, resolve_model
-from espl.reflector import LiteLLMReflector, register_local_model
+from espl_bench.agents.sampler import SamplingParams, TransformersSampler
+from espl_bench.errors import ModelNotFound, ReflectorUnavailable
+from espl_bench.training.models import cache_root, resolve_model
+from espl_bench.agents.reflector import LiteLLMReflector, register_local_model
 
 
 def test_cache_honours_xdg(monkeypatch, tmp_path):

@@ -6,7 +6,7 @@ import sys
 
 
 def cli(*args, cwd=None):
-    proc = subprocess.run([sys.executable, "-m", "espl.cli", *args], capture_output=True, text=True, cwd=cwd,
+    proc = subprocess.run([sys.executable, "-m", "espl_bench", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 

@@ -5,22 +5,22 @@ import random
 
 import pytest
 
-from agents.rollout import EpisodeSpec, Rollout, RolloutEngine
-from agents.sampler import SamplingParams, TransformersSampler
-from envs.registry import make_env
-from envs.splits import SplitPlan
-from espl.cli import main
-from espl.config import RunConfig
-from espl.evaluation import EvalItems, evaluate
-from espl.gepa_method import GepaLoop
-from espl.learner import FrozenLearner
-from espl.loop import EsplLoop, Parts
-from espl.methods import METHODS
-from espl.offline_reflectors import offline_reflector
-from espl.program import Pool
-from espl.reflection import Crossover, Mutation
-from espl.selection import make_selector
-from espl.testing import ScriptedReflector
+from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
+from espl_bench.agents.sampler import SamplingParams, TransformersSampler
+from espl_bench.envs.registry import make_env
+from espl_bench.envs.splits import SplitPlan
+from espl_bench.running.cli import main
+from espl_bench.config import RunConfig
+from espl_bench.scoring.evaluation import EvalItems, evaluate
+from espl_bench.baselines.gepa import GepaLoop
+from espl_bench.method.learning import FrozenLearner
+from espl_bench.method.loop import EsplLoop, Parts
+from espl_bench.methods import METHODS
+from espl_bench.agents.offline_reflectors import offline_reflector
+from espl_bench.method.program import Pool
+from espl_bench.method.reflection import Crossover, Mutation
+from espl_bench.method.selection import make_selector
+from tests.fakes import ScriptedReflector
 
 SMALL = ["--iterations", "2", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",
          "--eval-problems", "3", "--eval-samples", "2", "--reflector-max-tokens", "16", "--micro-batch-size", "4"]
@@ -192,7 +192,7 @@ def test_placement_user_appends_the_program_to_the_problem_and_empty_root_is_the
 
 
 def test_crossover_runs_only_when_the_best_program_won_a_problem_outright():
-    from espl.program import Program
+    from espl_bench.method.program import Program
 
     cfg = RunConfig(env="espl/Arithmetic-v0", method="evolution", crossover_prob=1.0, programs=2, group_size=1)
     calls = []

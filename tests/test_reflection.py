@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from agents.rollout import EpisodeSpec, Rollout
-from espl.program import Pool, Program
-from espl.reflection import Crossover, Mutation, win_matrix
-from espl.reflector import ReflectorCallError
-from espl.testing import ScriptedReflector
+from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.method.program import Pool, Program
+from espl_bench.method.reflection import Crossover, Mutation, win_matrix
+from espl_bench.agents.reflector import ReflectorCallError
+from tests.fakes import ScriptedReflector
 
 
 def rollout(program, problem, reward, slot=0, sample=0):
@@ -132,7 +132,7 @@ def test_crossover_skipped_without_other_winners():
 
 
 def test_multi_turn_trajectory_is_rendered_with_actions_observations_and_outcome():
-    from espl.reflection import render_trajectory
+    from espl_bench.method.reflection import render_trajectory
 
     r = rollout("p0", 0, 0.0)
     r.messages = r.messages[:2] + [
@@ -148,7 +148,7 @@ def test_multi_turn_trajectory_is_rendered_with_actions_observations_and_outcome
 
 
 def test_long_trajectories_fit_the_budget():
-    from espl.reflection import render_trajectory
+    from espl_bench.method.reflection import render_trajectory
 
     r = rollout("p0", 0, 0.0)
     r.messages = r.messages[:2] + [{"role": "assistant" if i % 2 == 0 else "user", "content": "x" * 5000} for i in range(40)]
@@ -157,7 +157,7 @@ def test_long_trajectories_fit_the_budget():
 
 
 def test_an_edit_copying_the_templates_example_is_rejected_and_counted():
-    from espl.reflection import load_templates
+    from espl_bench.method.reflection import load_templates
 
     example = '```json\n[{"op": "add", "text": "<a general principle learned from these attempts>"}]\n```'
     assert "<a general principle learned from these attempts>" in load_templates()["critique"].template

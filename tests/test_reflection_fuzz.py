@@ -12,13 +12,13 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.rollout import EpisodeSpec, Rollout
-from espl.learner import FrozenLearner
-from espl.policy import Policy
-from espl.program import Pool, Program
-from espl.reflection import Crossover, Mutation, win_matrix
-from espl.rundir import RunDir
-from espl.testing import ScriptedReflector
+from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.method.learning import FrozenLearner
+from espl_bench.training.policy import Policy
+from espl_bench.method.program import Pool, Program
+from espl_bench.method.reflection import Crossover, Mutation, win_matrix
+from espl_bench.running.rundir import RunDir
+from tests.fakes import ScriptedReflector
 
 ODD = ["\udcff", "\ud800x", "<new principle, at most 32 words>", "...", "$max_words", "G0", "\x00", "é" * 500]
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=40),

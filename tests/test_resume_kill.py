@@ -22,7 +22,7 @@ def run(tiny_model, out, script, *extra, kill=None):
     env.pop("ESPL_TEST_KILL_AT", None)
     if kill:
         env["ESPL_TEST_KILL_AT"] = kill
-    args = [sys.executable, "-m", "espl.cli", "run", "--env", "espl/Arithmetic-v0", "--method", "espl",
+    args = [sys.executable, "-m", "tests.run_cli", "run", "--env", "espl/Arithmetic-v0", "--method", "espl",
             "--model", str(tiny_model), "--reflector", f"script:{script}", "--iterations", "2", "--programs", "2",
             "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8", "--eval-problems", "2",
             "--crossover-prob", "0.5", "--learning-rate", "0.01", "--micro-batch-size", "4", "--seed", "5",

@@ -2,10 +2,10 @@
 
 import gymnasium as gym
 
-from agents.rollout import EpisodeSpec, RolloutEngine
-from agents.sampler import Completion, SamplingParams
-from envs.base import TextEnv
-from espl.advantage import group_size, training_batch
+from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
+from espl_bench.agents.sampler import Completion, SamplingParams
+from espl_bench.envs.base import TextEnv
+from espl_bench.method.advantage import group_size, training_batch
 
 
 class EchoSampler:
@@ -118,8 +118,8 @@ def test_any_text_gymnasium_env_works_without_the_base_class():
 
 
 def test_invalid_actions_are_counted_apart_from_success():
-    from espl.loop import _invalid_rate
-    from envs.tool_env import Problem, Tool, ToolEnv
+    from espl_bench.method.loop import _invalid_rate
+    from espl_bench.envs.tool_env import Problem, Tool, ToolEnv
 
     class Echo(ToolEnv):
         def split_size(self, split):

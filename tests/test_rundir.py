@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from espl.errors import RunDirError
-from espl.rundir import RunDir, atomic_write
+from espl_bench.errors import RunDirError
+from espl_bench.running.rundir import RunDir, atomic_write
 
 
 def commit(rd, t):

@@ -67,7 +67,7 @@ def test_api_key_canary_never_leaks(tmp_path, tiny_model):
     env = {**os.environ, "OPENAI_API_KEY": CANARY, "OPENAI_BASE_URL": CLOSED, "OPENAI_API_BASE": CLOSED,
            "HF_HUB_OFFLINE": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     proc = subprocess.run(
-        [sys.executable, "-m", "espl.cli", "--verbose", "run", "--env", "espl/Arithmetic-v0", "--method", "evolution",
+        [sys.executable, "-m", "espl_bench", "--verbose", "run", "--env", "espl/Arithmetic-v0", "--method", "evolution",
          "--reflector", "openai/gpt-4o-mini", "--reflector-timeout", "3", "--model", str(tiny_model),
          "--out", str(out)], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and "unreachable" in proc.stderr
@@ -81,7 +81,7 @@ def test_api_key_canary_never_leaks(tmp_path, tiny_model):
 
 
 def test_reflector_error_messages_do_not_carry_keys(monkeypatch):
-    from espl.reflector import LiteLLMReflector, ReflectorCallError
+    from espl_bench.agents.reflector import LiteLLMReflector, ReflectorCallError
 
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
     monkeypatch.setenv("OPENAI_BASE_URL", CLOSED)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from espl.sandbox import network_isolation_available, run_python
+from espl_bench.envs.sandbox import network_isolation_available, run_python
 
 
 def test_returns_json_result():

@@ -8,10 +8,10 @@ import logging
 import numpy as np
 import pytest
 
-from espl.config import RunConfig
-from leaderboards.scores import (ScoreFileError, ScoreRecord, compare, compare_files, dump_scores, load_scores,
+from espl_bench.config import RunConfig
+from espl_bench.leaderboards.scores import (ScoreFileError, ScoreRecord, compare, compare_files, dump_scores, load_scores,
                                  render_table)
-from leaderboards.suite import SUITE_VERSION, SUITES, SuiteId, get_suite
+from espl_bench.leaderboards.suite import SUITE_VERSION, SUITES, SuiteId, get_suite
 
 A = SuiteId("espl/Arithmetic-v0", "espl", "smollm2-135m", 0, "smoke")
 B = SuiteId("espl/Arithmetic-v0", "rl", "smollm2-135m", 0, "smoke")
@@ -128,7 +128,7 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, content, message):
 
 
 def test_score_from_a_run_summary():
-    from espl.evaluation import CellResult, EvalItems
+    from espl_bench.scoring.evaluation import CellResult, EvalItems
 
     cell = CellResult(EvalItems("test", (0, 1), 2), "p3", ((1, 0), (0, 0)), ((1.0, 0.0), (0.0, 0.0)), ("t/0", "t/1"))
     record = ScoreRecord.from_summary(A, {"test": cell.to_dict()})

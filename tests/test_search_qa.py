@@ -5,7 +5,7 @@ import pytest
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.utils.env_checker import check_env
 
-from envs.search_qa import RELATIONS, SearchQAEnv, build_world
+from espl_bench.envs.search_qa import RELATIONS, SearchQAEnv, build_world
 
 SMALL = {"corpus_size": 300, "train_size": 60, "test_size": 30}
 
@@ -19,7 +19,7 @@ def doc_ids(search_output: str) -> list[str]:
 
 
 def test_entry_point_loads_and_env_passes_gymnasium_checker():
-    assert load_env_creator("envs.search_qa:SearchQAEnv") is SearchQAEnv
+    assert load_env_creator("espl_bench.envs.search_qa:SearchQAEnv") is SearchQAEnv
     check_env(SearchQAEnv(), skip_render_check=True)
 
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from espl.cli import main
+from espl_bench.running.cli import main
 
 SMALL = ["--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",
          "--reflector-max-tokens", "16", "--eval-problems", "2", "--eval-samples", "1", "--micro-batch-size", "4"]
@@ -42,7 +42,7 @@ def test_a_validation_split_held_out_of_train_is_never_trained_on(tiny_model, tm
 
 
 def test_select_best_scores_every_iteration_with_its_own_weights_on_validation_only(trained_run, monkeypatch, capsys):
-    import agents.rollout as rollout
+    import espl_bench.agents.rollout as rollout
 
     seen = []
     original = rollout.RolloutEngine.run

@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from espl.selection import LUCBSelector, SELECTORS, SoftmaxSelector, UCBSelector, UniformSelector, make_selector
+from espl_bench.method.selection import LUCBSelector, SELECTORS, SoftmaxSelector, UCBSelector, UniformSelector, make_selector
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))

@@ -5,10 +5,10 @@ import json
 import gymnasium as gym
 import pytest
 
-from envs.base import TextEnv
-from envs.check import check, split_overlap
-from envs.registry import BUILTIN
-from envs.splits import SPLITS, SplitPlan, content_split, draw
+from espl_bench.envs.base import TextEnv
+from espl_bench.envs.check import check, split_overlap
+from espl_bench.envs.registry import BUILTIN
+from espl_bench.envs.splits import SPLITS, SplitPlan, content_split, draw
 
 FAST = {"espl/SearchQA-v0": {"corpus_size": 300, "train_size": 60, "validation_size": 20, "test_size": 30},
         "espl/TwentyQuestions-v0": {"gamemaster": "never-called/model"}}
@@ -35,7 +35,7 @@ def test_every_builtin_env_has_disjoint_splits(env_id, math_files):
 
 
 def test_math_files_lose_repeats_and_test_problems_seen_in_train(math_files):
-    from envs.registry import make_env
+    from espl_bench.envs.registry import make_env
 
     env = make_env("espl/MathJSONL-v0", **math_files)
     assert env.split_size("train") == 30 and env.split_size("test") == 10
@@ -95,8 +95,8 @@ def test_a_split_plan_holds_validation_out_of_train_only_when_the_env_has_none()
 
 @pytest.mark.parametrize("env_id", ["rg/sokoban-v0", "rg/zebra_puzzles-v0"])
 def test_the_first_reset_builds_a_few_items_not_the_split(env_id, monkeypatch):
-    import envs.reasoning_gym_env as rg
-    from envs.registry import make_env
+    import espl_bench.envs.reasoning_gym_env as rg
+    from espl_bench.envs.registry import make_env
 
     rg._entry.cache_clear()
     built = []

@@ -1,10 +1,10 @@
-"""Intervals and paired comparisons (espl.stats) against scipy.stats on known data."""
+"""Intervals and paired comparisons (espl_bench.stats) against scipy.stats on known data."""
 
 import numpy as np
 import pytest
 from scipy import stats as sp
 
-from espl import stats
+from espl_bench import stats
 
 
 def test_one_run_interval_matches_the_t_interval_over_problem_means():

@@ -4,7 +4,7 @@ import re
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs.tool_use import ToolUseEnv, calculator, convert
+from espl_bench.envs.tool_use import ToolUseEnv, calculator, convert
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 

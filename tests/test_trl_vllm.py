@@ -18,11 +18,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from agents.sampler import SamplingParams, TransformersSampler
-from agents.trl_vllm_sampler import ColocateEngine, ServerEngine, TRLVLLMSampler
-from espl import policy
-from espl.cli import main
-from espl.testing import DENSE_PLUGIN
+from espl_bench.agents.sampler import SamplingParams, TransformersSampler
+from espl_bench.agents.trl_vllm_sampler import ColocateEngine, ServerEngine, TRLVLLMSampler
+from espl_bench.training import policy
+from espl_bench.running.cli import main
+from tests.fakes import DENSE_PLUGIN
 
 FLAGS = ["run", "--env", "dense_plugin:Short-v0", "--method", "rl", "--sampler", "trl-vllm", "--programs", "1",
          "--batch-size", "2", "--group-size", "4", "--eval-problems", "1", "--eval-samples", "1",
@@ -107,7 +107,7 @@ def engines(monkeypatch, dense_plugin):
 
     monkeypatch.setattr(grpo_trainer, "VLLMGeneration", HFGeneration)
     monkeypatch.setattr(policy, "_require_cuda_vllm", lambda: None)  # the CUDA gate is what is faked
-    monkeypatch.setattr("agents.trl_vllm_sampler.vllm_sampling_params", SimpleNamespace)
+    monkeypatch.setattr("espl_bench.agents.trl_vllm_sampler.vllm_sampling_params", SimpleNamespace)
     return made
 
 

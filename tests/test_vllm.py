@@ -19,9 +19,9 @@ import time
 
 import pytest
 
-from agents.sampler import SamplingParams, TransformersSampler
-from agents.vllm_server import SamplerUnavailable, VLLMServer, free_port, group_members
-from espl.testing import ShortReplies, vllm_python_or_skip
+from espl_bench.agents.sampler import SamplingParams, TransformersSampler
+from espl_bench.agents.vllm_server import SamplerUnavailable, VLLMServer, free_port, group_members
+from tests.fakes import ShortReplies, vllm_python_or_skip
 
 # Sockets stay blocked for the rest of the suite; these tests may reach the local server only.
 pytestmark = [pytest.mark.vllm, pytest.mark.allow_hosts(["127.0.0.1"])]
@@ -90,7 +90,7 @@ def test_a_startup_timeout_kills_the_whole_process_group(fake_vllm, tmp_path):
 def test_the_server_dies_with_a_parent_killed_without_cleanup(fake_vllm, tmp_path):
     pidfile = tmp_path / "server.pid"
     parent = textwrap.dedent(f"""
-        from agents.vllm_server import VLLMServer
+        from espl_bench.agents.vllm_server import VLLMServer
         VLLMServer({str(tmp_path)!r}, python={sys.executable!r}, startup_timeout=120,
                    env={{"PYTHONPATH": {fake_vllm!r}, "FAKE_PIDFILE": {str(pidfile)!r}}}).start()
     """)
@@ -119,7 +119,7 @@ def test_connecting_to_nothing_names_the_url_and_the_fix():
 
 @pytest.fixture(scope="module")
 def model_dir():
-    from espl.models import convert_embedded
+    from espl_bench.training.models import convert_embedded
 
     return convert_embedded()
 
@@ -143,7 +143,7 @@ def hf(model_dir):
 
 @pytest.fixture(scope="module")
 def sampler(server, model_dir):
-    from agents.vllm_sampler import VLLMSampler
+    from espl_bench.agents.vllm_sampler import VLLMSampler
 
     return VLLMSampler(server, model_dir)
 
@@ -269,7 +269,7 @@ def test_loading_a_lora_adapter_changes_the_policy(sampler, hf, model_dir, tmp_p
 
 
 def test_a_sampler_can_connect_to_a_running_server_by_url(server, caplog):
-    from agents.vllm_sampler import VLLMSampler
+    from espl_bench.agents.vllm_sampler import VLLMSampler
 
     remote = VLLMSampler(f"{server.url}/v1")  # tokenizer found from the server's model folder
     assert remote.base_model_name == server.served_model_name
@@ -291,7 +291,7 @@ def served_adapter_root(server) -> str | None:
 def test_cli_run_with_the_vllm_sampler_syncs_weights_every_step(server, method, tmp_path):
     out = tmp_path / method
     proc = subprocess.run(
-        [sys.executable, "-m", "espl.cli", "run", "--env", "espl/Arithmetic-v0", "--sampler", "vllm",
+        [sys.executable, "-m", "espl_bench", "run", "--env", "espl/Arithmetic-v0", "--sampler", "vllm",
          "--vllm-url", server.url, "--method", method, "--iterations", "2", "--programs", "2", "--batch-size", "2",
          "--group-size", "2", "--eval-problems", "2", "--max-new-tokens", "48", "--out", str(out)],
         capture_output=True, text=True, timeout=1200)
@@ -318,7 +318,7 @@ def test_a_run_starts_its_own_server_and_stops_it_at_the_end(server, tmp_path, c
 
     import httpx
 
-    from espl.cli import main
+    from espl_bench.running.cli import main
 
     before = vllm_server_processes()
     out = tmp_path / "owned"
@@ -341,9 +341,9 @@ def test_the_served_policy_is_the_trained_policy(server, model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from agents.vllm_sampler import VLLMSampler
-    from espl.config import RunConfig
-    from espl.runner import run
+    from espl_bench.agents.vllm_sampler import VLLMSampler
+    from espl_bench.config import RunConfig
+    from espl_bench.running.runner import run
 
     gym.register(id="test/ShortReplies-v0", entry_point=ShortReplies, disable_env_checker=True)
     out = tmp_path / "dense"
@@ -369,7 +369,7 @@ def test_the_served_policy_is_the_trained_policy(server, model_dir, tmp_path):
 def test_a_learner_under_accelerate_launch_feeds_the_server(server, tmp_path):
     """Two learner processes (configs/accelerate/ddp.yaml, gloo on CPU) train, rank 0 runs the
     loop and loads every step's LoRA adapter into the server."""
-    from espl.testing import DENSE_PLUGIN, launch_espl
+    from tests.fakes import DENSE_PLUGIN, launch_espl
 
     (tmp_path / "dense_plugin.py").write_text(DENSE_PLUGIN)
     out = tmp_path / "run"

@@ -8,7 +8,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from espl.errors import ConfigError
+from espl_bench.errors import ConfigError
 
 FILES = {
     "pyproject.toml.tmpl": "pyproject.toml",
@@ -28,7 +28,7 @@ def scaffold(name: str, dest: Path) -> Path:
     if root.exists():
         raise ConfigError(f"{root} already exists; fix: choose another name or remove it")
     values = {"package": package, "env_name": env_name, "dist": package.replace("_", "-")}
-    templates = resources.files("envs") / "scaffold"
+    templates = resources.files("espl_bench.envs") / "scaffold"
     for template, target in FILES.items():
         path = root / target.format(**values)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import re
 
 from pydantic import TypeAdapter, ValidationError
 
-from espl.program import EditOp
+from espl_bench.method.program import EditOp
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 _OPS = TypeAdapter(list[EditOp])

@@ -9,14 +9,14 @@ last committed weights and test-time program. The result goes to
 
 from __future__ import annotations
 
-from espl.breakdown import Breakdown, breakdown
-from espl.evaluation import CellResult, evaluate
-from espl.loop import sampling, test_items
-from espl.methods import test_program
-from espl.posthoc import RunWeights, load_run_config
-from espl.program import Pool
-from espl.rundir import atomic_write, dump_json
-from espl.runner import split_plan
+from espl_bench.scoring.breakdown import Breakdown, breakdown
+from espl_bench.scoring.evaluation import CellResult, evaluate
+from espl_bench.method.loop import sampling, test_items
+from espl_bench.method.test_time import scored_program
+from espl_bench.running.posthoc import RunWeights, load_run_config
+from espl_bench.method.program import Pool
+from espl_bench.running.rundir import atomic_write, dump_json
+from espl_bench.running.runner import split_plan
 
 
 def evaluate_run(run: str, *, problems: int | None = None, samples: int | None = None) -> tuple[Breakdown, str]:
@@ -25,7 +25,7 @@ def evaluate_run(run: str, *, problems: int | None = None, samples: int | None =
     items = test_items(cfg, split_plan(cfg), problems, samples)
     done = rundir.latest()
     pool = Pool.from_dict(rundir.load_iteration(done)["pool"])
-    program, root = test_program(cfg.test_rule, pool), pool.root()
+    program, root = scored_program(cfg.test_rule, pool), pool.root()
     weights = RunWeights(cfg)
     trained = weights.trained(rundir.iterations / f"{done:06d}")
 

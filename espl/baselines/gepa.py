@@ -6,7 +6,7 @@ policy, envs and scoring) as every other method, and turns rollouts into GEPA's 
 dataset (the problem, the reply, and feedback naming the reward and the reference answer). The
 reflection LM is the run's reflector, so its calls and tokens are metered like E-SPL's.
 
-Equal budget, exactly: GEPA may spend :attr:`~espl.config.RunConfig.rollout_budget` rollouts,
+Equal budget, exactly: GEPA may spend :attr:`~espl_bench.config.RunConfig.rollout_budget` rollouts,
 the training rollouts E-SPL spends on the same config, and its validation evaluations count
 against them (its validation set is the run's validation split capped at ``batch_size``
 problems). GEPA checks its budget only between its iterations, so one iteration could overrun it
@@ -27,13 +27,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from agents.llm_router import usage_delta
-from agents.rollout import EpisodeSpec, Rollout
-from agents.sampler import derive_seed
-from espl.config import RunConfig
-from espl.loop import EsplLoop, IterationResult, Parts, _invalid_rate, _rate, sampling
-from espl.program import Pool, Program
-from espl.reflector import ReflectorCallError
+from espl_bench.agents.llm_router import usage_delta
+from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.agents.sampler import derive_seed
+from espl_bench.config import RunConfig
+from espl_bench.method.loop import EsplLoop, IterationResult, Parts, _invalid_rate, _rate, sampling
+from espl_bench.method.program import Pool, Program
+from espl_bench.agents.reflector import ReflectorCallError
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Building a run from its config, running it iteration by iteration, committing each one.
 
-This is the shell around :mod:`espl.loop`: models, files, progress bars and resume live here.
+This is the shell around :mod:`espl_bench.method.loop`: models, files, progress bars and resume live here.
 """
 
 from __future__ import annotations
@@ -12,29 +12,29 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from agents.llm_router import sum_usage
-from agents.rollout import RolloutEngine
-from envs.registry import make_env
-from envs.splits import SplitPlan
-from espl.breakdown import Breakdown, breakdown
-from espl.config import RunConfig
-from espl.errors import ConfigError, RunDirError
-from espl.evaluation import CellResult
-from espl.gepa_method import GepaLoop
-from espl.loop import EsplLoop, IterationResult, Parts, reflection_counts
-from espl.offline_reflectors import offline_reflector
-from espl.program import Pool
-from espl.provenance import provenance
-from espl.reflection import Crossover, Mutation, template_hashes
-from espl.policy import Policy, build_policy
-from espl.reflector import DEFAULT_REFLECTOR, LiteLLMReflector
-from espl.rundir import RunDir
-from espl.selection import make_selector
+from espl_bench.agents.llm_router import sum_usage
+from espl_bench.agents.rollout import RolloutEngine
+from espl_bench.envs.registry import make_env
+from espl_bench.envs.splits import SplitPlan
+from espl_bench.scoring.breakdown import Breakdown, breakdown
+from espl_bench.config import RunConfig
+from espl_bench.errors import ConfigError, RunDirError
+from espl_bench.scoring.evaluation import CellResult
+from espl_bench.baselines.gepa import GepaLoop
+from espl_bench.method.loop import EsplLoop, IterationResult, Parts, reflection_counts
+from espl_bench.agents.offline_reflectors import offline_reflector
+from espl_bench.method.program import Pool
+from espl_bench.running.provenance import provenance
+from espl_bench.method.reflection import Crossover, Mutation, template_hashes
+from espl_bench.training.policy import Policy, build_policy
+from espl_bench.agents.reflector import DEFAULT_REFLECTOR, LiteLLMReflector
+from espl_bench.running.rundir import RunDir
+from espl_bench.method.selection import make_selector
 
 log = logging.getLogger(__name__)
 
 SUMMARY_SCHEMA_VERSION = 2
-# The loop each method runs (espl.methods names it).
+# The loop each method runs (espl_bench.methods names it).
 LOOPS = {"espl": EsplLoop, "gepa": GepaLoop}
 
 
@@ -197,7 +197,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[dict], elapsed: float,
 
 
 def final_breakdown(cfg: RunConfig, loop: EsplLoop, history: list[dict]) -> Breakdown:
-    """The weights x prompt breakdown of the finished run (:mod:`espl.breakdown`) on its test items."""
+    """The weights x prompt breakdown of the finished run (:mod:`espl_bench.scoring.breakdown`) on its test items."""
     parts = loop.parts
     program, root = loop.test_program(), loop.pool.root()
     same = program.render() == root.render()
@@ -257,7 +257,7 @@ def run(cfg: RunConfig) -> dict:
         parts.close()
     final = summary(cfg, loop, history, time.monotonic() - started, extra)
     if history:
-        from espl.rundir import atomic_write, dump_json
+        from espl_bench.running.rundir import atomic_write, dump_json
 
         if planned == done:
             final = _keep_session_record(final, Path(cfg.out) / "summary.json")
@@ -266,7 +266,7 @@ def run(cfg: RunConfig) -> dict:
 
 
 def _store_breakdown(rundir: RunDir, result: Breakdown) -> None:
-    from espl.rundir import atomic_write, dump_json
+    from espl_bench.running.rundir import atomic_write, dump_json
 
     atomic_write(rundir.root / "breakdown.json", dump_json(result.to_dict()))
 
@@ -275,8 +275,8 @@ def _load_breakdown(rundir: RunDir) -> Breakdown | None:
     """The finished run's breakdown, when a session already computed it (else it is computed)."""
     import json
 
-    from espl import stats
-    from espl.evaluation import EvalItems
+    from espl_bench import stats
+    from espl_bench.scoring.evaluation import EvalItems
 
     path = rundir.root / "breakdown.json"
     if not path.is_file():

@@ -24,7 +24,7 @@ def provenance() -> dict:
 
     return {
         "espl_bench": _version("espl-bench"),
-        "git": _git(Path(__file__).resolve().parents[1]),
+        "git": _git(Path(__file__).resolve().parents[2]),  # the checkout holding espl/running/
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,

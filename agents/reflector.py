@@ -19,8 +19,8 @@ import threading
 from concurrent.futures import Future
 from typing import Protocol
 
-from agents.llm_router import Usage, retrying_router
-from espl.errors import ReflectorUnavailable
+from espl_bench.agents.llm_router import Usage, retrying_router
+from espl_bench.errors import ReflectorUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def register_local_model(name: str, sampler) -> str:
     import litellm
     from litellm import CustomLLM
 
-    from agents.sampler import SamplingParams
+    from espl_bench.agents.sampler import SamplingParams
 
     class _LocalProvider(CustomLLM):
         def completion(self, *args, **kwargs):

@@ -66,7 +66,7 @@ class Program:
 def apply_edits(principles: dict[str, str], ops: list[EditOp], *, max_words: int) -> dict[str, str]:
     """Apply ``ops`` in order and return new principles, renumbered ``G0..Gn``.
 
-    Ids refer to the *parent's* keys; callers validate them first (see :mod:`espl.edits`).
+    Ids refer to the *parent's* keys; callers validate them first (see :mod:`espl_bench.method.edits`).
     Each principle is capped at ``max_words`` words, as in the paper.
     """
     items = dict(principles)

@@ -11,8 +11,8 @@ TRL subtracts the mean of each block of ``group_size`` consecutive rows (with
 
 from __future__ import annotations
 
-from agents.rollout import Rollout
-from espl.learner import TrainingSample
+from espl_bench.agents.rollout import Rollout
+from espl_bench.method.learning import TrainingSample
 
 
 def group_size(baseline: str, programs: int, samples: int) -> int:

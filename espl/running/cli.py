@@ -1,4 +1,4 @@
-"""The ``espl-bench`` command line. Flags are generated from :class:`espl.config.RunConfig`."""
+"""The ``espl-bench`` command line. Flags are generated from :class:`espl_bench.config.RunConfig`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import logging
 import sys
 import typing
 
-from espl.config import RunConfig, build_config, field_help, load_file
-from espl.errors import EsplError
+from espl_bench.config import RunConfig, build_config, field_help, load_file
+from espl_bench.errors import EsplError
 
 log = logging.getLogger("espl")
 
@@ -52,28 +52,40 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="a run folder (espl-bench run --out)")
     ev.add_argument("--problems", type=int, default=None, help="test problems (default: the run's --eval-problems)")
     ev.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's --eval-samples)")
-    from leaderboards.commands import add_parsers
+    from espl_bench.leaderboards.commands import add_parsers
 
     add_parsers(sub)
     return parser
 
 
 def _run(args: argparse.Namespace) -> int:
-    from espl import distributed
-    from espl.runner import run
+    from espl_bench.training import distributed
 
     if distributed.world_size() > 1:  # under accelerate launch: rank 0 leads, the rest train
         distributed.init()
-        if distributed.rank() > 0:
-            logging.getLogger().setLevel(logging.WARNING)
-            return distributed.follow()
-    with distributed.leading() if distributed.world_size() > 1 else contextlib.nullcontext():
-        values = load_file(args.config) if args.config else {}
-        values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "verbose", "json")})
-        cfg = build_config(values)
-        result = run(cfg)
+        try:
+            if distributed.rank() > 0:
+                logging.getLogger().setLevel(logging.WARNING)
+                from espl_bench.training.learner import follow_leader
+
+                return follow_leader()
+            with distributed.leading():
+                cfg, result = _run_config(args)
+        finally:
+            distributed.shutdown()
+    else:
+        cfg, result = _run_config(args)
     sys.stdout.write(_screen(result, cfg.out))
     return 0
+
+
+def _run_config(args: argparse.Namespace):
+    from espl_bench.running.runner import run
+
+    values = load_file(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "verbose", "json")})
+    cfg = build_config(values)
+    return cfg, run(cfg)
 
 
 def _screen(s: dict, out: str) -> str:
@@ -107,13 +119,13 @@ def _screen(s: dict, out: str) -> str:
 def _envs(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from envs.registry import list_envs
+    from espl_bench.envs.registry import list_envs
 
     if args.action == "check":
         return _check(args)
     rows = list_envs()
     if args.json:
-        from envs.splits import SPLITS
+        from espl_bench.envs.splits import SPLITS
 
         sys.stdout.write(json.dumps([{**asdict(e), "splits": list(SPLITS)} for e in rows], indent=1) + "\n")
     else:
@@ -122,8 +134,8 @@ def _envs(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from envs.check import check
-    from espl.errors import ConfigError
+    from espl_bench.envs.check import check
+    from espl_bench.errors import ConfigError
 
     if not args.env_id:
         raise ConfigError("envs check needs an id; fix: espl-bench envs check espl/Arithmetic-v0")
@@ -145,7 +157,7 @@ def _check(args: argparse.Namespace) -> int:
 def _init_env(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from envs.scaffold import scaffold
+    from espl_bench.envs.scaffold import scaffold
 
     root = scaffold(args.name, Path(args.dest))
     sys.stdout.write(f"created {root}\nnext: pip install -e {root} && espl-bench envs check {root.name}:"
@@ -154,7 +166,7 @@ def _init_env(args: argparse.Namespace) -> int:
 
 
 def _select_best(args: argparse.Namespace) -> int:
-    from espl.select_best import render, select_best
+    from espl_bench.running.select_best import render, select_best
 
     if args.samples < 1:
         raise EsplError(f"--samples={args.samples} is invalid; fix: pass 1 or more")
@@ -164,7 +176,7 @@ def _select_best(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from espl.evaluate_run import evaluate_run, render
+    from espl_bench.running.evaluate_run import evaluate_run, render
 
     for flag in ("problems", "samples"):
         value = getattr(args, flag)
@@ -182,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        from leaderboards.commands import bench, leaderboard
+        from espl_bench.leaderboards.commands import bench, leaderboard
 
         handlers = {"run": _run, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,
                     "select-best": _select_best, "evaluate": _evaluate}

@@ -1,34 +1,34 @@
 """One E-SPL iteration, in the order of the paper's Algorithm 1.
 
 The loop only orchestrates: sampling, rating, reflection, learning and storage sit behind their
-seams (``RolloutEngine``, :mod:`espl.rating`, ``Mutation``/``Crossover``, ``Learner``,
+seams (``RolloutEngine``, :mod:`espl_bench.method.rating`, ``Mutation``/``Crossover``, ``Learner``,
 ``RunDir``), so it runs the same with fakes in tests and with real models in a run. What a method
-switches on or off comes from its spec (:mod:`espl.methods`); test scores come from the
-evaluation protocol (:mod:`espl.evaluation`).
+switches on or off comes from its spec (:mod:`espl_bench.methods`); test scores come from the
+evaluation protocol (:mod:`espl_bench.scoring.evaluation`).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agents.llm_router import usage_delta
-from agents.rollout import EpisodeSpec, Rollout, RolloutEngine
-from agents.sampler import SamplingParams, derive_seed
-from envs.splits import SplitPlan
-from espl.advantage import training_batch
-from espl.config import RunConfig
-from espl.evaluation import CellResult, EvalItems, evaluate
-from espl.faults import maybe_kill
-from espl.learner import Learner
-from espl.methods import test_program
-from espl.program import Pool, Program
-from espl.rating import update_ratings
-from espl.reflection import SOURCES, Crossover, Mutation, ReflectionOutcome, win_matrix
-from espl.selection import Selector
+from espl_bench.agents.llm_router import usage_delta
+from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
+from espl_bench.agents.sampler import SamplingParams, derive_seed
+from espl_bench.envs.splits import SplitPlan
+from espl_bench.method.advantage import training_batch
+from espl_bench.config import RunConfig
+from espl_bench.scoring.evaluation import CellResult, EvalItems, evaluate
+from espl_bench.method.learning import Learner
+from espl_bench.method.test_time import scored_program
+from espl_bench.method.program import Pool, Program
+from espl_bench.method.rating import update_ratings
+from espl_bench.method.reflection import SOURCES, Crossover, Mutation, ReflectionOutcome, win_matrix
+from espl_bench.method.selection import Selector
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class EsplLoop:
                 timings[clock[1]] = round(now - clock[0], 2)
             clock[0], clock[1] = now, name
             progress(name)
-            maybe_kill(t, name)
+            sys.audit("espl_bench.point", t, name)  # tests hook points here (tests/faults.py)
 
         # 1. select M programs from the K most recent
         window = self.pool.window(spec.window or cfg.window)
@@ -204,8 +204,8 @@ class EsplLoop:
         return outcomes
 
     def test_program(self) -> Program:
-        """The program the run is scored with: its test-time rule (:func:`espl.methods.test_program`)."""
-        return test_program(self.cfg.test_rule, self.pool)
+        """The program the run is scored with: its test-time rule (:func:`espl_bench.methods.test_program`)."""
+        return scored_program(self.cfg.test_rule, self.pool)
 
     def evaluate(self, engine: RolloutEngine | None = None, program: Program | None = None,
                  items: EvalItems | None = None, weights: str = "trained") -> CellResult:

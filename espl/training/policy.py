@@ -22,11 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agents.sampler import AdapterDisabled, Sampler, TransformersSampler
-from espl.config import RunConfig
-from espl.errors import ConfigError, ModelNotFound, RunDirError
-from espl.learner import FrozenLearner, Learner, LearnerSettings, TRLLearner, TrainingSample
-from espl.models import resolve_model
+from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSampler
+from espl_bench.config import RunConfig
+from espl_bench.errors import ConfigError, ModelNotFound, RunDirError
+from espl_bench.method.learning import FrozenLearner, Learner, TrainingSample
+from espl_bench.training.learner import LearnerSettings, TRLLearner
+from espl_bench.training.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class Policy:
 class AdapterSync:
     """A learner whose every finished step is loaded into a vLLM server as the LoRA adapter ``policy``.
 
-    Same contract as :class:`~espl.learner.Learner`. ``wait()`` returns once the step's
+    Same contract as :class:`~espl_bench.training.learner.Learner`. ``wait()`` returns once the step's
     checkpoint is on disk *and* the server samples from it; ``metrics["synced_step"]`` says which.
     A failed load raises (a server that cannot take the weights would silently train off-policy).
     """
@@ -111,7 +112,7 @@ class AdapterSync:
 class EngineSync:
     """A learner whose TRL-driven vLLM engine samples from every finished step (``--sampler trl-vllm``).
 
-    Same contract as :class:`~espl.learner.Learner`; ``metrics["synced_step"]`` says which step's
+    Same contract as :class:`~espl_bench.training.learner.Learner`; ``metrics["synced_step"]`` says which step's
     weights the engine holds. TRL pushes the weights when it requests the next step's batch,
     which it never does after its last step: that push is made here, so the final evaluation
     samples from the final weights.
@@ -126,7 +127,7 @@ class EngineSync:
         self.learner.submit(batch)
 
     def wait(self) -> dict[str, float]:
-        from espl import distributed
+        from espl_bench.training import distributed
 
         stats = self.learner.wait()
         trainer = self.learner.trainer
@@ -178,7 +179,7 @@ def load_frozen(model_path: str):
 
 
 def _trl_learner(settings: LearnerSettings) -> TRLLearner:
-    from espl import distributed
+    from espl_bench.training import distributed
 
     settings.rows_per_device()  # a layout the processes cannot share fails before they start
     distributed.announce(settings)
@@ -189,7 +190,7 @@ def _trl_learner(settings: LearnerSettings) -> TRLLearner:
 
 
 def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
-    from espl import distributed
+    from espl_bench.training import distributed
 
     model_path = resolve_model(cfg.model)
     if cfg.trains_weights and distributed.world_size() > 1 and distributed.sharded_parameters():
@@ -212,7 +213,7 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
 
 def _local_reference(model_path: str, frozen: Sampler | None = None) -> tuple[Callable[[], tuple[str, dict]], list]:
     """The default reflector: the frozen reference policy in-process (``frozen``, else a copy loaded on demand)."""
-    from espl.reflector import DEFAULT_REFLECTOR, register_local_model, unregister_local_model
+    from espl_bench.agents.reflector import DEFAULT_REFLECTOR, register_local_model, unregister_local_model
 
     closers: list = []
 
@@ -226,8 +227,8 @@ def _local_reference(model_path: str, frozen: Sampler | None = None) -> tuple[Ca
 
 
 def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
-    from agents.vllm_sampler import VLLMSampler
-    from agents.vllm_server import VLLMServer
+    from espl_bench.agents.vllm_sampler import VLLMSampler
+    from espl_bench.agents.vllm_server import VLLMServer
 
     model_path = resolve_model(cfg.model)
     if cfg.vllm_url:
@@ -257,7 +258,7 @@ def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Po
 
 
 def litellm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
-    from agents.litellm_sampler import LiteLLMSampler
+    from espl_bench.agents.litellm_sampler import LiteLLMSampler
 
     sampler = LiteLLMSampler(cfg.model, params=cfg.policy_kwargs, max_concurrency=cfg.max_concurrency,
                              timeout=cfg.reflector_timeout, num_retries=cfg.reflector_retries)
@@ -267,8 +268,8 @@ def litellm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) ->
 
 
 def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
-    from agents.sampler import eos_ids
-    from agents.trl_vllm_sampler import TRLVLLMSampler, engine_of
+    from espl_bench.agents.sampler import eos_ids
+    from espl_bench.agents.trl_vllm_sampler import TRLVLLMSampler, engine_of
 
     _check_trl_vllm_options(cfg.trl_vllm_args)
     _require_cuda_vllm()

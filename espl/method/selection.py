@@ -12,7 +12,7 @@ import math
 import random
 from typing import Protocol
 
-from espl.program import Program
+from espl_bench.method.program import Program
 
 
 class Selector(Protocol):

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from agents.rollout import RolloutEngine
-from agents.sampler import AdapterDisabled, TransformersSampler
-from envs.registry import make_env
-from espl.config import RunConfig
-from espl.errors import ConfigError, RunDirError
-from espl.models import resolve_model
-from espl.rundir import RunDir
+from espl_bench.agents.rollout import RolloutEngine
+from espl_bench.agents.sampler import AdapterDisabled, TransformersSampler
+from espl_bench.envs.registry import make_env
+from espl_bench.config import RunConfig
+from espl_bench.errors import ConfigError, RunDirError
+from espl_bench.training.models import resolve_model
+from espl_bench.running.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class RunWeights:
     """The policy of one iteration: base weights plus, for trained runs, that iteration's adapter."""
 
     def __init__(self, cfg: RunConfig):
-        from espl.policy import load_frozen
+        from espl_bench.training.policy import load_frozen
 
         self.cfg = cfg
         self.model, self.tokenizer = load_frozen(resolve_model(cfg.model))

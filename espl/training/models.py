@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from espl.errors import ModelNotFound
+from espl_bench.errors import ModelNotFound
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ prompt breakdown. Its rules:
   run's training seed or what else shares the batch. With the in-process sampler, the same
   weights and the same prompt therefore give identical episodes, whichever method produced them.
 * The result (:class:`CellResult`) keeps every problem's outcomes, so intervals and paired
-  comparisons (:mod:`espl.stats`) can treat the problem as the unit.
+  comparisons (:mod:`espl_bench.stats`) can treat the problem as the unit.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agents.rollout import EpisodeSpec, Rollout, RolloutEngine
-from agents.sampler import SamplingParams, derive_seed
-from espl import stats
-from espl.metrics import pass_at_k
+from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
+from espl_bench.agents.sampler import SamplingParams, derive_seed
+from espl_bench import stats
+from espl_bench.scoring.metrics import pass_at_k
 
 SCHEMA_VERSION = 1
 

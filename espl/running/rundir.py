@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from espl.errors import RunDirError
-from espl.faults import maybe_kill
+from espl_bench.errors import RunDirError
 
 SCHEMA_VERSION = 1
 
@@ -157,7 +157,7 @@ class RunDir:
         atomic_write(self.root / "metrics.jsonl", dump_jsonl(history))
         atomic_write(self.root / "summary.json", dump_json(summary))
         atomic_write(self.root / "best_prompt.txt", best_prompt.rstrip() + "\n")
-        maybe_kill(iteration, "commit")
+        sys.audit("espl_bench.point", iteration, "commit")  # between the folder and LATEST
         atomic_write(self.root / "LATEST", f"{iteration}\n")
 
     def all_metrics_upto(self, iteration: int) -> list[dict]:

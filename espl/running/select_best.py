@@ -3,7 +3,7 @@
 The validation split comes from the run's split plan (:class:`envs.splits.SplitPlan`: the env's
 own validation split, or the first train problems the run held out and never trained on). Each
 committed iteration is scored as it would be deployed, through the evaluation protocol
-(:mod:`espl.evaluation`): its test-time program (the run's rule, :mod:`espl.methods`) with that
+(:mod:`espl_bench.scoring.evaluation`): its test-time program (the run's rule, :mod:`espl_bench.methods`) with that
 iteration's weights. The test split is never read.
 
 The result goes to ``RUN/selection.json`` (atomically) and a table on stdout; the best iteration is
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 
-from espl.errors import ConfigError
-from espl.evaluation import EvalItems, evaluate
-from espl.loop import sampling
-from espl.methods import test_program
-from espl.posthoc import RunWeights, load_run_config
-from espl.program import Pool
-from espl.rundir import atomic_write, dump_json
-from espl.runner import split_plan
+from espl_bench.errors import ConfigError
+from espl_bench.scoring.evaluation import EvalItems, evaluate
+from espl_bench.method.loop import sampling
+from espl_bench.method.test_time import scored_program
+from espl_bench.running.posthoc import RunWeights, load_run_config
+from espl_bench.method.program import Pool
+from espl_bench.running.rundir import atomic_write, dump_json
+from espl_bench.running.runner import split_plan
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def select_best(run: str, *, samples: int = 2) -> dict:
     weights = RunWeights(cfg)
     rows = []
     for t in range(1, rundir.latest() + 1):
-        program = test_program(cfg.test_rule, Pool.from_dict(rundir.load_iteration(t)["pool"]))
+        program = scored_program(cfg.test_rule, Pool.from_dict(rundir.load_iteration(t)["pool"]))
         cell = evaluate(weights.trained(rundir.iterations / f"{t:06d}"), program.render(), program.id, items,
                         sampling(cfg))
         rows.append({"iteration": t, "program": program.id, "success": cell.success,

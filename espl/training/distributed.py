@@ -116,17 +116,10 @@ def leading() -> Iterator[None]:
             _handshake_sent = True
 
 
-def follow() -> int:
-    """Follower: build the leader's learner and train on the slices of its batches until told to stop."""
-    from pathlib import Path
+def shutdown() -> None:
+    """Leave the process group: a rank that exits with it still open can abort in its gloo threads
+    ("terminate called without an active exception") after its work is done."""
+    import torch.distributed as dist
 
-    from espl.learner import LearnerSettings, TRLLearner
-
-    payload = broadcast_json()
-    if payload is None:
-        log.debug("rank %d: the leader trains no weights; nothing to do", rank())
-        return 0
-    settings = LearnerSettings(**{**payload, "output_dir": Path(payload["output_dir"])})
-    log.debug("rank %d: training with %s", rank(), settings)
-    TRLLearner(settings, follower=True).follow()
-    return 0
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

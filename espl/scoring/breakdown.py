@@ -2,12 +2,12 @@
 
 E-SPL's claim is that prompts carry declarative knowledge and weights procedural knowledge. A run
 answers it for itself by scoring four cells on the same test items with the evaluation protocol
-(:mod:`espl.evaluation`):
+(:mod:`espl_bench.scoring.evaluation`):
 
     {base weights, trained weights} x {root prompt, test-time program}
 
 and reporting paired effects, each a contrast over the same problems with an interval
-(:func:`espl.stats.contrast`):
+(:func:`espl_bench.stats.contrast`):
 
 * ``prompt (base weights)`` = base/program - base/root, and ``prompt (trained weights)``;
 * ``weights (root prompt)`` = trained/root - base/root, and ``weights (test program)``;
@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from espl import stats
-from espl.evaluation import CellResult, EvalItems
+from espl_bench import stats
+from espl_bench.scoring.evaluation import CellResult, EvalItems
 
 SCHEMA_VERSION = 1
 

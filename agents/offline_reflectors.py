@@ -6,7 +6,7 @@
 * ``replay:RUN_DIR`` answers each prompt with the answer recorded for the same prompt in a
   run's ``iterations/*/reflections.jsonl``; an unseen prompt is a failed call, never a guess.
 
-Both implement the ``Reflector`` protocol of :mod:`espl.reflector`.
+Both implement the ``Reflector`` protocol of :mod:`espl_bench.agents.reflector`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from espl.errors import ConfigError
-from espl.reflector import ReflectorCallError
+from espl_bench.errors import ConfigError
+from espl_bench.agents.reflector import ReflectorCallError
 
 
 def _key(prompt: str) -> str:

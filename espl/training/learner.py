@@ -1,19 +1,14 @@
-"""The ``Learner`` seam: RL weight updates on the iteration's rollouts.
+""":class:`TRLLearner`, the ``Learner`` seam (:mod:`espl_bench.method.learning`) on TRL.
 
-Contract:
-    ``submit(batch)`` starts one optimizer step on ``batch`` and returns at once; ``wait()``
-    blocks until that step is applied (and its checkpoint written) and returns its metrics. Between
-    ``wait()`` and the next ``submit()`` the policy model is idle, so samplers may use it. The
-    batch is grouped: ``group_size`` consecutive samples share one baseline (the group mean), so
-    the advantage is ``r - mean(group)``; see :mod:`espl.advantage` for how groups are formed.
-
-Error policy:
-    A failure inside the trainer is re-raised from ``wait()``; it is a broken system, not data.
-
-:class:`TRLLearner` drives TRL's ``GRPOTrainer`` (its loss, optimizer, scheduler, LoRA through
-peft, checkpointing and resume). The trainer owns its loop, so it runs in a worker thread and
-pulls each iteration's batch through ``rollout_func``: that is how the paper's weight update runs
+It drives TRL's ``GRPOTrainer`` (its loss, optimizer, scheduler, LoRA through peft,
+checkpointing and resume). The trainer owns its loop, so it runs in a worker thread and pulls
+each iteration's batch through ``rollout_func``: that is how the paper's weight update runs
 concurrently with the reflection calls, while the E-SPL loop stays in charge of the iteration.
+
+What the policy uses from it (:mod:`espl_bench.training.policy`): ``model`` and ``tokenizer`` (the
+in-process sampler generates with the very model object TRL trains), ``trainer`` (TRL's own vLLM
+sync), ``checkpoint_dir(step)`` (the LoRA adapter a vLLM server loads), and the seam's
+``submit``/``wait``/``close``.
 """
 
 from __future__ import annotations
@@ -26,47 +21,10 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+
+from espl_bench.method.learning import TrainingSample
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingSample:
-    """One completion to train on: token ids, sampling logprobs and its scalar reward."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    logprobs: list[float]
-    reward: float
-    env_mask: list[int] | None = None  # 0 marks environment tokens inside a multi-turn completion
-
-
-class Learner(Protocol):
-    """Applies RL weight updates to the policy; see the module docstring for the contract."""
-
-    trainable: bool
-
-    def submit(self, batch: list[TrainingSample]) -> None: ...
-
-    def wait(self) -> dict[str, float]: ...
-
-    def close(self) -> None: ...
-
-
-class FrozenLearner:
-    """Frozen weights (the ``evolution`` and ``self-reflection`` methods): updates are no-ops."""
-
-    trainable = False
-
-    def submit(self, batch: list[TrainingSample]) -> None:
-        return None
-
-    def wait(self) -> dict[str, float]:
-        return {}
-
-    def close(self) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -101,8 +59,8 @@ class LearnerSettings:
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
-        from espl import distributed
-        from espl.errors import ConfigError
+        from espl_bench.training import distributed
+        from espl_bench.errors import ConfigError
 
         world = distributed.world_size()
         if self.rows_per_step % self.group_size:
@@ -129,11 +87,11 @@ class TRLLearner:
         from trl import GRPOConfig, GRPOTrainer
         from datasets import Dataset
 
-        from espl import distributed
+        from espl_bench.training import distributed
 
         self.settings = settings
         # Under accelerate launch: rank 0 gets its batches from the loop and forwards them, the
-        # other ranks (followers) receive them; see espl.distributed.
+        # other ranks (followers) receive them; see espl_bench.training.distributed.
         self.follower = follower
         self.world, self.rank = distributed.world_size(), distributed.rank()
         rows = settings.rows_per_device()
@@ -245,7 +203,7 @@ class TRLLearner:
     def _next_batch(self) -> list[TrainingSample] | None:
         if self.world == 1:
             return self._inbox.get()
-        from espl import distributed
+        from espl_bench.training import distributed
 
         if self.follower:
             rows = distributed.broadcast_json()
@@ -286,7 +244,7 @@ class TRLLearner:
             self._cond.notify_all()
 
     def follow(self) -> None:
-        """Follower: train in this thread until the leader stops (see :mod:`espl.distributed`)."""
+        """Follower: train in this thread until the leader stops (see :mod:`espl_bench.training.distributed`)."""
         self._train(self._resume_checkpoint())
         if self._error is not None:
             raise self._error
@@ -323,7 +281,7 @@ class TRLLearner:
             return None
         checkpoint = self.checkpoint_dir(self.settings.resume_step)
         if not checkpoint.is_dir():
-            from espl.errors import RunDirError
+            from espl_bench.errors import RunDirError
 
             raise RunDirError(f"the learner checkpoint {checkpoint} is missing; fix: resume from a complete run folder or start a new run")
         return str(checkpoint)
@@ -404,3 +362,18 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def follow_leader() -> int:
+    """A follower rank under ``accelerate launch``: build the leader's learner from its handshake
+    and train on the slices of its batches until told to stop (see :mod:`espl_bench.training.distributed`)."""
+    from espl_bench.training import distributed
+
+    payload = distributed.broadcast_json()
+    if payload is None:
+        log.debug("rank %d: the leader trains no weights; nothing to do", distributed.rank())
+        return 0
+    settings = LearnerSettings(**{**payload, "output_dir": Path(payload["output_dir"])})
+    log.debug("rank %d: training with %s", distributed.rank(), settings)
+    TRLLearner(settings, follower=True).follow()
+    return 0

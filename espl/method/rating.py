@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import trueskill
 
-from espl.program import Program
+from espl_bench.method.program import Program
 
 MU0 = 25.0
 SIGMA0 = MU0 / 3.0

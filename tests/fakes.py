@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from envs.base import TextEnv
+from espl_bench.envs.base import TextEnv
 
 
 def make_tiny_model(path: Path, *, seed: int = 0) -> Path:
@@ -18,7 +18,7 @@ def make_tiny_model(path: Path, *, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from espl.models import convert_embedded
+    from espl_bench.training.models import convert_embedded
 
     if (path / "config.json").is_file():
         return path
@@ -73,7 +73,7 @@ def vllm_python_or_skip() -> str:
 
     import pytest
 
-    from agents.vllm_server import SETUP_HINT, find_vllm_python
+    from espl_bench.agents.vllm_server import SETUP_HINT, find_vllm_python
 
     python = find_vllm_python()
     if python is None:
@@ -103,7 +103,7 @@ class ShortReplies(TextEnv):
 
 
 DENSE_PLUGIN = ("import gymnasium as gym\n"
-                "gym.register(id='Short-v0', entry_point='espl.testing:ShortReplies', disable_env_checker=True)\n")
+                "gym.register(id='Short-v0', entry_point='tests.fakes:ShortReplies', disable_env_checker=True)\n")
 
 
 def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate_config: Path | None = None,
@@ -117,7 +117,7 @@ def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate
     import subprocess
     import sys
 
-    from agents.vllm_server import free_port
+    from espl_bench.agents.vllm_server import free_port
 
     root = Path(__file__).resolve().parents[1]
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(plugin), str(root)]), "OMP_NUM_THREADS": "1",
@@ -125,5 +125,5 @@ def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate
     launcher = [] if processes == 1 else [
         "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config or root / "configs/accelerate/ddp.yaml"),
         "--num_processes", str(processes), "--main_process_port", str(free_port())]
-    return subprocess.run([sys.executable, *launcher, "-m", "espl.cli", "run", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, *launcher, "-m", "tests.run_cli", "run", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=root)

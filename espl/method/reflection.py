@@ -8,7 +8,7 @@ principles of programs that alone solved some problems.
 
 Any malformed answer gets one repair attempt that quotes the error; if that fails too the
 reflection is recorded as failed, no child is made, and the run goes on. An edit that copies the
-templates' examples or placeholders is dropped and counted (:mod:`espl.copies`); an answer left
+templates' examples or placeholders is dropped and counted (:mod:`espl_bench.method.copies`); an answer left
 with no edit is malformed. A child whose principles equal its parent's is no child. Operators
 never touch the pool: a child gets its id when the loop admits it.
 
@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
-from agents.rollout import Rollout
-from espl.copies import CopyGuard
-from espl.edits import ReflectionParseError, parse_ops
-from espl.program import EditOp, Program, apply_edits
-from espl.rating import crossover_prior, mutation_prior
-from espl.reflector import Reflector, ReflectorCallError
+from espl_bench.agents.rollout import Rollout
+from espl_bench.method.copies import CopyGuard
+from espl_bench.method.edits import ReflectionParseError, parse_ops
+from espl_bench.method.program import EditOp, Program, apply_edits
+from espl_bench.method.rating import crossover_prior, mutation_prior
+from espl_bench.agents.reflector import Reflector, ReflectorCallError
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,13 @@ _MAX_TEXT = 3000  # characters of a problem or response shown to the reflector
 
 
 def load_templates() -> dict[str, Template]:
-    root = resources.files("espl") / "prompts"
+    root = resources.files("espl_bench.method") / "prompts"
     return {name: Template((root / f"{name}.md").read_text(encoding="utf-8")) for name in TEMPLATE_NAMES}
 
 
 def template_hashes() -> dict[str, str]:
     """sha256 of each prompt template, recorded in the run so a changed template is detectable."""
-    root = resources.files("espl") / "prompts"
+    root = resources.files("espl_bench.method") / "prompts"
     return {name: hashlib.sha256((root / f"{name}.md").read_bytes()).hexdigest() for name in TEMPLATE_NAMES}
 
 

@@ -73,13 +73,13 @@ class LiteLLMSampler:
 
     async def _one(self, semaphore: asyncio.Semaphore, messages: list[Message], params: SamplingParams) -> Completion:
         async with semaphore:
-            self.usage.calls += 1
+            self.usage.called()
             try:
                 response = await self._router.acompletion(
                     model="main", messages=messages, max_tokens=params.max_new_tokens,
                     temperature=params.temperature, top_p=params.top_p, timeout=self.timeout, max_retries=0)
             except Exception as exc:
-                self.usage.failures += 1
+                self.usage.failed()
                 kind = type(exc).__name__
                 if kind in _PER_REQUEST_ERRORS:
                     log.warning("policy %s rejected one request (%s); recorded as an empty reply", self.model, kind)

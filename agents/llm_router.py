@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-list fetch at import
 
@@ -31,23 +32,38 @@ def retrying_router(model: str, *, num_retries: int, timeout: float, params: dic
 
 @dataclass
 class Usage:
-    """Cumulative calls, tokens and dollars of one model; ``cost_usd`` is 0 where litellm has no price."""
+    """Cumulative calls, tokens and dollars of one model; ``cost_usd`` is 0 where litellm has no price.
+
+    Thread-safe: calls run from many threads at once, and each update takes the lock.
+    """
 
     calls: int = 0
     failures: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def called(self) -> None:
+        with self._lock:
+            self.calls += 1
+
+    def failed(self) -> None:
+        with self._lock:
+            self.failures += 1
 
     def add(self, response) -> None:
         usage = getattr(response, "usage", None)
-        self.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
-        self.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-        self.cost_usd += response_cost(response)
+        cost = response_cost(response)
+        with self._lock:
+            self.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
+            self.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
+            self.cost_usd += cost
 
     def as_dict(self) -> dict:
-        return {"calls": self.calls, "failures": self.failures, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6)}
+        with self._lock:
+            return {"calls": self.calls, "failures": self.failures, "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6)}
 
 
 def response_cost(response) -> float:

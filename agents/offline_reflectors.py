@@ -15,8 +15,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from espl_bench.errors import ConfigError
 from espl_bench.agents.reflector import ReflectorCallError
+from espl_bench.errors import ConfigError
 
 
 def _key(prompt: str) -> str:

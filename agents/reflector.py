@@ -8,7 +8,12 @@ Contract:
 Any litellm model string works (``openai/gpt-4o-mini``, ``hosted_vllm/...``, ``ollama/...``);
 keys come from the environment as litellm reads them and are never passed, logged or stored.
 The default, ``espl-local/reference``, is the frozen reference policy (base weights, no LoRA)
-served in-process through a litellm custom provider, so a default run needs no key and no network.
+served in-process through a litellm custom provider (:class:`LocalModels`, one per run), so a
+default run needs no key and no network.
+
+Thread safety: ``complete`` is called from many threads at once (an iteration's summaries and
+critiques run concurrently); every implementation must allow that. :class:`LiteLLMReflector`
+does (litellm's Router is thread-safe; its usage counters take a lock).
 """
 
 from __future__ import annotations
@@ -33,7 +38,12 @@ class ReflectorCallError(RuntimeError):
 
 
 class Reflector(Protocol):
-    def complete(self, messages: list[dict], *, purpose: str = "") -> str: ...
+    """The LLM behind mutation, crossover and GEPA's proposals; see the module docstring."""
+
+    def complete(self, messages: list[dict], *, purpose: str = "") -> str:
+        """The reply to ``messages`` (``purpose`` names the call in errors and logs); raises
+        :class:`ReflectorCallError` for a failed call, never for a bad answer (that is data)."""
+        ...
 
 
 class LiteLLMReflector:
@@ -70,7 +80,7 @@ class LiteLLMReflector:
         return self._routers[num_retries]
 
     def complete(self, messages: list[dict], *, purpose: str = "", num_retries: int | None = None) -> str:
-        self.usage.calls += 1
+        self.usage.called()
         try:
             response = self._router(self.num_retries if num_retries is None else num_retries).completion(
                 model="main",
@@ -81,7 +91,7 @@ class LiteLLMReflector:
                 max_retries=0,
             )
         except Exception as exc:
-            self.usage.failures += 1
+            self.usage.failed()
             raise ReflectorCallError(f"{purpose or 'reflection'} call to {self.model} failed: {type(exc).__name__}") from None
         self.usage.add(response)
         content = response.choices[0].message.content
@@ -159,54 +169,77 @@ class _Batcher:
                     future.set_result(completion)
 
 
-_LOCAL_MODELS: dict[str, _Batcher] = {}
-_registered = False
-_lock = threading.Lock()
+class LocalModels:
+    """In-process models served to litellm for one run: a custom provider of their own.
+
+    ``serve(name, sampler)`` returns the litellm model string (``espl-local-<id>/<name>``) that
+    reaches ``sampler`` through litellm like any hosted model, with concurrent calls batched into
+    one ``generate``. The provider is this object's: two runs in one process (tests, a notebook)
+    never share models, and :meth:`close` stops the serving threads and removes the provider
+    from ``litellm.custom_provider_map`` (litellm keeps that list process-wide; nothing of ours
+    stays in it after a run). Thread safety: ``serve`` and ``close`` may be called from any thread.
+    """
+
+    def __init__(self):
+        import uuid
+
+        self.provider = f"{LOCAL_PROVIDER}-{uuid.uuid4().hex[:10]}"
+        self._batchers: dict[str, _Batcher] = {}
+        self._lock = threading.Lock()
+        self._handler = None
+
+    def serve(self, name: str, sampler) -> str:
+        import litellm
+
+        with self._lock:
+            old = self._batchers.pop(name, None)
+            if old is not None:
+                old.stop()
+            self._batchers[name] = _Batcher(sampler)
+            if self._handler is None:
+                self._handler = _provider(self)
+                litellm.custom_provider_map = [*litellm.custom_provider_map,
+                                               {"provider": self.provider, "custom_handler": self._handler}]
+        return f"{self.provider}/{name}"
+
+    def batcher(self, name: str) -> _Batcher:
+        with self._lock:
+            batcher = self._batchers.get(name)
+        if batcher is None:
+            raise ValueError(f"no local model named {name!r} is served")
+        return batcher
+
+    def close(self) -> None:
+        import litellm
+
+        with self._lock:
+            batchers, self._batchers = list(self._batchers.values()), {}
+            handler, self._handler = self._handler, None
+        for batcher in batchers:
+            batcher.stop()
+        if handler is not None:
+            litellm.custom_provider_map = [p for p in litellm.custom_provider_map if p.get("custom_handler") is not handler]
 
 
-def register_local_model(name: str, sampler) -> str:
-    """Serve ``sampler`` as the litellm model ``espl-local/<name>``; returns that model string."""
-    global _registered
+def _provider(models: LocalModels):
+    """A litellm ``CustomLLM`` answering from ``models``."""
     import litellm
-    from litellm import CustomLLM
-
     from espl_bench.agents.sampler import SamplingParams
+    from litellm import CustomLLM
 
     class _LocalProvider(CustomLLM):
         def completion(self, *args, **kwargs):
-            model = kwargs.get("model", "").split("/", 1)[-1]
-            batcher = _LOCAL_MODELS.get(model)
-            if batcher is None:
-                raise ValueError(f"no local model named {model!r} is registered")
+            name = kwargs.get("model", "").split("/", 1)[-1]
             optional = kwargs.get("optional_params") or {}
             params = SamplingParams(max_new_tokens=int(optional.get("max_tokens") or 256),
                                     temperature=float(optional.get("temperature", 0.7)), top_p=0.95, seed=0)
-            completion = batcher.submit(kwargs["messages"], params).result()
+            completion = models.batcher(name).submit(kwargs["messages"], params).result()
             return litellm.ModelResponse(
-                model=f"{LOCAL_PROVIDER}/{model}",
+                model=f"{models.provider}/{name}",
                 choices=[{"index": 0, "finish_reason": completion.finish_reason,
                           "message": {"role": "assistant", "content": completion.text}}],
                 usage={"prompt_tokens": len(completion.prompt_ids), "completion_tokens": len(completion.completion_ids),
                        "total_tokens": len(completion.prompt_ids) + len(completion.completion_ids)},
             )
 
-    with _lock:
-        old = _LOCAL_MODELS.get(name)
-        if old is not None:
-            old.stop()
-        _LOCAL_MODELS[name] = _Batcher(sampler)
-        if not _registered:
-            litellm.custom_provider_map = [
-                *[p for p in litellm.custom_provider_map if p.get("provider") != LOCAL_PROVIDER],
-                {"provider": LOCAL_PROVIDER, "custom_handler": _LocalProvider()},
-            ]
-            _registered = True
-    return f"{LOCAL_PROVIDER}/{name}"
-
-
-def unregister_local_model(name: str) -> None:
-    """Stop serving ``espl-local/<name>`` (a finished run's reference model is then freed)."""
-    with _lock:
-        batcher = _LOCAL_MODELS.pop(name, None)
-    if batcher is not None:
-        batcher.stop()
+    return _LocalProvider()

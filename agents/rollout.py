@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import gymnasium as gym
-
 from espl_bench.agents.sampler import Sampler, SamplingParams, derive_seed
 
 log = logging.getLogger(__name__)
@@ -97,15 +96,31 @@ class Rollout:
         return record
 
 
-class RolloutEngine:
-    """Runs episodes for a set of specs with one env instance per live episode."""
+# An episode never runs past this many turns unless ``max_turns`` allows more: a plain env that
+# never terminates (and registered no max_episode_steps) cannot hang a run.
+MAX_TURNS = 100
 
-    def __init__(self, env_factory: Callable[[], gym.Env], sampler: Sampler, *, max_turns: int | None = None,
-                 step_timeout: float | None = 60.0):
+
+def indexed_reset(split: str, index: int, episode_seed: int) -> tuple[int, dict | None]:
+    """How an espl-bench env starts problem ``index`` of ``split`` (a plain env: a SplitPlan's reset_args)."""
+    return episode_seed, {"split": split, "index": index}
+
+
+class RolloutEngine:
+    """Runs episodes for a set of specs with one env instance per live episode.
+
+    ``reset_args(split, index, episode_seed) -> (seed, options)`` says how an env starts a problem
+    (:meth:`espl_bench.envs.splits.SplitPlan.reset_args`; espl-bench's indexed contract by default).
+    """
+
+    def __init__(self, env_factory: Callable[[], gym.Env], sampler: Sampler, *, max_turns: int | None = MAX_TURNS,
+                 step_timeout: float | None = 60.0,
+                 reset_args: Callable[[str, int, int], tuple[int, dict | None]] = indexed_reset):
         self.env_factory = env_factory
         self.sampler = sampler
         self.max_turns = max_turns
         self.step_timeout = step_timeout
+        self.reset_args = reset_args
         self._envs: list[gym.Env] = []
 
     def _env(self, i: int) -> gym.Env:
@@ -143,7 +158,8 @@ class RolloutEngine:
         live: list[int] = []
         for i, (spec, rollout) in enumerate(zip(specs, rollouts)):
             try:
-                observation, info = self._call(i, "reset", seed=spec.seed, options={"split": spec.split, "index": spec.index})
+                seed, options = self.reset_args(spec.split, spec.index, spec.seed)
+                observation, info = self._call(i, "reset", seed=seed, options=options)
             except Exception as exc:  # a broken reset is one failed episode
                 rollout.error = f"reset: {type(exc).__name__}: {exc}"
                 continue

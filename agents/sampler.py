@@ -18,6 +18,13 @@ Seeding:
 Error policy:
     A backend failure that affects the whole batch (model missing, out of memory) raises; a single
     degenerate completion (empty, truncated) is returned as data with its ``finish_reason``.
+
+Thread safety:
+    One caller at a time per sampler: the loop's thread (rollouts, evaluation), or the one
+    serving thread of a local reflector (:class:`espl_bench.agents.reflector.LocalModels`). The
+    in-process sampler shares its model with the learner, which trains only between the loop's
+    ``submit`` and ``wait`` while the sampler is idle (:mod:`espl_bench.method.learning`). The
+    server and API samplers are safe to call concurrently.
 """
 
 from __future__ import annotations

@@ -35,7 +35,6 @@ import weakref
 from pathlib import Path
 
 import httpx
-
 from espl_bench.errors import EsplError
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,9 @@ import random
 from espl_bench.config import RunConfig
 from espl_bench.method.loop import EsplLoop
 from espl_bench.method.program import Pool
+from espl_bench.running.build import build_parts
 from espl_bench.running.rundir import RunDir
-from espl_bench.running.runner import build_parts
+
 from tests.fakes import make_tiny_model
 
 ROUNDS = 2
@@ -33,5 +34,5 @@ def test_full_iteration_on_a_tiny_model(benchmark, tmp_path):
         result = benchmark.pedantic(lambda: loop.iteration(next(counter)), rounds=ROUNDS, iterations=1, warmup_rounds=0)
     finally:
         parts.close()
-    assert result.metrics["rollouts"] == 8 and "test" in result.metrics
-    benchmark.extra_info["phase_seconds"] = result.metrics["phase_seconds"]
+    assert result.metrics.rollouts == 8 and result.metrics.test is not None
+    benchmark.extra_info["phase_seconds"] = result.metrics.phase_seconds

@@ -17,7 +17,6 @@ import time
 
 import pytest
 import urllib3.util.connection  # noqa: F401  (probes IPv6 with a socket at import: do it before sockets are blocked)
-
 from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams
 from espl_bench.envs.registry import make_env
@@ -85,9 +84,8 @@ def compare(benchmark, sampler, backend: str) -> None:
 
 
 def test_transformers_sampler_throughput(benchmark, model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from espl_bench.agents.sampler import TransformersSampler
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).requires_grad_(False)  # as the runner loads it
@@ -99,6 +97,7 @@ def test_transformers_sampler_throughput(benchmark, model_dir):
 def test_vllm_sampler_throughput(benchmark, model_dir, tmp_path):
     from espl_bench.agents.vllm_sampler import VLLMSampler
     from espl_bench.agents.vllm_server import VLLMServer
+
     from tests.fakes import vllm_python_or_skip
 
     python = vllm_python_or_skip()

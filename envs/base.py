@@ -1,7 +1,15 @@
 """The one text-environment contract every espl-bench task follows.
 
-Any ``gymnasium.Env`` whose observations and actions are strings works with espl-bench;
-:class:`TextEnv` only adds conveniences. The contract:
+What a plain env needs (:mod:`espl_bench.envs.contract` checks it before any model loads):
+``gymnasium.spaces.Text`` observation and action spaces, and a ``reset`` that returns the
+problem as a string; registered with ``gym.register`` (its ``max_episode_steps`` is the turn
+limit). Such an env gets its splits from disjoint reset-seed ranges
+(:class:`espl_bench.envs.splits.SplitPlan`). Everything below is optional and lets an env say
+more; :class:`TextEnv` only adds conveniences.
+
+Error policy: an env may raise from ``reset`` or ``step``; the rollout engine records that
+episode as failed (reward 0, ``error`` set) and the run goes on, and a call that hangs past the
+engine's deadline is abandoned the same way. The fuller contract:
 
 * ``reset(*, seed=None, options=None) -> (observation, info)``. ``options`` may hold
   ``{"split": "train" | "validation" | "test", "index": int}`` to pick one problem of a split;
@@ -30,9 +38,8 @@ import string
 from typing import Any
 
 import gymnasium as gym
-from gymnasium import spaces
-
 from espl_bench.envs.splits import SPLITS  # re-exported: the contract's split names
+from gymnasium import spaces
 
 MAX_TEXT = 1 << 20
 

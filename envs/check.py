@@ -18,10 +18,9 @@ import json
 import warnings
 from dataclasses import dataclass, field
 
-from gymnasium.utils.env_checker import check_env
-
 from espl_bench.envs.registry import make_env
 from espl_bench.envs.splits import SPLITS, SplitPlan
+from gymnasium.utils.env_checker import check_env
 
 PROBE_ACTIONS = (
     "<answer>1</answer>",
@@ -53,16 +52,21 @@ class OverlapReport:
     sizes: dict[str, int]  # split -> problems in the run's split
     derived_validation: bool
     shared: dict[str, list[str]] = field(default_factory=dict)  # "train/test" -> content keys in both
+    keyed: bool = True  # the env names its problems' content (info["content_key"]); else observations stand in
+    seeded: bool = False  # a plain Gymnasium env: problems are reset seeds
 
     @property
     def ok(self) -> bool:
         return not any(self.shared.values())
 
     def describe(self) -> str:
-        where = "held out of train" if self.derived_validation else "the env's own"
+        where = ("from its own seed range" if self.seeded else "held out of train" if self.derived_validation
+                 else "the env's own")
         sizes = ", ".join(f"{s} {self.sizes[s]} (checked {self.checked[s]})" for s in SPLITS)
         found = "; ".join(f"{pair}: {len(keys)} shared, e.g. {keys[0][:80]!r}" for pair, keys in self.shared.items() if keys)
-        return f"splits {sizes}; validation {where}; " + (f"content overlap: {found}" if found else "no content overlap")
+        basis = "" if self.keyed else " (by first observation: the env gives no content_key)"
+        return (f"splits {sizes}; validation {where}; "
+                + (f"content overlap{basis}: {found}" if found else f"no content overlap{basis}"))
 
 
 def _spaced(indices: range, limit: int) -> list[int]:
@@ -78,15 +82,18 @@ def split_overlap(env_id: str, kwargs: dict | None = None, *, validation_problem
     env = make_env(env_id, **(kwargs or {}))
     plan = SplitPlan.for_env(env, validation_problems)
     keys: dict[str, dict[str, int]] = {}
+    keyed = True
     for name in SPLITS:
         part = plan.of(name)
         keys[name] = {}
         for index in _spaced(part.indices, limit):
-            observation, info = env.reset(seed=0, options={"split": part.split, "index": index})
-            keys[name][str(info.get("content_key", observation))] = index
+            seed, options = plan.reset_args(part.split, index, 0)
+            observation, info = env.reset(seed=seed, options=options)
+            keyed = keyed and "content_key" in (info or {})
+            keys[name][str((info or {}).get("content_key", observation))] = index
     shared = {f"{a}/{b}": sorted(set(keys[a]) & set(keys[b])) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:]}
     return OverlapReport({s: len(_spaced(plan.of(s).indices, limit)) for s in SPLITS},
-                         {s: plan.of(s).size for s in SPLITS}, plan.derived_validation, shared)
+                         {s: plan.of(s).size for s in SPLITS}, plan.derived_validation, shared, keyed, plan.seeded)
 
 
 def _episode(env, seed: int, max_steps: int) -> list[str]:
@@ -102,9 +109,17 @@ def _episode(env, seed: int, max_steps: int) -> list[str]:
 
 
 def check(env_id: str, kwargs: dict | None = None, *, seeds: int = 3, max_steps: int = 25) -> CheckReport:
+    from espl_bench.envs.contract import require_text
+    from espl_bench.errors import EnvUnfit
+
     kwargs = kwargs or {}
     report = CheckReport(env_id)
     env = make_env(env_id, **kwargs)
+    try:
+        require_text(env_id, env, SplitPlan.for_env(env, 16))
+    except EnvUnfit as exc:
+        report.failures.append(str(exc))
+        return report
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -134,7 +149,10 @@ def check(env_id: str, kwargs: dict | None = None, *, seeds: int = 3, max_steps:
     try:
         report.overlap = split_overlap(env_id, kwargs)
         if not report.overlap.ok:
-            report.failures.append(f"the splits share problems: {report.overlap.describe()}")
+            # A shared content key is a shared problem; a shared first observation may hide different
+            # secrets (a game's opening text), so without keys it is a warning.
+            (report.failures if report.overlap.keyed else report.warnings).append(
+                f"the splits share problems: {report.overlap.describe()}")
     except Exception as exc:
         report.failures.append(f"the split-overlap check raised {type(exc).__name__}: {exc}")
     report.warnings = sorted(set(report.warnings))

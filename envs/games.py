@@ -40,7 +40,6 @@ from collections.abc import Callable
 from typing import Any
 
 import textarena as ta
-
 from espl_bench.envs.base import MAX_TEXT, TextEnv
 from espl_bench.envs.splits import SPLITS, content_split, derive, draw
 
@@ -127,7 +126,9 @@ class TextArenaEnv(TextEnv):
         # move after ours, so the cut-off is always this env's truncation.
         kwargs = {**self.game_kwargs, **overrides}
         if self.gamemaster:
-            from espl_bench.envs.twenty_questions import TwentyQuestionsGame  # imports litellm, which is slow
+            from espl_bench.envs.twenty_questions import (
+                TwentyQuestionsGame,  # imports litellm, which is slow
+            )
 
             return TwentyQuestionsGame(self.gamemaster, self.gamemaster_kwargs, **kwargs)
         # "-raw" skips textarena's default wrappers, which would replay the whole history each turn

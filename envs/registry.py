@@ -16,7 +16,6 @@ import logging
 from dataclasses import dataclass, field
 
 import gymnasium as gym
-
 from espl_bench.errors import EnvNotFound
 
 log = logging.getLogger(__name__)
@@ -146,11 +145,16 @@ def describe(env_id: str) -> str:
 
 
 def make_env(env_id: str, **kwargs) -> gym.Env:
-    """``gymnasium.make`` with one clear error for an unknown id (``pkg:Id`` imports ``pkg``)."""
+    """``gymnasium.make`` with one clear error for an unknown id (``pkg:Id`` imports ``pkg``).
+
+    The env keeps the wrappers its registration asks for: a plugin's ``max_episode_steps`` is its
+    ``TimeLimit``, which truncates the episode. espl-bench's own methods (``split_size``) are
+    read from ``env.unwrapped``.
+    """
     import espl_bench.envs  # noqa: F401
 
     try:
-        return gym.make(env_id, disable_env_checker=True, **kwargs).unwrapped
+        return gym.make(env_id, disable_env_checker=True, **kwargs)
     except (gym.error.NameNotFound, gym.error.NamespaceNotFound, gym.error.VersionNotFound,
             gym.error.UnregisteredEnv) as exc:
         raise EnvNotFound(f"unknown environment {env_id!r} ({exc}); fix: see espl-bench envs for the ids, "

@@ -8,10 +8,19 @@ Two rules live here, once:
   ``index`` of a split on demand from a seeded generator, keeping the first candidate whose
   content hashes into that split (reasoning-gym's rule that an item is a pure function of seed
   and index, plus a content filter).
-* :class:`SplitPlan` is where a run takes each split from: an env that offers a ``validation``
-  split (``split_size("validation") > 0``) supplies it; otherwise the first
-  ``validation_problems`` problems of its train split (at most half) are held out as validation
-  and never trained on. The test split is the env's own.
+* :class:`SplitPlan` is where a run takes each split from, and how an episode resets to a
+  problem (:meth:`SplitPlan.reset_args`):
+
+  - an env with ``split_size`` (espl-bench's contract, :mod:`espl_bench.envs.base`) is
+    *indexed*: ``reset(seed=episode seed, options={"split": s, "index": i})``. If it offers a
+    ``validation`` split (``split_size("validation") > 0``) that is the run's validation split;
+    otherwise the first ``validation_problems`` train problems (at most half) are held out and
+    never trained on. The test split is the env's own.
+  - a plain Gymnasium env (no ``split_size``) is *seeded*: problem ``i`` of a split is
+    ``reset(seed=SEEDED[split].start + i)``, from disjoint seed ranges (train from 0, validation
+    from 1,000,000, test from 2,000,000; :data:`SEEDED` has their sizes). Disjoint seeds are
+    not disjoint content: an env whose problems repeat across seeds should offer splits (or
+    ``info["content_key"]`` so that ``espl-bench envs check`` can show the overlap).
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 SPLITS = ("train", "validation", "test")
+# A plain Gymnasium env's splits: problems per split, and the first reset seed of each range.
+SEEDED = {"train": 10_000, "validation": 1_000, "test": 1_000}
+SEED_BASE = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
 MAX_DRAWS = 10_000  # candidates tried for one problem before giving up (a tiny content space)
 
 T = TypeVar("T")
@@ -82,6 +94,13 @@ class SplitPlan:
     train: SplitRange
     validation: SplitRange
     test: SplitRange
+    seeded: bool = False  # a plain Gymnasium env: problems are reset seeds
+
+    def reset_args(self, split: str, index: int, episode_seed: int) -> tuple[int, dict | None]:
+        """``(seed, options)`` for ``env.reset`` to start problem ``index`` of the env's ``split``."""
+        if self.seeded:
+            return SEED_BASE[split] + index, None
+        return episode_seed, {"split": split, "index": index}
 
     @property
     def derived_validation(self) -> bool:
@@ -92,7 +111,7 @@ class SplitPlan:
         return {"train": self.train, "validation": self.validation, "test": self.test}[name]
 
     def to_dict(self) -> dict:
-        return {name: self.of(name).to_dict() for name in SPLITS}
+        return {**{name: self.of(name).to_dict() for name in SPLITS}, "problems": "seeds" if self.seeded else "indices"}
 
     @classmethod
     def of_sizes(cls, train: int, test: int, validation: int = 0) -> SplitPlan:
@@ -107,6 +126,9 @@ class SplitPlan:
 
     @classmethod
     def for_env(cls, env, validation_problems: int) -> SplitPlan:
+        if not hasattr(getattr(env, "unwrapped", env), "split_size"):
+            return cls(*(SplitRange(name, 0, SEEDED[name] if name != "validation" else
+                                    min(validation_problems, SEEDED[name])) for name in SPLITS), seeded=True)
         train, test = split_size(env, "train"), split_size(env, "test")
         offered = split_size(env, "validation")
         if offered > 0:
@@ -117,8 +139,12 @@ class SplitPlan:
 
 
 def split_size(env, split: str) -> int:
-    """``env.split_size(split)``, 0 for a split the env does not know (a plugin with train and test only)."""
+    """``env.split_size(split)`` (through any wrappers), 0 for a split the env does not know (a
+    plugin with train and test only) or an env with no splits at all."""
+    size = getattr(getattr(env, "unwrapped", env), "split_size", None)
+    if size is None:
+        return 0
     try:
-        return int(env.split_size(split))
+        return int(size(split))
     except (KeyError, ValueError, IndexError):
         return 0

@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import re
 
-from textarena.envs.TwentyQuestions.env import TwentyQuestionsEnv as _TextArenaTwentyQuestions
+from textarena.envs.TwentyQuestions.env import (
+    TwentyQuestionsEnv as _TextArenaTwentyQuestions,
+)
 
 SYSTEM_PROMPT = ("You are the game master of 20 Questions. Answer each question truthfully about the secret word "
                  "with exactly one of: Yes, No, I don't know.")

@@ -20,12 +20,20 @@ class EnvNotFound(EsplError):
     """An environment id is not registered, or the env cannot be built from its arguments."""
 
 
+class EnvUnfit(EsplError):
+    """An environment does not meet the text contract (non-text spaces, a reset that fails)."""
+
+
 class ModelNotFound(EsplError):
     """A policy model could not be located or loaded."""
 
 
 class ReflectorUnavailable(EsplError):
     """The reflector model cannot be reached at all (not a single malformed answer)."""
+
+
+class RecordError(EsplError):
+    """A run-folder record this version cannot read (an older schema, a missing or malformed field)."""
 
 
 class RunDirError(EsplError):

@@ -19,6 +19,7 @@ Every method of an env is evaluated on the same problems, so comparisons are pai
 * :func:`detectable_difference`: the smallest true difference a two-sided test at ``alpha``
   finds with probability ``power``, ``(z_{1-alpha/2} + z_power) * se`` (normal approximation).
 * :func:`tie_groups`: methods grouped, best first, into sets the data cannot separate.
+* :func:`pass_at_k`: the unbiased pass@k estimator of one problem's samples.
 
 Every function is deterministic (a fixed bootstrap generator), so a resumed run writes the same
 numbers as an uninterrupted one.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from math import comb
 
 import numpy as np
 from scipy import stats as _stats
@@ -206,3 +208,12 @@ def pooled_se(intervals: Sequence[Interval]) -> float:
     """Root mean square of standard errors (one method's typical uncertainty in a field)."""
     ses = [i.se for i in intervals]
     return float(np.sqrt(np.mean(np.square(ses)))) if ses else float("nan")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), for n samples with c correct."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)

@@ -31,10 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from espl_bench import stats
-from espl_bench.scoring.evaluation import CellResult
-from espl_bench.method.program import Program
+from espl_bench.errors import RecordError
+from espl_bench.method.program import Pool
+from espl_bench.records import (
+    CellResult,
+    IterationMetrics,
+    RunSummary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,20 +94,16 @@ class RunRecord:
     @property
     def rollouts(self) -> int:
         """Training rollouts (validation passes a method paid for included)."""
-        return int(self.budget.get("training_rollouts", 0)) + int(self.budget.get("validation_rollouts", 0))
+        return self.budget.training_rollouts + self.budget.validation_rollouts
 
     @property
     def generated_tokens(self) -> int:
-        return int(sum((self.budget.get("generated_tokens") or {}).values()))
+        return sum(self.budget.generated_tokens.values())
 
     @property
     def code(self) -> str:
         """``espl-bench VERSION @ COMMIT`` (``+dirty`` with local changes), or "not recorded"."""
-        if not self.provenance:
-            return "not recorded"
-        git = self.provenance.get("git") or {}
-        at = f" @ {git['commit'][:10]}{'+dirty' if git.get('dirty') else ''}" if git.get("commit") else ""
-        return f"espl-bench {self.provenance.get('espl_bench') or '?'}{at}"
+        return "not recorded" if self.provenance is None else self.provenance.describe()
 
 
 @dataclass
@@ -196,67 +196,55 @@ def _iteration_dirs(folder: Path) -> list[Path]:
     return dirs if latest is None else [p for p in dirs if int(p.name) <= latest]
 
 
-def _metrics(folder: Path) -> list[dict]:
+def _metrics(folder: Path) -> list[IterationMetrics]:
     """Per-iteration metrics up to ``LATEST`` (a kill inside a commit can leave metrics.jsonl one ahead)."""
     path = folder / "metrics.jsonl"
     if not path.exists():
-        return [_read_json(p / "metrics.json") for p in _iteration_dirs(folder)]
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        rows = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunLoadError(f"{folder}: metrics.jsonl is corrupt ({exc})") from None
+        rows = [_read_json(p / "metrics.json") for p in _iteration_dirs(folder)]
+    else:
+        try:
+            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunLoadError(f"{folder}: metrics.jsonl is corrupt ({exc})") from None
     latest = _latest(folder)
-    return rows if latest is None else [m for m in rows if int(m["iteration"]) <= latest]
+    try:
+        history = [IterationMetrics.from_dict(m, f"{path} line {n}") for n, m in enumerate(rows, 1)]
+    except RecordError as exc:
+        raise RunLoadError(str(exc)) from None
+    return [m for m in history if latest is None or m.iteration <= latest]
 
 
-def _points(history: list[dict]) -> list[IterationPoint]:
+def _points(history: list[IterationMetrics]) -> list[IterationPoint]:
     points, total = [], 0
     for m in history:
-        total += int(m.get("rollouts", 0))
-        test = m.get("test") or {}
-        points.append(IterationPoint(int(m["iteration"]), float(m.get("train_success", 0.0)), total,
-                                     float(test["success"]) if "success" in test else None))
+        total += m.rollouts
+        points.append(IterationPoint(m.iteration, m.train_success, total, None if m.test is None else m.test.success))
     return points
 
 
 def load_run(folder: str | Path) -> RunRecord:
-    """Read one run folder; raises :class:`RunLoadError` naming the folder."""
+    """Read one run folder through the typed records; raises :class:`RunLoadError` naming the folder."""
     folder = Path(folder)
-    summary, header = _read_json(folder / "summary.json"), _read_json(folder / "run.json")
+    data = _read_json(folder / "summary.json")
+    _read_json(folder / "run.json")  # a folder without its header is not a run
     try:
-        seed = int(header["config"]["seed"])
-        done, planned = summary.get("iterations_completed"), summary.get("iterations_planned")
-        if isinstance(done, int) and isinstance(planned, int) and done < planned:
-            # A run still going (or stopped) would compare a partial budget with finished ones.
-            raise RunLoadError(f"unfinished ({done} of {planned} iterations); resume it to include it")
-        if int(summary.get("schema_version", 1)) < 2:
-            raise RunLoadError("written before the evaluation protocol (no per-problem test results); "
-                               "fix: re-run it with this version")
-        history = _metrics(folder)
-        test = CellResult.from_dict(summary["test"]) if summary.get("test") else None
-        usage = summary.get("usage") or {}
-        program = summary.get("test_program") or {}
-        prompt = program.get("text")
-        if prompt is None and (folder / "best_prompt.txt").exists():
-            prompt = (folder / "best_prompt.txt").read_text(encoding="utf-8")
-        breakdown = summary.get("breakdown") or {}
-        items = breakdown.get("items")
-        cells = {name: CellResult.from_dict({**cell, "items": items}) for name, cell in (breakdown.get("cells") or {}).items()}
-        return RunRecord(
-            path=folder, env=str(summary["env"]), method=str(summary["method"]), model=str(summary["model"]),
-            seed=seed, iterations_completed=int(summary.get("iterations_completed", len(history))), test=test,
-            reflection_calls=sum(int(m.get("reflection_calls", 0)) for m in history),
-            reflector_tokens=int(usage.get("reflector", {}).get("prompt_tokens", 0))
-            + int(usage.get("reflector", {}).get("completion_tokens", 0)),
-            cost_usd=sum(float(u.get("cost_usd", 0.0)) for u in usage.values()),
-            test_program_id=program.get("id"), best_prompt=prompt or "", budget=dict(summary.get("budget") or {}),
-            cells=cells, children=dict((summary.get("reflection") or {}).get("children") or {}),
-            points=_points(history), provenance=dict(summary.get("provenance") or {}))
-    except RunLoadError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise RunLoadError(f"{folder}: unexpected contents ({type(exc).__name__}: {exc})") from None
+        summary = RunSummary.from_dict(data, str(folder / "summary.json"))
+    except RecordError as exc:
+        raise RunLoadError(str(exc)) from None
+    if not summary.finished:
+        # A run still going (or stopped) would compare a partial budget with finished ones.
+        raise RunLoadError(f"unfinished ({summary.iterations_completed} of {summary.iterations_planned} iterations); "
+                           "resume it to include it")
+    history = _metrics(folder)
+    reflector = summary.reflector_usage
+    return RunRecord(
+        path=folder, env=summary.env, method=summary.method, model=summary.model, seed=summary.seed,
+        iterations_completed=summary.iterations_completed, test=summary.test,
+        reflection_calls=sum(m.reflection_calls for m in history),
+        reflector_tokens=reflector.tokens, cost_usd=summary.cost_usd,
+        test_program_id=summary.test_program.id, best_prompt=summary.test_program.text, budget=summary.budget,
+        cells=dict(summary.breakdown.cells) if summary.breakdown else {}, children=dict(summary.reflection.children),
+        points=_points(history), provenance=summary.provenance)
 
 
 def load_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
@@ -293,8 +281,8 @@ BUDGET_KEYS = ("training rollouts", "evaluation rollouts", "generated tokens", "
 
 
 def _per_run(run: RunRecord) -> dict[str, float]:
-    seconds = sum((run.budget.get("seconds_by_phase") or {}).values())
-    return {"training rollouts": run.rollouts, "evaluation rollouts": int(run.budget.get("evaluation_rollouts", 0)),
+    seconds = run.budget.seconds
+    return {"training rollouts": run.rollouts, "evaluation rollouts": run.budget.evaluation_rollouts,
             "generated tokens": run.generated_tokens, "reflector calls": run.reflection_calls,
             "reflector tokens": run.reflector_tokens, "seconds": round(seconds, 1), "cost $": run.cost_usd}
 
@@ -398,22 +386,19 @@ def load_tree(run: RunRecord) -> list[TreeNode]:
     if not pools:
         return []
     try:
-        data = _read_json(pools[-1])
-        programs = {p["id"]: p for p in data["programs"]}
-        lineage: dict[str, list[str]] = {k: list(v) for k, v in data.get("lineage", {}).items()}
-        for pid, p in programs.items():
-            lineage.setdefault(pid, list(p.get("parents", [])))
+        pool = Pool.from_dict(_read_json(pools[-1]))
+        programs = {p.id: p for p in pool.programs}
+        lineage = {**{pid: list(p.parents) for pid, p in programs.items()}, **pool.lineage}
         nodes = []
         for pid, parents in lineage.items():
-            p = programs.get(pid)
-            if p is None:
+            program = programs.get(pid)
+            if program is None:
                 nodes.append(TreeNode(pid, tuple(parents), "evicted", None, None, None, None, False))
                 continue
-            program = Program.from_dict(p)
             nodes.append(TreeNode(pid, tuple(parents), program.origin, program.iteration, program.mu,
                                   program.sigma, program.render(), True))
         return nodes
-    except (RunLoadError, KeyError, TypeError, AttributeError) as exc:
+    except (RunLoadError, KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("leaderboard: no evolutionary tree for %s: %s", run.path, exc)
         return []
 

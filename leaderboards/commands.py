@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from espl_bench.errors import ConfigError
+from espl_bench.errors import ConfigError, RecordError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run_suite(args: argparse.Namespace) -> int:
         sid = config.suite_id
         folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
         if args.collect:
-            if not _finished(folder):
+            if not _finished(folder):  # RecordError (an EsplError): one line naming the file and the fix
                 log.info("bench: %s is not finished; left out", folder)
                 continue
         else:
@@ -85,10 +85,9 @@ def run_suite(args: argparse.Namespace) -> int:
                 log.error("bench: %s failed (exit %d)", folder, code)
                 return code
         try:
-            records.append(ScoreRecord.from_summary(sid, json.loads((folder / "summary.json").read_text())))
+            records.append(ScoreRecord.from_summary(sid, _summary(folder)))
         except ValueError as exc:
-            raise ConfigError(f"{folder}: {exc}; fix: re-run it with this version (delete the folder, then run "
-                              "the suite again: it resumes the others)") from None
+            raise ConfigError(f"{folder}: {exc}; fix: re-run it (delete the folder, then run the suite again)") from None
     results = Path(args.results or out / "results.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     dump_scores(records, results)
@@ -96,12 +95,20 @@ def run_suite(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finished(folder: Path) -> bool:
+def _summary(folder: Path):
+    from espl_bench.records import RunSummary
+
+    path = folder / "summary.json"
     try:
-        summary = json.loads((folder / "summary.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return summary.get("iterations_completed", 0) >= summary.get("iterations_planned", 1)
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"{path} is unreadable ({type(exc).__name__})") from None
+    return RunSummary.from_dict(data, str(path))
+
+
+def _finished(folder: Path) -> bool:
+    """Whether the run in ``folder`` finished (a summary this version cannot read is an error)."""
+    return (folder / "summary.json").is_file() and _summary(folder).finished
 
 
 def _seeds(text: str | None) -> set[int] | None:
@@ -124,7 +131,11 @@ def _envs(text: str | None, known: set[str], suite: str) -> set[str] | None:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from espl_bench.leaderboards.scores import ScoreFileError, compare_files, render_table
+    from espl_bench.leaderboards.scores import (
+        ScoreFileError,
+        compare_files,
+        render_table,
+    )
 
     if len(args.files) != 2:
         raise ConfigError("bench compare needs two files; fix: espl-bench bench compare CURRENT.json BASELINE.json")

@@ -25,10 +25,17 @@ from html import escape
 from pathlib import Path
 
 import matplotlib
+from espl_bench.leaderboards.aggregate import (
+    EnvBoard,
+    LeaderboardRow,
+    RunRecord,
+    TreeNode,
+    ancestors,
+    load_tree,
+    row_curve,
+)
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-
-from espl_bench.leaderboards.aggregate import EnvBoard, LeaderboardRow, RunRecord, TreeNode, ancestors, load_tree, row_curve
 
 log = logging.getLogger(__name__)
 BOLD = ' font-weight="bold"'
@@ -256,10 +263,11 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
              *((f"weights x prompt: {name}", _ci(cell.interval)) for name, cell in run.cells.items()),
              ("children (revision / fallback / crossover)",
               " / ".join(str(run.children.get(k, 0)) for k in ("revision", "fallback", "crossover"))),
-             *((f"budget: {k}", str(v)) for k, v in run.budget.items() if not isinstance(v, dict)),
+             *((f"budget: {k}", str(v)) for k, v in run.budget.model_dump().items() if not isinstance(v, dict)),
              ("run folder", str(run.path)), ("code", run.code),
-             *((k, str(run.provenance[k])) for k in ("python", "platform", "cuda") if run.provenance.get(k)),
-             *((name, version) for name, version in (run.provenance.get("packages") or {}).items() if version)]
+             *((k, str(getattr(run.provenance, k))) for k in ("python", "platform", "cuda")
+               if run.provenance is not None and getattr(run.provenance, k)),
+             *((name, version) for name, version in (run.provenance.packages if run.provenance else {}).items() if version)]
     body = [f'<p><a href="../index.html#{board_anchor}">← leaderboard</a></p>',
             f"<h1>{escape(run.env)} · {escape(run.method)} · seed {run.seed}</h1>",
             '<table class="facts">' + "".join(f'<tr><th>{escape(k)}</th><td class="t">{escape(v)}</td></tr>'

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Literal
 
 from espl_bench import stats
-from espl_bench.scoring.evaluation import CellResult
 from espl_bench.leaderboards.suite import SuiteId
+from espl_bench.records import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,11 @@ class ScoreRecord:
                 "problems": list(self.problems), "outcomes": [list(r) for r in self.outcomes]}
 
     @classmethod
-    def from_summary(cls, suite_id: SuiteId, summary: dict) -> ScoreRecord:
-        """From a run's ``summary.json`` (its final test evaluation)."""
-        if not summary.get("test"):
+    def from_summary(cls, suite_id: SuiteId, summary: RunSummary) -> ScoreRecord:
+        """From a run's summary (its final test evaluation)."""
+        if summary.test is None:
             raise ValueError(f"{suite_id.label()}: the run has no test evaluation")
-        cell = CellResult.from_dict(summary["test"])
+        cell = summary.test
         return cls(suite_id, cell.problem_ids, cell.successes, cell.items.split)
 
 

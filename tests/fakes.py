@@ -16,9 +16,8 @@ from espl_bench.envs.base import TextEnv
 def make_tiny_model(path: Path, *, seed: int = 0) -> Path:
     """A 2-layer randomly initialised Llama with the embedded model's tokenizer, saved at ``path``."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from espl_bench.training.models import convert_embedded
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if (path / "config.json").is_file():
         return path
@@ -72,7 +71,6 @@ def vllm_python_or_skip() -> str:
     import os
 
     import pytest
-
     from espl_bench.agents.vllm_server import SETUP_HINT, find_vllm_python
 
     python = find_vllm_python()

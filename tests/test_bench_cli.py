@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
-from espl_bench.running.cli import main
 from espl_bench.leaderboards.suite import METHODS
+from espl_bench.running.cli import main
 
 
 def scores(path, success, seed):
@@ -58,14 +57,14 @@ def test_bench_runs_only_the_requested_seeds(tmp_path, capsys):
     assert main(["bench", "--suite", "smoke", "--seeds", "zero", "--out", str(out)]) == 2
 
 
-def _test_result() -> dict:
-    from espl_bench.scoring.evaluation import CellResult, EvalItems
+def summary(completed: int, planned: int = 2) -> str:
+    """A finished (or not) run's summary.json, as the runner writes it."""
+    from espl_bench.records import CellResult, EvalItems, RunSummary, TestProgram
 
-    return CellResult(EvalItems("test", (0, 1), 2), "p0", ((1, 0), (0, 1)), ((1.0, 0.0), (0.0, 1.0)),
-                      ("t/0", "t/1")).to_dict()
-
-
-TEST = _test_result()
+    test = CellResult(EvalItems("test", (0, 1), 2), "p0", ((1, 0), (0, 1)), ((1.0, 0.0), (0.0, 1.0)), ("t/0", "t/1"))
+    return json.dumps(RunSummary(env="e", method="m", model="x", seed=0, iterations_completed=completed,
+                                 iterations_planned=planned, test=test,
+                                 test_program=TestProgram(id="p0", rule="lcb", mu=25, sigma=8, text="t")).to_dict())
 
 
 def test_an_old_results_summary_is_one_clear_error(tmp_path, caplog):
@@ -78,7 +77,7 @@ def test_an_old_results_summary_is_one_clear_error(tmp_path, caplog):
     (folder / "summary.json").write_text(json.dumps({"iterations_completed": 2, "iterations_planned": 2,
                                                      "test": {"success": 0.5, "problems": 4, "samples": 2}}))
     assert main(["bench", "--suite", "smoke", "--collect", "--out", str(out)]) == 2
-    assert "per-problem" in caplog.text and "fix: re-run" in caplog.text
+    assert "schema version 1" in caplog.text and "fix: re-run" in caplog.text
 
 
 def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
@@ -90,9 +89,7 @@ def test_collect_writes_results_for_finished_runs_only(tmp_path, capsys):
         sid = config.suite_id
         folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
         folder.mkdir(parents=True)
-        (folder / "summary.json").write_text(json.dumps({
-            "iterations_completed": completed, "iterations_planned": 2,
-            "test": TEST}))
+        (folder / "summary.json").write_text(summary(completed))
     assert main(["bench", "--suite", "smoke", "--collect", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert "1 results" in capsys.readouterr().out
@@ -108,9 +105,7 @@ def test_bench_runs_only_the_requested_envs(tmp_path, capsys, caplog):
         sid = config.suite_id
         folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
         folder.mkdir(parents=True)
-        (folder / "summary.json").write_text(json.dumps({
-            "iterations_completed": 2, "iterations_planned": 2,
-            "test": TEST}))
+        (folder / "summary.json").write_text(summary(2))
     assert main(["bench", "--suite", "board", "--collect", "--out", str(out), "--envs",
                  "espl/ToolUse-v0, rg/letter_counting-v0", "--seeds", "1"]) == 0
     results = json.loads((out / "results.json").read_text())

@@ -1,11 +1,10 @@
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from espl_bench.method.edits import ReflectionParseError, parse_ops
 from espl_bench.method.program import EditOp, apply_edits
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 IDS = {"G0", "G1", "G2"}
 ALL = {"add", "modify", "merge", "remove"}

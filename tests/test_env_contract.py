@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from espl_bench.envs.check import check
 from espl_bench.envs.registry import list_env_ids
 

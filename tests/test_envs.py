@@ -1,9 +1,8 @@
 import pytest
-from gymnasium.utils.env_checker import check_env
-
 from espl_bench.envs.answers import extract_answer
 from espl_bench.envs.registry import make_env
 from espl_bench.errors import EnvNotFound
+from gymnasium.utils.env_checker import check_env
 
 
 def test_env_passes_gymnasium_checker():
@@ -22,15 +21,15 @@ def test_same_seed_same_episodes(env_id):
 
 def test_train_and_test_splits_are_disjoint():
     env = make_env("espl/Arithmetic-v0")
-    train = {env.reset(options={"split": "train", "index": i})[0] for i in range(env.split_size("train"))}
-    test = {env.reset(options={"split": "test", "index": i})[0] for i in range(env.split_size("test"))}
+    train = {env.reset(options={"split": "train", "index": i})[0] for i in range(env.unwrapped.split_size("train"))}
+    test = {env.reset(options={"split": "test", "index": i})[0] for i in range(env.unwrapped.split_size("test"))}
     assert len(test) > 0 and not train & test
 
 
 def test_reward_contract():
     env = make_env("espl/Arithmetic-v0")
     env.reset(options={"split": "test", "index": 0})
-    answer = env._entry["answer"]
+    answer = env.unwrapped._entry["answer"]
     obs, reward, terminated, truncated, info = env.step(f"so <answer>{answer}</answer>")
     assert (reward, terminated, truncated, info["success"], info["valid"]) == (1.0, True, False, True, True)
     assert info["answer"] == answer and info["metadata"]["format"] == "tag"

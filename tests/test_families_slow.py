@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from espl_bench.running.cli import main
 
 

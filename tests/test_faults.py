@@ -7,18 +7,18 @@ import time
 
 import litellm
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from litellm import CustomLLM
-
+from espl_bench.agents.reflector import LiteLLMReflector, ReflectorCallError
 from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.method.learning import FrozenLearner
 from espl_bench.method.loop import EsplLoop, Parts
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation
-from espl_bench.agents.reflector import LiteLLMReflector, ReflectorCallError
 from espl_bench.method.selection import make_selector
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litellm import CustomLLM
+
 from tests.fakes import ScriptedReflector
 from tests.test_reflection import setup
 from tests.test_rollout import CountdownEnv, EchoSampler
@@ -137,13 +137,13 @@ def test_load_8_programs_64_rollouts_flaky_reflector_and_broken_envs_lose_no_ite
     programs = [Program(id=f"p{i}", principles={"G0": f"rule {i}"}) for i in range(8)]
     loop = EsplLoop(cfg, parts, Pool(programs), random.Random(0))
     results = [loop.iteration(t) for t in range(1, 4)]
-    assert [r.metrics["iteration"] for r in results] == [1, 2, 3]
-    assert all(r.metrics["rollouts"] == 64 for r in results)
+    assert [r.metrics.iteration for r in results] == [1, 2, 3]
+    assert all(r.metrics.rollouts == 64 for r in results)
     assert max(sampler.batches) == 64  # all 64 rollouts of an iteration in flight together
-    assert all(r.metrics["env_errors"] > 0 for r in results)  # broken and hanging problems were hit...
+    assert all(r.metrics.env_errors > 0 for r in results)  # broken and hanging problems were hit...
     assert reflector.failures > 0  # ...and the reflector failed, yet every iteration completed
-    failed = sum(r.metrics["reflection_failures"] for r in results)
-    made = sum(len(r.metrics["children"]) for r in results)
-    assert failed + made + sum(list(r.metrics["reflections"].values()).count("skipped") for r in results) == \
+    failed = sum(r.metrics.reflection_failures for r in results)
+    made = sum(len(r.metrics.children) for r in results)
+    assert failed + made + sum(list(r.metrics.reflections.values()).count("skipped") for r in results) == \
         sum(len(r.outcomes) for r in results)
     assert len(loop.pool) == 8 + made

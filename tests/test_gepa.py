@@ -4,9 +4,9 @@ import json
 import random
 
 from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.baselines.gepa import feedback
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.running.cli import main
-from espl_bench.baselines.gepa import feedback
 
 # GEPA's reflection prompt asks for the new instruction inside ``` fences.
 NEW_PROMPT = "Compute carefully. Reply with only the number inside <answer></answer> tags."
@@ -58,11 +58,11 @@ class PromptSensitiveEngine:
 
 
 def test_gepa_accepts_a_better_prompt_and_records_its_lineage(tmp_path):
-    from espl_bench.config import RunConfig
+    from espl_bench.agents.offline_reflectors import offline_reflector
     from espl_bench.baselines.gepa import GepaLoop
+    from espl_bench.config import RunConfig
     from espl_bench.method.learning import FrozenLearner
     from espl_bench.method.loop import Parts
-    from espl_bench.agents.offline_reflectors import offline_reflector
     from espl_bench.method.program import Pool
     from espl_bench.method.selection import make_selector
 
@@ -80,12 +80,12 @@ def test_gepa_accepts_a_better_prompt_and_records_its_lineage(tmp_path):
     assert [p.preamble for p in programs[:2]] == ["You are a careful problem solver.", NEW_PROMPT]
     assert programs[1].parents == ["p0"] and programs[1].origin == "mutation"
     assert programs[1].mu == 1.0 and programs[0].mu == 0.0  # GEPA's validation means
-    assert loop.test_program().id == "p1" and result.metrics["test"]["success"] == 1.0
-    assert result.metrics["rollouts"] == cfg.rollout_budget  # the budget, to the rollout
-    assert result.metrics["reflection_calls"] >= 1 and result.metrics["train_reward"] > 0
+    assert loop.test_program().id == "p1" and result.metrics.test.success == 1.0
+    assert result.metrics.rollouts == cfg.rollout_budget  # the budget, to the rollout
+    assert result.metrics.reflection_calls >= 1 and result.metrics.train_reward > 0
     # the progress bar follows the budget through the search
     spent = [s for s in shown if s.startswith("gepa search, ")]
-    assert len(spent) > 1 and spent[-1] == f"gepa search, {result.metrics['rollouts']}/{cfg.rollout_budget} rollouts"
+    assert len(spent) > 1 and spent[-1] == f"gepa search, {result.metrics.rollouts}/{cfg.rollout_budget} rollouts"
 
 
 def test_a_finished_gepa_run_resumes_to_the_same_summary(tiny_model, tmp_path):

@@ -14,7 +14,6 @@ from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
-
 from espl_bench.leaderboards.aggregate import build_leaderboard
 from espl_bench.leaderboards.render import render_site
 from test_leaderboards import write_runs

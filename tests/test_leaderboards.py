@@ -9,10 +9,27 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-
-from espl_bench.method.program import Pool, Program
-from espl_bench.leaderboards.aggregate import aggregate, ancestors, build_leaderboard, load_run, load_runs, load_tree, row_curve
+from espl_bench.leaderboards.aggregate import (
+    aggregate,
+    ancestors,
+    build_leaderboard,
+    load_run,
+    load_runs,
+    load_tree,
+    row_curve,
+)
 from espl_bench.leaderboards.render import render_markdown, render_site
+from espl_bench.method.program import Pool, Program
+from espl_bench.records import (
+    Breakdown,
+    Budget,
+    CellResult,
+    EvalItems,
+    IterationMetrics,
+    ReflectionCounts,
+    RunSummary,
+    TestProgram,
+)
 
 ENV = "espl/Arithmetic-v0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,16 +52,14 @@ def synthetic_pool() -> Pool:
 PROBLEMS, SAMPLES = 8, 5
 
 
-def cell(success: float, program: str = "p3", weights: str = "trained", shift: int = 0) -> dict:
+def cell(success: float, program: str = "p3", weights: str = "trained", shift: int = 0) -> CellResult:
     """A test result of ``success`` on 8 problems x 5 samples (``shift`` moves the hits across problems)."""
-    from espl_bench.scoring.evaluation import CellResult, EvalItems
-
     hits = round(success * PROBLEMS * SAMPLES)
     flat = [int((k + shift) % (PROBLEMS * SAMPLES) < hits) for k in range(PROBLEMS * SAMPLES)]
     rows = tuple(tuple(flat[p::PROBLEMS]) for p in range(PROBLEMS))
     return CellResult(EvalItems("test", tuple(range(PROBLEMS)), SAMPLES), program, rows,
                       tuple(tuple(float(x) for x in r) for r in rows), tuple(f"test/{p}" for p in range(PROBLEMS)),
-                      invalid_actions=10, turns=40, generated_tokens=100, weights=weights).to_dict()
+                      invalid_actions=10, turns=40, generated_tokens=100, weights=weights)
 
 
 def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str = "tiny", seed: int = 0,
@@ -58,9 +73,9 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
     pool = synthetic_pool()
     history = []
     for t, (tr, te) in enumerate(zip(train, test), 1):
-        m = {"iteration": t, "train_reward": tr, "train_success": tr, "invalid_action_rate": 0.1,
-             "reflection_calls": calls, "reflection_failures": 0, "rollouts": rollouts, "generated_tokens": 10 * rollouts,
-             "test": cell(te, shift=seed), "phase_seconds": {"rollouts": 1.0, "eval": 0.5}}
+        m = IterationMetrics(iteration=t, train_reward=tr, train_success=tr, invalid_action_rate=0.1,
+                             reflection_calls=calls, rollouts=rollouts, generated_tokens=10 * rollouts,
+                             test=cell(te, shift=seed), phase_seconds={"rollouts": 1.0, "eval": 0.5}).to_dict()
         history.append(m)
         it = folder / "iterations" / f"{t:06d}"
         it.mkdir(parents=True)
@@ -70,27 +85,26 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
         (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     best = pool["p3"]
     split = None
+    last = cell(test[-1], shift=seed)
     if breakdown:
         cells = {"base/root": cell(0.1, "p0", "base"), "base/program": cell(0.3, "p3", "base"),
-                 "trained/root": cell(0.2, "p0"), "trained/program": history[-1]["test"]}
-        split = {"items": cells["base/root"]["items"], "cells": {k: {x: y for x, y in v.items() if x != "items"}
-                                                                 for k, v in cells.items()}, "effects": {}}
-    summary = {"schema_version": 2, "env": env, "method": method, "model": model, "reflector": "espl-local/reference",
-               "iterations_completed": len(history), "iterations_planned": len(history),
-               "train_reward": list(train), "test": history[-1]["test"], "breakdown": split,
-               "test_program": {"id": "p3", "rule": "lcb", "mu": best.mu, "sigma": best.sigma, "text": best.render()},
-               "pool_size": len(pool), "reflection_failures": 0, "rollouts": rollouts * len(history),
-               "reflection": {"children": {"revision": 2, "fallback": 1, "crossover": 0}, "failed": 1, "skipped": 0},
-               "budget": {"training_rollouts": rollouts * len(history), "validation_rollouts": 0,
-                          "evaluation_rollouts": 40 * len(history),
-                          "generated_tokens": {"training": 10 * rollouts * len(history), "evaluation": 100 * len(history)},
-                          "seconds_by_phase": {"rollouts": 1.0 * len(history), "eval": 0.5 * len(history)}},
-               "generated_tokens": 10 * rollouts * len(history), "seconds_this_session": 1.0,
-               "usage": {"reflector": {"calls": calls * len(history), "prompt_tokens": 100 * calls * len(history),
-                                       "completion_tokens": 0, "cost_usd": 0.001 * calls * len(history)}}}
-    if provenance is not None:
-        summary["provenance"] = provenance
-    (folder / "summary.json").write_text(json.dumps(summary))
+                 "trained/root": cell(0.2, "p0"), "trained/program": last}
+        split = Breakdown(last.items, "p0", "p3", cells, {})
+    n = len(history)
+    summary = RunSummary(
+        env=env, method=method, model=model, seed=seed, reflector="espl-local/reference", iterations_completed=n,
+        iterations_planned=n, train_reward=list(train), test=last, breakdown=split,
+        test_program=TestProgram(id="p3", rule="lcb", mu=best.mu, sigma=best.sigma, text=best.render()),
+        pool_size=len(pool), rollouts=rollouts * n,
+        reflection=ReflectionCounts(children={"revision": 2, "fallback": 1, "crossover": 0}, failed=1),
+        budget=Budget(training_rollouts=rollouts * n, evaluation_rollouts=40 * n,
+                      generated_tokens={"training": 10 * rollouts * n, "evaluation": 100 * n},
+                      seconds_by_phase={"rollouts": 1.0 * n, "eval": 0.5 * n}),
+        generated_tokens=10 * rollouts * n, seconds_this_session=1.0,
+        usage={"reflector": {"calls": calls * n, "prompt_tokens": 100 * calls * n, "completion_tokens": 0,
+                             "cost_usd": 0.001 * calls * n}},
+        provenance=provenance)
+    (folder / "summary.json").write_text(json.dumps(summary.to_dict()))
     (folder / "best_prompt.txt").write_text(best.render())
     (folder / "LATEST").write_text(str(len(history)))
     return folder
@@ -116,7 +130,8 @@ def test_intervals_tiers_and_budgets_over_seeds_on_the_shared_problems(tmp_path)
     leftover.mkdir()
     (leftover / "metrics.json").write_text("{half-writ")
     ahead = root / "rl" / "s1" / "metrics.jsonl"  # a kill inside commit 3 wrote metrics.jsonl past LATEST (2)
-    ahead.write_text(ahead.read_text() + json.dumps({"iteration": 3, "train_success": 1.0, "rollouts": 8}) + "\n")
+    ahead_line = IterationMetrics(iteration=3, train_reward=1.0, train_success=1.0, rollouts=8).to_dict()
+    ahead.write_text(ahead.read_text() + json.dumps(ahead_line) + "\n")
     boards = build_leaderboard([root])
     assert [b.env for b in boards] == ["espl/Arithmetic-v0", "espl/ToolUse-v0"]
     board = boards[0]

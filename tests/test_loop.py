@@ -4,18 +4,18 @@ import random
 
 import pytest
 import torch
-
 from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.agents.sampler import Completion, TransformersSampler
+from espl_bench.config import RunConfig
 from espl_bench.envs.registry import make_env
 from espl_bench.envs.splits import SplitPlan
-from espl_bench.config import RunConfig
 from espl_bench.method.learning import FrozenLearner
-from espl_bench.training.learner import LearnerSettings, TRLLearner
 from espl_bench.method.loop import EsplLoop, Parts
 from espl_bench.method.program import Pool
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
+from espl_bench.training.learner import LearnerSettings, TRLLearner
+
 from tests.fakes import ScriptedReflector
 
 REVISION = '```json\n[{"op": "add", "text": "Work out each operation separately."}]\n```'
@@ -83,8 +83,8 @@ def test_rl_and_espl_change_lora_weights(tiny_model, tmp_path, method):
     result = loop.iteration(1)
     after = params(model, "lora_B")
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    assert result.metrics["rollouts"] == loop.cfg.selected_programs * 2 * 2
-    assert 0 < result.metrics["train_reward"] < 1
+    assert result.metrics.rollouts == loop.cfg.selected_programs * 2 * 2
+    assert 0 < result.metrics.train_reward < 1
     loop.parts.learner.close()
 
 
@@ -94,20 +94,20 @@ def test_evolution_keeps_weights_and_grows_pool(tiny_model, tmp_path):
     result = loop.iteration(1)
     after = params(model, "")
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert result.metrics["reflections"]["mutation"] == "revision"
-    assert result.metrics["reflection_counts"]["children"]["revision"] == 1
-    child = loop.pool[result.metrics["children"][0]]
+    assert result.metrics.reflections["mutation"] == "revision"
+    assert result.metrics.reflection_counts.children["revision"] == 1
+    child = loop.pool[result.metrics.children[0]]
     assert child.parents == ["p0"] and "Work out each operation separately." in child.principles.values()
-    assert len(loop.pool) == 1 + len(result.metrics["children"])
+    assert len(loop.pool) == 1 + len(result.metrics.children)
 
 
 def test_self_reflection_is_a_population_of_one(tiny_model, tmp_path):
     loop, _ = build(tiny_model, tmp_path, "self-reflection")
     result = loop.iteration(1)
     # one program in both slots x 2 problems x 2 samples: the same rollouts as every other method
-    assert result.metrics["rollouts"] == 8 and set(result.metrics["program_scores"]) == {"p0"}
-    assert "crossover" not in result.metrics["reflections"]
-    assert "test" in result.metrics and {"pass@1", "pass@2", "success"} <= set(result.metrics["test"])
+    assert result.metrics.rollouts == 8 and set(result.metrics.program_scores) == {"p0"}
+    assert "crossover" not in result.metrics.reflections
+    assert result.metrics.test is not None and set(result.metrics.test.pass_at()) == {"pass@1", "pass@2"}
 
 
 class RecordingLearner:
@@ -149,6 +149,6 @@ def test_malformed_reflections_are_counted_and_leave_the_pool(tiny_model, tmp_pa
     loop.parts.crossover = Crossover(garbage)
     before = loop.pool.to_dict()
     result = loop.iteration(1)
-    assert result.metrics["reflection_failures"] == len(result.outcomes) >= 1
-    assert result.metrics["children"] == []
+    assert result.metrics.reflection_failures == len(result.outcomes) >= 1
+    assert result.metrics.children == []
     assert loop.pool.to_dict()["programs"] == before["programs"]

@@ -2,12 +2,20 @@ import json
 import threading
 from dataclasses import replace
 
-import pytest
-from gymnasium.utils.env_checker import check_env
-
 import espl_bench.envs.math_jsonl as mj
-from espl_bench.envs.math_jsonl import (PRESETS, SOURCES, DatasetUnavailable, HubSource, MathJSONLEnv, extract_final,
-                             load_preset, load_source, score_answer)
+import pytest
+from espl_bench.envs.math_jsonl import (
+    PRESETS,
+    SOURCES,
+    DatasetUnavailable,
+    HubSource,
+    MathJSONLEnv,
+    extract_final,
+    load_preset,
+    load_source,
+    score_answer,
+)
+from gymnasium.utils.env_checker import check_env
 
 
 def write_jsonl(path, rows):

@@ -1,6 +1,5 @@
 import pytest
-
-from espl_bench.scoring.metrics import pass_at_k
+from espl_bench.stats import pass_at_k
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,12 @@
 import pytest
-
+from espl_bench.agents.reflector import (
+    LiteLLMReflector,
+    LocalModels,
+    ReflectorCallError,
+)
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.errors import ModelNotFound, ReflectorUnavailable
 from espl_bench.training.models import cache_root, resolve_model
-from espl_bench.agents.reflector import LiteLLMReflector, register_local_model
 
 
 def test_cache_honours_xdg(monkeypatch, tmp_path):
@@ -46,12 +49,25 @@ def test_sampler_returns_ids_and_logprobs_per_conversation(tiny_sampler):
     assert [c.completion_ids for c in again] == [c.completion_ids for c in out]  # seeded
 
 
-def test_local_model_is_reachable_through_litellm_offline(tiny_sampler):
-    model = register_local_model("tiny-test", tiny_sampler)
-    reflector = LiteLLMReflector(model, max_tokens=6)
-    reflector.check()
-    text = reflector.complete([{"role": "user", "content": "Say OK"}])
-    assert isinstance(text, str) and reflector.calls == 2 and reflector.tokens > 0
+def test_local_model_is_reachable_through_litellm_offline_and_scoped_to_its_run(tiny_sampler):
+    import litellm
+
+    before = list(litellm.custom_provider_map)
+    first, second = LocalModels(), LocalModels()
+    try:
+        model = first.serve("tiny-test", tiny_sampler)
+        other = second.serve("tiny-test", tiny_sampler)
+        assert model != other  # two runs in one process never share a served model
+        reflector = LiteLLMReflector(model, max_tokens=6)
+        reflector.check()
+        text = reflector.complete([{"role": "user", "content": "Say OK"}])
+        assert isinstance(text, str) and reflector.calls == 2 and reflector.tokens > 0
+    finally:
+        first.close()
+        second.close()
+    assert litellm.custom_provider_map == before  # nothing of ours stays registered
+    with pytest.raises(ReflectorCallError):
+        LiteLLMReflector(model, max_tokens=6, num_retries=0).complete([{"role": "user", "content": "Say OK"}])
 
 
 def test_unreachable_reflector_is_one_clear_error(monkeypatch):

@@ -4,22 +4,23 @@ import json
 import random
 
 import pytest
-
+from espl_bench.agents.offline_reflectors import offline_reflector
 from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
+from espl_bench.baselines.gepa import GepaLoop
+from espl_bench.config import RunConfig
 from espl_bench.envs.registry import make_env
 from espl_bench.envs.splits import SplitPlan
-from espl_bench.running.cli import main
-from espl_bench.config import RunConfig
-from espl_bench.scoring.evaluation import EvalItems, evaluate
-from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.method.learning import FrozenLearner
 from espl_bench.method.loop import EsplLoop, Parts
-from espl_bench.methods import METHODS
-from espl_bench.agents.offline_reflectors import offline_reflector
 from espl_bench.method.program import Pool
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
+from espl_bench.methods import METHODS
+from espl_bench.records import EvalItems
+from espl_bench.running.cli import main
+from espl_bench.scoring.evaluation import evaluate, item_specs
+
 from tests.fakes import ScriptedReflector
 
 SMALL = ["--iterations", "2", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",
@@ -35,10 +36,10 @@ def test_an_episode_depends_on_its_coordinates_not_on_its_batch(tiny_model):
     params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=1.0)
     alone = evaluate(engine, "Be brief.", "p", items, params)
     # the same episodes inside a bigger batch, in another order, next to another prompt's
-    others = EvalItems("test", (7, 3), 3, seed=9).specs("Be careful.")
-    mixed = engine.run([*others, *reversed(items.specs("Be brief."))], params)
+    others = item_specs(EvalItems("test", (7, 3), 3, seed=9), "Be careful.")
+    mixed = engine.run([*others, *reversed(item_specs(items, "Be brief."))], params)
     replies = {(r.spec.index, r.spec.tags["sample"]): r.response for r in mixed if r.spec.system_prompt == "Be brief."}
-    again = {(r.spec.index, r.spec.tags["sample"]): r.response for r in engine.run(items.specs("Be brief."), params)}
+    again = {(r.spec.index, r.spec.tags["sample"]): r.response for r in engine.run(item_specs(items, "Be brief."), params)}
     assert replies == again and len(again) == 6
     assert evaluate(engine, "Be brief.", "p", items, params) == alone
     assert len(set(again.values())) > 1  # the samples of one problem differ: each has its own seed
@@ -107,15 +108,15 @@ def test_every_method_is_scored_with_the_program_its_spec_names(method):
                   selector=make_selector("lucb"), mutation=Mutation(reflector) if spec.mutates else None,
                   crossover=Crossover(reflector) if spec.crosses else None, plan=SplitPlan.of_sizes(40, 10), eos_id=0)
     loop = EsplLoop(cfg, parts, Pool.with_root(), random.Random(0))
-    tests = [loop.iteration(t).metrics["test"] for t in range(1, 5)]
+    tests = [loop.iteration(t).metrics.test for t in range(1, 5)]
     chosen = loop.test_program()
     expected = {"lcb": loop.pool.best(), "latest": loop.pool.latest(), "root": loop.pool.root()}[spec.test_rule]
-    assert chosen is expected and tests[-1]["program"] == chosen.id
+    assert chosen is expected and tests[-1].program == chosen.id
     if method == "self-reflection":
         # a population of one: each iteration's child is the newest, better program, and it is scored
         assert chosen.id == f"p{len(loop.pool) - 1}" and chosen.id != "p0"
-        assert [t["program"] for t in tests] == ["p1", "p2", "p3", "p4"]
-        assert tests[-1]["success"] > tests[0]["success"]
+        assert [t.program for t in tests] == ["p1", "p2", "p3", "p4"]
+        assert tests[-1].success > tests[0].success
     if method == "rl":
         assert chosen.id == "p0" and len(loop.pool) == 1
     override = RunConfig(**{**cfg.model_dump(), "test_program": "root"})
@@ -132,8 +133,8 @@ def test_gepa_is_scored_with_its_validation_best(tmp_path):
     loop = GepaLoop(cfg, parts, Pool.with_root(), random.Random(0))
     result = loop.iteration(1)
     best = max(loop.pool.programs, key=lambda p: p.mu)
-    assert loop.test_program() is best and best.preamble == new and result.metrics["test"]["program"] == best.id
-    assert result.metrics["rollouts"] == cfg.rollout_budget
+    assert loop.test_program() is best and best.preamble == new and result.metrics.test.program == best.id
+    assert result.metrics.rollouts == cfg.rollout_budget
 
 
 def test_an_espl_run_reports_the_weights_x_prompt_breakdown_and_evaluate_repeats_it(tiny_model, tmp_path, capsys):

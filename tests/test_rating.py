@@ -1,9 +1,15 @@
 import math
 
 import pytest
-
 from espl_bench.method.program import Program
-from espl_bench.method.rating import MU0, SIGMA0, crossover_prior, mutation_prior, tie_ranks, update_ratings
+from espl_bench.method.rating import (
+    MU0,
+    SIGMA0,
+    crossover_prior,
+    mutation_prior,
+    tie_ranks,
+    update_ratings,
+)
 
 
 def fresh(pid):

@@ -1,11 +1,11 @@
 import json
 
 import pytest
-
+from espl_bench.agents.reflector import ReflectorCallError
 from espl_bench.agents.rollout import EpisodeSpec, Rollout
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
-from espl_bench.agents.reflector import ReflectorCallError
+
 from tests.fakes import ScriptedReflector
 
 

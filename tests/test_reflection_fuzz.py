@@ -9,15 +9,15 @@ import json
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from espl_bench.agents.rollout import EpisodeSpec, Rollout
 from espl_bench.method.learning import FrozenLearner
-from espl_bench.training.policy import Policy
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
 from espl_bench.running.rundir import RunDir
+from espl_bench.training.policy import Policy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests.fakes import ScriptedReflector
 
 ODD = ["\udcff", "\ud800x", "<new principle, at most 32 words>", "...", "$max_words", "G0", "\x00", "é" * 500]
@@ -77,7 +77,7 @@ def test_no_reflector_answer_crashes_an_iteration_or_writes_an_unreadable_run(sc
         rundir = RunDir(Path(tmp) / "run")
         rundir.create({"config": {}})
         rundir.commit(1, state={"iteration": 1}, pool=pool.to_dict(), rollouts=[r.to_record() for r in rollouts],
-                      reflections=[o.to_record() for o in outcomes], metrics={"iteration": 1, "children": [
+                      reflections=[o.to_record().to_dict() for o in outcomes], metrics={"iteration": 1, "children": [
                           o.child.id for o in outcomes if o.child]}, summary={"test_program": pool.latest().render()},
                       best_prompt=pool.latest().render())
         for path in rundir.root.rglob("*"):

@@ -1,7 +1,6 @@
 """The rollout engine and the baseline grouping, with a scripted sampler (no model)."""
 
 import gymnasium as gym
-
 from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import Completion, SamplingParams
 from espl_bench.envs.base import TextEnv
@@ -118,8 +117,8 @@ def test_any_text_gymnasium_env_works_without_the_base_class():
 
 
 def test_invalid_actions_are_counted_apart_from_success():
-    from espl_bench.method.loop import _invalid_rate
     from espl_bench.envs.tool_env import Problem, Tool, ToolEnv
+    from espl_bench.method.loop import _invalid_rate
 
     class Echo(ToolEnv):
         def split_size(self, split):

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 from espl_bench.errors import RunDirError
 from espl_bench.running.rundir import RunDir, atomic_write
 

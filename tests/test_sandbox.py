@@ -4,7 +4,6 @@ import os
 import time
 
 import pytest
-
 from espl_bench.envs.sandbox import network_isolation_available, run_python
 
 

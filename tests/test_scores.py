@@ -7,10 +7,16 @@ import logging
 
 import numpy as np
 import pytest
-
 from espl_bench.config import RunConfig
-from espl_bench.leaderboards.scores import (ScoreFileError, ScoreRecord, compare, compare_files, dump_scores, load_scores,
-                                 render_table)
+from espl_bench.leaderboards.scores import (
+    ScoreFileError,
+    ScoreRecord,
+    compare,
+    compare_files,
+    dump_scores,
+    load_scores,
+    render_table,
+)
 from espl_bench.leaderboards.suite import SUITE_VERSION, SUITES, SuiteId, get_suite
 
 A = SuiteId("espl/Arithmetic-v0", "espl", "smollm2-135m", 0, "smoke")
@@ -128,13 +134,16 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path, content, message):
 
 
 def test_score_from_a_run_summary():
-    from espl_bench.scoring.evaluation import CellResult, EvalItems
+    from espl_bench.records import CellResult, EvalItems, RunSummary, TestProgram
 
     cell = CellResult(EvalItems("test", (0, 1), 2), "p3", ((1, 0), (0, 0)), ((1.0, 0.0), (0.0, 0.0)), ("t/0", "t/1"))
-    record = ScoreRecord.from_summary(A, {"test": cell.to_dict()})
+    program = TestProgram(id="p3", rule="lcb", mu=25, sigma=8, text="t")
+    summary = RunSummary(env="e", method="m", model="x", seed=0, iterations_completed=1, iterations_planned=1,
+                         test=cell, test_program=program)
+    record = ScoreRecord.from_summary(A, RunSummary.from_dict(summary.to_dict()))  # through its JSON form
     assert record == ScoreRecord(A, ("t/0", "t/1"), ((1, 0), (0, 0))) and record.success == 0.25
     with pytest.raises(ValueError, match="no test evaluation"):
-        ScoreRecord.from_summary(A, {"test": None})
+        ScoreRecord.from_summary(A, summary.model_copy(update={"test": None}))
 
 
 def test_suite_is_versioned_and_its_arguments_are_run_config_fields():

@@ -2,8 +2,14 @@ import random
 from collections import Counter
 
 import pytest
-
-from espl_bench.method.selection import LUCBSelector, SELECTORS, SoftmaxSelector, UCBSelector, UniformSelector, make_selector
+from espl_bench.method.selection import (
+    SELECTORS,
+    LUCBSelector,
+    SoftmaxSelector,
+    UCBSelector,
+    UniformSelector,
+    make_selector,
+)
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
@@ -57,3 +63,17 @@ def test_softmax_prefers_higher_scores(pool_of):
     rng = random.Random(3)
     firsts = Counter(SoftmaxSelector(2.0).select(pool.window(4), 1, rng)[0].id for _ in range(400))
     assert firsts["p0"] > 150  # ~0.48 with T = max score; uniform would give ~100
+
+
+@pytest.mark.parametrize("name", ["uniform", "lucb", "ucb", "softmax"])
+def test_an_empty_window_or_no_slots_is_a_clear_error_before_any_draw(name, pool_of, rng):
+    selector = make_selector(name)
+    state = rng.getstate()
+    with pytest.raises(ValueError, match="non-empty window"):
+        selector.select([], 2, rng)
+    with pytest.raises(ValueError, match="m >= 1"):
+        selector.select(pool_of((25, 8)).window(5), 0, rng)
+    assert rng.getstate() == state
+    assert make_selector(selector) is selector
+    with pytest.raises(ValueError, match="unknown selection strategy"):
+        make_selector("best")

@@ -4,7 +4,6 @@ import json
 
 import gymnasium as gym
 import pytest
-
 from espl_bench.envs.base import TextEnv
 from espl_bench.envs.check import check, split_overlap
 from espl_bench.envs.registry import BUILTIN
@@ -38,13 +37,15 @@ def test_math_files_lose_repeats_and_test_problems_seen_in_train(math_files):
     from espl_bench.envs.registry import make_env
 
     env = make_env("espl/MathJSONL-v0", **math_files)
-    assert env.split_size("train") == 30 and env.split_size("test") == 10
+    assert env.unwrapped.split_size("train") == 30 and env.unwrapped.split_size("test") == 10
     report = split_overlap("espl/MathJSONL-v0", math_files, validation_problems=8)
     assert report.derived_validation and report.sizes == {"train": 22, "validation": 8, "test": 10} and report.ok
 
 
 class Overlapping(TextEnv):
     """Its test split repeats train problems: the check must say so."""
+
+    keyed = True
 
     def split_size(self, split):
         return {"train": 20, "test": 5}[split]
@@ -53,7 +54,7 @@ class Overlapping(TextEnv):
         super().reset(seed=seed)
         split, index = self._pick(options)
         question = f"Spell word number {index % 10}."
-        return question, {"problem_id": f"{split}/{index}"}
+        return question, {"problem_id": f"{split}/{index}", **({"content_key": question} if self.keyed else {})}
 
     def step(self, action):
         return "", 0.0, True, False, {"answer": "", "success": False, "valid": True, "metadata": {}}
@@ -67,7 +68,12 @@ def test_the_check_fails_on_an_env_whose_splits_overlap():
         assert report.shared["train/test"] and report.shared["validation/test"] and report.derived_validation
         full = check("overlap_test/Overlapping-v0")
         assert not full.ok and any("share problems" in f for f in full.failures)
+        # without content keys, equal first observations may hide different problems: a warning
+        Overlapping.keyed = False
+        unkeyed = check("overlap_test/Overlapping-v0")
+        assert unkeyed.ok and any("share problems" in w and "gives no content_key" in w for w in unkeyed.warnings)
     finally:
+        Overlapping.keyed = True
         gym.registry.pop("overlap_test/Overlapping-v0")
 
 
@@ -100,7 +106,7 @@ def test_the_first_reset_builds_a_few_items_not_the_split(env_id, monkeypatch):
 
     rg._entry.cache_clear()
     built = []
-    dataset = rg._dataset(*make_env(env_id)._key)
+    dataset = rg._dataset(*make_env(env_id).unwrapped._key)
     original = type(dataset).__getitem__
     monkeypatch.setattr(type(dataset), "__getitem__", lambda self, idx: built.append(idx) or original(self, idx))
     env = make_env(env_id)

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-from scipy import stats as sp
-
 from espl_bench import stats
+from scipy import stats as sp
 
 
 def test_one_run_interval_matches_the_t_interval_over_problem_means():

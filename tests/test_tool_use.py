@@ -2,9 +2,8 @@ import json
 import re
 
 import pytest
-from gymnasium.utils.env_checker import check_env
-
 from espl_bench.envs.tool_use import ToolUseEnv, calculator, convert
+from gymnasium.utils.env_checker import check_env
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 

@@ -17,11 +17,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
-from espl_bench.agents.trl_vllm_sampler import ColocateEngine, ServerEngine, TRLVLLMSampler
-from espl_bench.training import policy
+from espl_bench.agents.trl_vllm_sampler import (
+    ColocateEngine,
+    ServerEngine,
+    TRLVLLMSampler,
+)
 from espl_bench.running.cli import main
+from espl_bench.training import policy
+
 from tests.fakes import DENSE_PLUGIN
 
 FLAGS = ["run", "--env", "dense_plugin:Short-v0", "--method", "rl", "--sampler", "trl-vllm", "--programs", "1",

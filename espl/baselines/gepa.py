@@ -28,12 +28,20 @@ import time
 from collections.abc import Callable
 
 from espl_bench.agents.llm_router import usage_delta
+from espl_bench.agents.reflector import ReflectorCallError
 from espl_bench.agents.rollout import EpisodeSpec, Rollout
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
-from espl_bench.method.loop import EsplLoop, IterationResult, Parts, _invalid_rate, _rate, sampling
+from espl_bench.method.loop import (
+    EsplLoop,
+    IterationResult,
+    Parts,
+    _invalid_rate,
+    _rate,
+    sampling,
+)
 from espl_bench.method.program import Pool, Program
-from espl_bench.agents.reflector import ReflectorCallError
+from espl_bench.records import IterationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -154,29 +162,29 @@ class GepaLoop(EsplLoop):
         progress("eval")
         test = self.evaluate()
         rollouts = adapter.rollouts
-        metrics = {
-            "iteration": t,
-            "train_reward": sum(r.reward for r in rollouts) / len(rollouts) if rollouts else 0.0,
-            "train_success": _rate(rollouts, "success"),
-            "valid_rate": _rate(rollouts, "valid"),
-            "invalid_action_rate": _invalid_rate(rollouts),
-            "env_errors": sum(r.error is not None for r in rollouts),
-            "reflection_calls": calls[0],
-            "reflection_failures": calls[1],
-            "children": [p.id for p in self.pool.programs[1:]],
-            "rollouts": len(rollouts),
-            "validation_rollouts": sum((r.spec.split, r.spec.index) in set(valset) for r in rollouts),
-            "generated_tokens": sum(r.generated_tokens for r in rollouts),
-            "gepa": {"candidates": len(result.candidates), "best": f"p{result.best_idx}",
-                     "val_scores": [round(x, 4) for x in result.val_aggregate_scores],
-                     "metric_calls": result.total_metric_calls, "budget": cfg.rollout_budget,
-                     "stopped_by_budget": adapter.refused},
-            "test": test.to_dict(),
-            "usage": {name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
-            "seconds": round(time.monotonic() - started, 2),
-            "phase_seconds": {"gepa search": round(searched - started, 2), "eval": round(time.monotonic() - searched, 2)},
-        }
-        return IterationResult(rollouts, [], metrics, test)
+        metrics = IterationMetrics(
+            iteration=t,
+            train_reward=sum(r.reward for r in rollouts) / len(rollouts) if rollouts else 0.0,
+            train_success=_rate(rollouts, "success"),
+            valid_rate=_rate(rollouts, "valid"),
+            invalid_action_rate=_invalid_rate(rollouts),
+            env_errors=sum(r.error is not None for r in rollouts),
+            reflection_calls=calls[0],
+            reflection_failures=calls[1],
+            children=[p.id for p in self.pool.programs[1:]],
+            rollouts=len(rollouts),
+            validation_rollouts=sum((r.spec.split, r.spec.index) in set(valset) for r in rollouts),
+            generated_tokens=sum(r.generated_tokens for r in rollouts),
+            gepa={"candidates": len(result.candidates), "best": f"p{result.best_idx}",
+                  "val_scores": [round(x, 4) for x in result.val_aggregate_scores],
+                  "metric_calls": result.total_metric_calls, "budget": cfg.rollout_budget,
+                  "stopped_by_budget": adapter.refused},
+            test=test,
+            usage={name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
+            seconds=round(time.monotonic() - started, 2),
+            phase_seconds={"gepa search": round(searched - started, 2), "eval": round(time.monotonic() - searched, 2)},
+        )
+        return IterationResult(rollouts, [], metrics)
 
     def _adopt(self, result, t: int) -> None:
         """GEPA's candidates become the pool (ratings: GEPA's validation means, sigma 0)."""

@@ -19,16 +19,29 @@ from dataclasses import dataclass, field
 from espl_bench.agents.llm_router import usage_delta
 from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, derive_seed
+from espl_bench.config import RunConfig
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.method.advantage import training_batch
-from espl_bench.config import RunConfig
-from espl_bench.scoring.evaluation import CellResult, EvalItems, evaluate
 from espl_bench.method.learning import Learner
-from espl_bench.method.test_time import scored_program
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.rating import update_ratings
-from espl_bench.method.reflection import SOURCES, Crossover, Mutation, ReflectionOutcome, win_matrix
+from espl_bench.method.reflection import (
+    SOURCES,
+    Crossover,
+    Mutation,
+    ReflectionOutcome,
+    win_matrix,
+)
 from espl_bench.method.selection import Selector
+from espl_bench.method.test_time import scored_program
+from espl_bench.records import (
+    CellResult,
+    EvalItems,
+    IterationMetrics,
+    Rating,
+    ReflectionCounts,
+)
+from espl_bench.scoring.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +80,7 @@ class Parts:
 class IterationResult:
     rollouts: list[Rollout]
     outcomes: list[ReflectionOutcome]
-    metrics: dict
-    test: CellResult | None = None
+    metrics: IterationMetrics
 
 
 def sampling(cfg: RunConfig) -> SamplingParams:
@@ -84,12 +96,12 @@ def test_items(cfg: RunConfig, plan: SplitPlan, problems: int | None = None, sam
                      cfg.prompt_placement)
 
 
-def reflection_counts(outcomes: list[ReflectionOutcome]) -> dict:
+def reflection_counts(outcomes: list[ReflectionOutcome]) -> ReflectionCounts:
     """How many children an iteration really produced, by source, and how many attempts did not."""
     labels = [o.label for o in outcomes]
-    return {"children": {source: labels.count(source) for source in SOURCES},
-            "failed": labels.count("failed"), "skipped": labels.count("skipped"),
-            "copied_edits_rejected": sum(o.copies for o in outcomes)}
+    return ReflectionCounts(children={source: labels.count(source) for source in SOURCES},
+                            failed=labels.count("failed"), skipped=labels.count("skipped"),
+                            copied_edits_rejected=sum(o.copies for o in outcomes))
 
 
 class EsplLoop:
@@ -151,34 +163,34 @@ class EsplLoop:
                 else:
                     self.pool.add(outcome.child)
         counts = reflection_counts(outcomes)
-        metrics = {
-            "iteration": t,
-            "train_reward": sum(scores.values()) / len(scores) if scores else 0.0,
-            "train_success": _rate(rollouts, "success"),
-            "valid_rate": _rate(rollouts, "valid"),
-            "invalid_action_rate": _invalid_rate(rollouts),
-            "env_errors": sum(r.error is not None for r in rollouts),
-            "program_scores": scores,
-            "ratings": {k: {"mu": mu, "sigma": sd} for k, (mu, sd) in rated.items()},
-            "reflections": {o.kind: o.label for o in outcomes},
-            "reflection_counts": counts,
-            "reflection_calls": sum(o.calls for o in outcomes),
-            "reflection_failures": counts["failed"],
-            "children": [o.child.id for o in outcomes if o.child],
-            "rollouts": len(rollouts),
-            "generated_tokens": sum(r.generated_tokens for r in rollouts),
-            "learner": {k: v for k, v in train_stats.items() if k in LEARNER_METRICS or k.startswith("sampling/")},
-        }
         test = None
         if cfg.eval_every and t % cfg.eval_every == 0 or t == cfg.iterations:
             phase("eval")
             test = self.evaluate()
-            metrics["test"] = test.to_dict()
         phase("")
-        metrics["usage"] = {name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()}
-        metrics["seconds"] = round(time.monotonic() - started, 2)
-        metrics["phase_seconds"] = timings
-        return IterationResult(rollouts, outcomes, metrics, test)
+        metrics = IterationMetrics(
+            iteration=t,
+            train_reward=sum(scores.values()) / len(scores) if scores else 0.0,
+            train_success=_rate(rollouts, "success"),
+            valid_rate=_rate(rollouts, "valid"),
+            invalid_action_rate=_invalid_rate(rollouts),
+            env_errors=sum(r.error is not None for r in rollouts),
+            program_scores=scores,
+            ratings={k: Rating(mu=mu, sigma=sd) for k, (mu, sd) in rated.items()},
+            reflections={o.kind: o.label for o in outcomes},
+            reflection_counts=counts,
+            reflection_calls=sum(o.calls for o in outcomes),
+            reflection_failures=counts.failed,
+            children=[o.child.id for o in outcomes if o.child],
+            rollouts=len(rollouts),
+            generated_tokens=sum(r.generated_tokens for r in rollouts),
+            learner={k: v for k, v in train_stats.items() if k in LEARNER_METRICS or k.startswith("sampling/")},
+            test=test,
+            usage={name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
+            seconds=round(time.monotonic() - started, 2),
+            phase_seconds=timings,
+        )
+        return IterationResult(rollouts, outcomes, metrics)
 
     def evolve(self, programs: list[Program], scores: dict[str, float], rollouts: list[Rollout],
                t: int) -> list[ReflectionOutcome]:

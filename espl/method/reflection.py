@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from string import Template
 
+from espl_bench.agents.reflector import Reflector, ReflectorCallError
 from espl_bench.agents.rollout import Rollout
 from espl_bench.method.copies import CopyGuard
 from espl_bench.method.edits import ReflectionParseError, parse_ops
 from espl_bench.method.program import EditOp, Program, apply_edits
 from espl_bench.method.rating import crossover_prior, mutation_prior
-from espl_bench.agents.reflector import Reflector, ReflectorCallError
+from espl_bench.records import ReflectionRecord
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,10 @@ class ReflectionOutcome:
         """No child after all (the loop refused it): the outcome becomes a failure."""
         self.status, self.reason, self.child = "failed", reason, None
 
-    def to_record(self) -> dict:
-        return {"kind": self.kind, "status": self.status, "label": self.label, "reason": self.reason,
-                "child": self.child.id if self.child else None, "calls": self.calls, "repairs": self.repairs,
-                "fallback": self.fallback, "copies": self.copies, "log": self.log}
+    def to_record(self) -> ReflectionRecord:
+        return ReflectionRecord(kind=self.kind, status=self.status, label=self.label, reason=self.reason,
+                                child=self.child.id if self.child else None, calls=self.calls, repairs=self.repairs,
+                                fallback=self.fallback, copies=self.copies, log=self.log)
 
 
 def _clip(text: str) -> str:

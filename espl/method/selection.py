@@ -2,8 +2,13 @@
 
 Contract: ``select(window, m, rng)`` returns exactly ``m`` programs drawn from ``window`` (most
 recent last). When the window holds fewer than ``m`` programs, programs repeat (as in the
-reference code, the root fills every slot at step 0). Randomness comes only from ``rng``.
-Each strategy matches the reference code's function of the same name.
+reference code, the root fills every slot at step 0). Randomness comes only from ``rng``; the
+window and its programs are not changed. Each strategy matches the reference code's function of
+the same name.
+
+Error policy: an empty window or ``m < 1`` is a programming error, not data (the pool always
+holds its root, and the config requires ``--programs >= 1``): ``ValueError``, before any draw.
+A strategy is given by name (:func:`make_selector`) or as an instance.
 """
 
 from __future__ import annotations
@@ -16,7 +21,17 @@ from espl_bench.method.program import Program
 
 
 class Selector(Protocol):
+    """Chooses the iteration's programs; see the module docstring."""
+
     def select(self, window: list[Program], m: int, rng: random.Random) -> list[Program]: ...
+
+
+def check_request(window: list[Program], m: int) -> None:
+    """The error policy every strategy applies first."""
+    if not window:
+        raise ValueError("select needs a non-empty window of programs (the pool holds at least its root)")
+    if m < 1:
+        raise ValueError(f"select needs m >= 1 programs, got {m}")
 
 
 def _score(program: Program, lam: float) -> float:
@@ -37,6 +52,7 @@ class UniformSelector:
     """The newest program plus uniformly random others; ignores ratings."""
 
     def select(self, window: list[Program], m: int, rng: random.Random) -> list[Program]:
+        check_request(window, m)
         return _fill([window[-1]], window, m, rng)
 
 
@@ -47,6 +63,7 @@ class LUCBSelector:
         self.lam = lam
 
     def select(self, window: list[Program], m: int, rng: random.Random) -> list[Program]:
+        check_request(window, m)
         champion = max(window, key=lambda p: p.mu - self.lam * p.sigma)
         chosen = [champion]
         newest = window[-1]
@@ -64,6 +81,7 @@ class UCBSelector:
         self.lam = lam
 
     def select(self, window: list[Program], m: int, rng: random.Random) -> list[Program]:
+        check_request(window, m)
         ranked = sorted(window, key=lambda p: -_score(p, self.lam))
         return _fill(ranked[:m], window, m, rng)
 
@@ -75,6 +93,7 @@ class SoftmaxSelector:
         self.lam = lam
 
     def select(self, window: list[Program], m: int, rng: random.Random) -> list[Program]:
+        check_request(window, m)
         remaining = list(window)
         chosen: list[Program] = []
         while remaining and len(chosen) < m:
@@ -95,6 +114,12 @@ SELECTORS: dict[str, type] = {
 }
 
 
-def make_selector(name: str, lam: float = 2.0) -> Selector:
+def make_selector(name: str | Selector, lam: float = 2.0) -> Selector:
+    """The strategy called ``name`` (``uniform``, ``lucb``, ``ucb``, ``softmax``), or ``name`` itself
+    when it already is a selector."""
+    if not isinstance(name, str):
+        return name
+    if name not in SELECTORS:
+        raise ValueError(f"unknown selection strategy {name!r}; use one of {sorted(SELECTORS)}")
     cls = SELECTORS[name]
     return cls() if cls is UniformSelector else cls(lam)

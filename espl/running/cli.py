@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -88,28 +87,26 @@ def _run_config(args: argparse.Namespace):
     return cfg, run(cfg)
 
 
-def _screen(s: dict, out: str) -> str:
-    test = s.get("test") or {}
+def _screen(s, out: str) -> str:
+    """The finished run on the terminal: what was measured on what, and what came of it."""
     lines = [
         "",
-        f"E-SPL run finished: {s['env']}  method={s['method']}  model={s['model']}",
-        f"  iterations      {s['iterations_completed']}/{s['iterations_planned']}",
-        f"  train reward    {' -> '.join(f'{x:.3f}' for x in s['train_reward'])}",
+        f"E-SPL run finished: {s.env}  method={s.method}  model={s.model}",
+        f"  iterations      {s.iterations_completed}/{s.iterations_planned}",
+        f"  train reward    {' -> '.join(f'{x:.3f}' for x in s.train_reward)}",
     ]
-    if test:
-        ks = "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k.startswith("pass@"))
-        ci = test.get("interval") or {}
-        interval = f" [{ci['low']:.3f}, {ci['high']:.3f}]" if ci else ""
-        lines.append(f"  test success    {test['success']:.3f}{interval}  {ks}  ({test.get('split', 'test')} split, "
-                     f"{test['problems']} problems x {test['samples']} samples; 95% interval clustered by problem)")
-    for name, effect in ((s.get("breakdown") or {}).get("effects") or {}).items():
-        lines.append(f"  {name:<26}{effect['estimate']:+.3f} [{effect['low']:+.3f}, {effect['high']:+.3f}]")
-    counts = s.get("reflection") or {}
-    children = counts.get("children") or {}
+    if s.test is not None:
+        ks = "  ".join(f"{k} {v:.3f}" for k, v in s.test.pass_at().items())
+        ci = s.test.interval
+        lines.append(f"  test success    {s.test.success:.3f} [{ci.low:.3f}, {ci.high:.3f}]  {ks}  "
+                     f"({s.test.items.describe()}; 95% interval clustered by problem)")
+    for name, effect in (s.breakdown.effects if s.breakdown else {}).items():
+        lines.append(f"  {name:<26}{effect.estimate:+.3f} [{effect.low:+.3f}, {effect.high:+.3f}]")
+    children = s.reflection.children
     lines += [
-        f"  test program    {s['test_program']['id']} ({s['test_program']['rule']})",
-        f"  pool size       {s['pool_size']}   children {', '.join(f'{k} {v}' for k, v in children.items()) or '-'}"
-        f"   failed {counts.get('failed', s['reflection_failures'])}   skipped {counts.get('skipped', 0)}",
+        f"  test program    {s.test_program.id} ({s.test_program.rule})",
+        f"  pool size       {s.pool_size}   children {', '.join(f'{k} {v}' for k, v in children.items())}"
+        f"   failed {s.reflection.failed}   skipped {s.reflection.skipped}",
         f"  run folder      {out}  (summary.json, breakdown.json, best_prompt.txt, iterations/)",
         "",
     ]

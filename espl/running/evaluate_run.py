@@ -9,24 +9,27 @@ last committed weights and test-time program. The result goes to
 
 from __future__ import annotations
 
-from espl_bench.scoring.breakdown import Breakdown, breakdown
-from espl_bench.scoring.evaluation import CellResult, evaluate
 from espl_bench.method.loop import sampling, test_items
-from espl_bench.method.test_time import scored_program
-from espl_bench.running.posthoc import RunWeights, load_run_config
 from espl_bench.method.program import Pool
+from espl_bench.method.test_time import scored_program
+from espl_bench.records import Breakdown, CellResult
+from espl_bench.running.build import open_rescoring
 from espl_bench.running.rundir import atomic_write, dump_json
-from espl_bench.running.runner import split_plan
+from espl_bench.scoring.breakdown import breakdown
+from espl_bench.scoring.evaluation import evaluate
 
 
 def evaluate_run(run: str, *, problems: int | None = None, samples: int | None = None) -> tuple[Breakdown, str]:
     """The breakdown of ``run`` and the path it was written to."""
-    rundir, cfg = load_run_config(run)
-    items = test_items(cfg, split_plan(cfg), problems, samples)
+    with open_rescoring(run) as (rundir, cfg, plan, weights):
+        return _evaluate(rundir, cfg, plan, weights, problems, samples)
+
+
+def _evaluate(rundir, cfg, plan, weights, problems: int | None, samples: int | None) -> tuple[Breakdown, str]:
+    items = test_items(cfg, plan, problems, samples)
     done = rundir.latest()
     pool = Pool.from_dict(rundir.load_iteration(done)["pool"])
     program, root = scored_program(cfg.test_rule, pool), pool.root()
-    weights = RunWeights(cfg)
     trained = weights.trained(rundir.iterations / f"{done:06d}")
 
     def score(row: str, column: str) -> CellResult:

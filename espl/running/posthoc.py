@@ -14,11 +14,12 @@ from pathlib import Path
 
 from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.agents.sampler import AdapterDisabled, TransformersSampler
-from espl_bench.envs.registry import make_env
 from espl_bench.config import RunConfig
+from espl_bench.envs.registry import make_env
 from espl_bench.errors import ConfigError, RunDirError
-from espl_bench.training.models import resolve_model
+from espl_bench.records import RunHeader
 from espl_bench.running.rundir import RunDir
+from espl_bench.training.models import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,9 @@ def load_run_config(run: str) -> tuple[RunDir, RunConfig]:
     rundir = RunDir(run)
     if not (rundir.root / "run.json").is_file():
         raise RunDirError(f"{run} holds no run; fix: pass a folder written by espl-bench run")
+    header = RunHeader.from_dict(rundir.header(), f"{run}/run.json")
     try:
-        cfg = RunConfig(**{**rundir.header()["config"], "resume": False})
+        cfg = RunConfig(**{**header.config, "resume": False})
     except (TypeError, ValueError, KeyError) as exc:
         raise RunDirError(f"{run}/run.json does not hold a config this version reads ({type(exc).__name__}); "
                           "fix: re-run it with this version") from None
@@ -43,24 +45,32 @@ def load_run_config(run: str) -> tuple[RunDir, RunConfig]:
 class RunWeights:
     """The policy of one iteration: base weights plus, for trained runs, that iteration's adapter."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, plan):
         from espl_bench.training.policy import load_frozen
 
-        self.cfg = cfg
+        self.cfg, self.plan = cfg, plan
         self.model, self.tokenizer = load_frozen(resolve_model(cfg.model))
         self.peft = None
+
+    def close(self) -> None:
+        """Drop the models (a long session re-scoring many runs must not keep them all)."""
+        import gc
+
+        self.model = self.peft = None
+        gc.collect()
 
     def _env(self):
         return make_env(self.cfg.env, **self.cfg.env_kwargs)
 
     def base(self) -> RolloutEngine:
         sampler = TransformersSampler(self.peft or self.model, self.tokenizer)
-        return RolloutEngine(self._env, AdapterDisabled(sampler) if self.peft is not None else sampler)
+        return RolloutEngine(self._env, AdapterDisabled(sampler) if self.peft is not None else sampler,
+                             reset_args=self.plan.reset_args)
 
     def trained(self, folder: Path) -> RolloutEngine:
         """The engine of iteration ``folder`` (base weights for frozen methods)."""
         if not self.cfg.trains_weights:
-            return RolloutEngine(self._env, TransformersSampler(self.model, self.tokenizer))
+            return RolloutEngine(self._env, TransformersSampler(self.model, self.tokenizer), reset_args=self.plan.reset_args)
         adapter = folder / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise RunDirError(f"{adapter} is missing; fix: re-score a run committed by this version "
@@ -73,4 +83,4 @@ class RunWeights:
         elif name not in self.peft.peft_config:
             self.peft.load_adapter(adapter, adapter_name=name)
         self.peft.set_adapter(name)
-        return RolloutEngine(self._env, TransformersSampler(self.peft, self.tokenizer))
+        return RolloutEngine(self._env, TransformersSampler(self.peft, self.tokenizer), reset_args=self.plan.reset_args)

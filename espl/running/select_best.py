@@ -16,24 +16,26 @@ from __future__ import annotations
 import logging
 
 from espl_bench.errors import ConfigError
-from espl_bench.scoring.evaluation import EvalItems, evaluate
 from espl_bench.method.loop import sampling
-from espl_bench.method.test_time import scored_program
-from espl_bench.running.posthoc import RunWeights, load_run_config
 from espl_bench.method.program import Pool
+from espl_bench.method.test_time import scored_program
+from espl_bench.records import EvalItems
+from espl_bench.running.build import open_rescoring
 from espl_bench.running.rundir import atomic_write, dump_json
-from espl_bench.running.runner import split_plan
+from espl_bench.scoring.evaluation import evaluate
 
 log = logging.getLogger(__name__)
 
 
 def select_best(run: str, *, samples: int = 2) -> dict:
-    rundir, cfg = load_run_config(run)
-    plan = split_plan(cfg)
+    with open_rescoring(run) as (rundir, cfg, plan, weights):
+        return _select(run, rundir, cfg, plan, weights, samples)
+
+
+def _select(run: str, rundir, cfg, plan, weights, samples: int) -> dict:
     if plan.validation.size == 0:
         raise ConfigError(f"the run in {run} has no validation split; fix: start it with --validation-problems N (N > 0)")
     items = EvalItems(plan.validation.split, tuple(plan.validation.indices), samples, cfg.eval_seed, cfg.prompt_placement)
-    weights = RunWeights(cfg)
     rows = []
     for t in range(1, rundir.latest() + 1):
         program = scored_program(cfg.test_rule, Pool.from_dict(rundir.load_iteration(t)["pool"]))

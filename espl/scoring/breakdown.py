@@ -22,12 +22,9 @@ prompt) is scored once: the protocol makes them identical.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from espl_bench import stats
-from espl_bench.scoring.evaluation import CellResult, EvalItems
-
-SCHEMA_VERSION = 1
+from espl_bench.records import Breakdown, CellResult
 
 # effect name: (weight, (weights, prompt)) terms
 EFFECTS: dict[str, tuple[tuple[float, tuple[str, str]], ...]] = {
@@ -39,25 +36,6 @@ EFFECTS: dict[str, tuple[tuple[float, tuple[str, str]], ...]] = {
                     (1, ("base", "root"))),
     "total": ((1, ("trained", "program")), (-1, ("base", "root"))),
 }
-
-
-@dataclass(frozen=True)
-class Breakdown:
-    """The cells a run scored and the effects they support; see the module docstring."""
-
-    items: EvalItems
-    root: str  # program ids
-    program: str
-    cells: dict[str, CellResult]  # "weights/prompt" -> result
-    effects: dict[str, stats.Interval]
-    reused: tuple[str, ...] = ()  # cells taken from an earlier evaluation (not spent again)
-
-    def to_dict(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "measured_on": self.items.describe(), "items": self.items.to_dict(),
-                "root_program": self.root, "test_program": self.program, "reused": list(self.reused),
-                "cells": {name: {k: v for k, v in cell.to_dict().items() if k != "items"}
-                          for name, cell in self.cells.items()},
-                "effects": {name: i.to_dict() for name, i in self.effects.items()}}
 
 
 def cell_name(weights: str, prompt: str) -> str:

@@ -59,8 +59,8 @@ class LearnerSettings:
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
-        from espl_bench.training import distributed
         from espl_bench.errors import ConfigError
+        from espl_bench.training import distributed
 
         world = distributed.world_size()
         if self.rows_per_step % self.group_size:
@@ -82,12 +82,11 @@ class TRLLearner:
     trainable = True
 
     def __init__(self, settings: LearnerSettings, follower: bool = False):
+        from datasets import Dataset
+        from espl_bench.training import distributed
         from peft import LoraConfig
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
-        from datasets import Dataset
-
-        from espl_bench.training import distributed
 
         self.settings = settings
         # Under accelerate launch: rank 0 gets its batches from the loop and forwards them, the

@@ -212,18 +212,17 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
 
 
 def _local_reference(model_path: str, frozen: Sampler | None = None) -> tuple[Callable[[], tuple[str, dict]], list]:
-    """The default reflector: the frozen reference policy in-process (``frozen``, else a copy loaded on demand)."""
-    from espl_bench.agents.reflector import DEFAULT_REFLECTOR, register_local_model, unregister_local_model
+    """The default reflector: the frozen reference policy in-process (``frozen``, else a copy loaded
+    on demand), served to litellm by this run's own :class:`~espl_bench.agents.reflector.LocalModels`."""
+    from espl_bench.agents.reflector import LocalModels
 
-    closers: list = []
+    models = LocalModels()
 
     def reference() -> tuple[str, dict]:
         # A separate frozen copy when training: the policy's weights move while reflection runs.
-        register_local_model("reference", frozen or TransformersSampler(*load_frozen(model_path)))
-        closers.append(lambda: unregister_local_model("reference"))
-        return DEFAULT_REFLECTOR, {}
+        return models.serve("reference", frozen or TransformersSampler(*load_frozen(model_path))), {}
 
-    return reference, closers
+    return reference, [models.close]
 
 
 def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:

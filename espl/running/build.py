@@ -1,0 +1,122 @@
+"""The one place that builds a run's parts and closes what it opened.
+
+:func:`open_run` is a context manager around everything a run holds: the env's split plan
+(checked against the text contract before any model loads), the policy (sampler, learner,
+servers), the reflector and its in-process models, the reflection operators. Leaving it closes
+them in order (the learner, then servers and local models), whether the run ended, failed or was
+interrupted. ``espl-bench run`` uses it through :mod:`espl_bench.running.runner`; ``select-best``
+and ``evaluate`` re-score through :func:`open_rescoring`; tests use both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from espl_bench.agents.offline_reflectors import offline_reflector
+from espl_bench.agents.reflector import (
+    DEFAULT_REFLECTOR,
+    LOCAL_PROVIDER,
+    LiteLLMReflector,
+)
+from espl_bench.agents.rollout import RolloutEngine
+from espl_bench.config import RunConfig
+from espl_bench.envs.contract import require_text
+from espl_bench.envs.registry import make_env
+from espl_bench.envs.splits import SplitPlan
+from espl_bench.errors import ConfigError
+from espl_bench.method.loop import Parts
+from espl_bench.method.reflection import Crossover, Mutation
+from espl_bench.method.selection import make_selector
+from espl_bench.running.rundir import RunDir
+from espl_bench.training.policy import Policy, build_policy
+
+
+@contextlib.contextmanager
+def open_run(cfg: RunConfig, rundir: RunDir, resume_step: int = 0) -> Iterator[Parts]:
+    """The run's parts (:func:`build_parts`), closed on the way out."""
+    parts = build_parts(cfg, rundir, resume_step)
+    try:
+        yield parts
+    finally:
+        parts.close()
+
+
+@contextlib.contextmanager
+def open_rescoring(run: str):
+    """``(rundir, cfg, plan, weights)`` to score a finished run's folder again; frees the model after."""
+    from espl_bench.running.posthoc import RunWeights, load_run_config
+
+    rundir, cfg = load_run_config(run)
+    plan = split_plan(cfg)
+    weights = RunWeights(cfg, plan)
+    try:
+        yield rundir, cfg, plan, weights
+    finally:
+        weights.close()
+
+
+def split_plan(cfg: RunConfig) -> SplitPlan:
+    """The run's train, validation and test problems (:class:`envs.splits.SplitPlan`), once the env
+    is known to fit the text contract (checked before any model loads)."""
+    env = make_env(cfg.env, **cfg.env_kwargs)
+    plan = SplitPlan.for_env(env, cfg.validation_problems)
+    if plan.train.size < 1 or plan.test.size < 1:
+        raise ConfigError(f"environment {cfg.env!r} has an empty split (train {plan.train.size}, test {plan.test.size}); "
+                          "fix: check its env_kwargs")
+    require_text(cfg.env, env, plan)
+    return plan
+
+
+def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
+    plan = split_plan(cfg)
+    policy = build_policy(cfg, rundir, plan.train.size, resume_step)
+    try:
+        reflector, meters = _reflector(cfg, policy)
+        mutation, crossover = _operators(cfg, reflector)
+    except BaseException:
+        for close in policy.closers:
+            close()
+        raise
+
+    def env_factory():
+        return make_env(cfg.env, **cfg.env_kwargs)
+
+    base = policy.base_sampler
+    def engine(sampler) -> RolloutEngine:
+        return RolloutEngine(env_factory, sampler, reset_args=plan.reset_args)
+
+    return Parts(engine=engine(policy.sampler), learner=policy.learner,
+                 selector=make_selector(cfg.selection, cfg.ucb_lambda), mutation=mutation, crossover=crossover,
+                 plan=plan, eos_id=policy.eos_id, reflector=reflector, meters={**policy.meters, **meters},
+                 closers=policy.closers, base_engine=(lambda: engine(base())) if base else None,
+                 admit=policy.admit)
+
+
+def _reflector(cfg: RunConfig, policy: Policy) -> tuple[object | None, dict]:
+    """The run's reflector and its usage meter; the default is the policy's frozen reference model."""
+    if not cfg.reflects:
+        return None, {}
+    reflector = offline_reflector(cfg.reflector)
+    if reflector is not None:
+        return reflector, {}
+    model, params = policy.reference() if cfg.reflector == DEFAULT_REFLECTOR else (cfg.reflector, {})
+    reflector = LiteLLMReflector(model, max_tokens=cfg.reflector_max_tokens, timeout=cfg.reflector_timeout,
+                                 num_retries=cfg.reflector_retries, params=params)
+    if not model.startswith(LOCAL_PROVIDER):  # an in-process model is there by construction
+        reflector.check()
+    return reflector, {"reflector": reflector.usage.as_dict}
+
+
+def _operators(cfg: RunConfig, reflector) -> tuple[Mutation | None, Crossover | None]:
+    if not cfg.spec.mutates:
+        return None, None
+    mutation = Mutation(reflector, max_ops=cfg.max_ops, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
+                        revision_fallback=cfg.revision_fallback, deadline_s=cfg.reflection_deadline)
+    crossover = None
+    if cfg.spec.crosses and cfg.crossover_prob > 0:
+        crossover = Crossover(reflector, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
+                              deadline_s=cfg.reflection_deadline)
+    return mutation, crossover
+
+

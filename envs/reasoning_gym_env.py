@@ -44,6 +44,10 @@ class ReasoningGymEnv(TextEnv):
         super().__init__(max_turns=1)
         self.task = task
         self.sizes = {"train": train_size, "validation": validation_size, "test": test_size}
+        for split, size in self.sizes.items():
+            if isinstance(size, bool) or not isinstance(size, int) or size < (0 if split == "validation" else 1):
+                raise ValueError(f"{split}_size must be a whole number of problems (at least "
+                                 f"{0 if split == 'validation' else 1}), got {size!r}")
         self.data_seed = data_seed
         self.success_threshold = success_threshold
         self.task_config = task_config

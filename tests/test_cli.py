@@ -22,6 +22,11 @@ def run_cli(*args):
     (["run", "--env", "espl/Arithmetic-v0", "--model", "/no/such/model"], "does not exist"),
     (["run", "--env", "espl/Arithmetic-v0", "--config", "/no/such.yaml"], "does not exist"),
     (["run", "--env", "espl/Arithmetic-v0", "--env-kwargs", "{oops"], "--env-kwargs must be JSON"),
+    # values the trainer would reject are refused before any model loads
+    (["run", "--env", "espl/Arithmetic-v0", "--method", "rl", "--group-size", "1"], "--group-size 1 gives every RL group"),
+    (["run", "--env", "espl/Arithmetic-v0", "--method", "gepa", "--test-program", "lcb"], "does not apply to gepa"),
+    (["run", "--env", "espl/Arithmetic-v0", "--env-kwargs", '{"train_size": "many"}'], "cannot build"),
+    (["run", "--env", "espl/SearchQA-v0", "--env-kwargs", '{"corpus_size": 10}'], "raise corpus_size"),
 ])
 def test_bad_input_is_one_clear_line_and_exit_2(args, message, tmp_path):
     code, out, err = run_cli(*args, "--out", str(tmp_path / "run"))
@@ -29,6 +34,19 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, message, tmp_path):
     assert message in err and "fix:" in err
     assert "Traceback" not in err
     assert len([line for line in err.splitlines() if "ERROR" in line]) == 1
+    assert not (tmp_path / "run" / "run.json").exists()  # nothing left to block the corrected command
+
+
+def test_a_failed_start_then_the_corrected_command_in_the_same_out_runs(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run_cli("run", "--env", "espl/Arithmetc-v0", "--model", str(tiny_model), "--out", str(out), *SMALL)
+    assert code == 2 and "unknown environment" in err
+    code, _, err = run_cli("run", "--env", "espl/Arithmetic-v0", "--model", "/no/such/model", "--out", str(out), *SMALL)
+    assert code == 2 and "does not exist" in err
+    code, stdout, err = run_cli("run", "--env", "espl/Arithmetic-v0", "--method", "rl", "--model", str(tiny_model),
+                                "--out", str(out), *SMALL)
+    assert code == 0, err[-2000:]
+    assert json.loads((out / "summary.json").read_text())["iterations_completed"] == 1
 
 
 def test_unknown_option_in_config_file(tmp_path):

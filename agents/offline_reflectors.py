@@ -35,7 +35,10 @@ class ScriptReflector:
         self.rules = rules
         self.calls = 0
 
-    def complete(self, messages: list[dict], *, purpose: str = "") -> str:
+    honours_schema = False  # answers come from a script or a recording, as they are
+
+    def complete(self, messages: list[dict], *, purpose: str = "", max_tokens: int | None = None,
+                 schema: dict | None = None, stop: list[str] | None = None) -> str:
         self.calls += 1
         prompt = messages[-1]["content"]
         for rule in self.rules:
@@ -57,7 +60,10 @@ class ReplayReflector:
                         self.answers.setdefault(_key(entry["prompt"]), entry["answer"])
         self.calls = 0
 
-    def complete(self, messages: list[dict], *, purpose: str = "") -> str:
+    honours_schema = False  # answers come from a script or a recording, as they are
+
+    def complete(self, messages: list[dict], *, purpose: str = "", max_tokens: int | None = None,
+                 schema: dict | None = None, stop: list[str] | None = None) -> str:
         self.calls += 1
         answer = self.answers.get(_key(messages[-1]["content"]))
         if answer is None:

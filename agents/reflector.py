@@ -18,6 +18,7 @@ does (litellm's Router is thread-safe; its usage counters take a lock).
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -25,12 +26,28 @@ from concurrent.futures import Future
 from typing import Protocol
 
 from espl_bench.agents.llm_router import Usage, retrying_router
+from espl_bench.agents.sampler import derive_seed
 from espl_bench.errors import ReflectorUnavailable
 
 log = logging.getLogger(__name__)
 
 LOCAL_PROVIDER = "espl-local"
 DEFAULT_REFLECTOR = f"{LOCAL_PROVIDER}/reference"
+
+
+# Errors a provider answers a request with when it takes no response_format.
+_SCHEMA_REFUSALS = frozenset({"BadRequestError", "JSONSchemaValidationError"})
+
+
+def _structured(model: str) -> bool:
+    if model.startswith(LOCAL_PROVIDER) or model.startswith("hosted_vllm/"):
+        return True
+    import litellm
+
+    try:
+        return bool(litellm.supports_response_schema(model=model))
+    except Exception:  # a model litellm's map does not know
+        return False
 
 
 class ReflectorCallError(RuntimeError):
@@ -40,8 +57,13 @@ class ReflectorCallError(RuntimeError):
 class Reflector(Protocol):
     """The LLM behind mutation, crossover and GEPA's proposals; see the module docstring."""
 
-    def complete(self, messages: list[dict], *, purpose: str = "") -> str:
-        """The reply to ``messages`` (``purpose`` names the call in errors and logs); raises
+    honours_schema: bool  # whether a schema passed to complete() binds the answer
+
+    def complete(self, messages: list[dict], *, purpose: str = "", max_tokens: int | None = None,
+                 schema: dict | None = None, stop: list[str] | None = None) -> str:
+        """The reply to ``messages`` (``purpose`` names the call in errors and logs), at most
+        ``max_tokens`` tokens and ending at the first ``stop`` string; with ``schema`` (a JSON
+        schema) and ``honours_schema``, the reply is JSON of that schema. Raises
         :class:`ReflectorCallError` for a failed call, never for a bad answer (that is data)."""
         ...
 
@@ -60,6 +82,7 @@ class LiteLLMReflector:
         self.params = dict(params or {})  # extra litellm arguments (api_base of a local server)
         self.usage = Usage()
         self._routers: dict[int, object] = {}
+        self._honours_schema: bool | None = None
 
     @property
     def calls(self) -> int:
@@ -79,18 +102,39 @@ class LiteLLMReflector:
                                                          params=self.params)
         return self._routers[num_retries]
 
-    def complete(self, messages: list[dict], *, purpose: str = "", num_retries: int | None = None) -> str:
+    @property
+    def honours_schema(self) -> bool:
+        """Whether a ``schema`` given to :meth:`complete` binds the answer: in-process models
+        (llguidance), vLLM servers, and what litellm's model map says supports ``response_format``;
+        ``False`` after a provider refused one (later calls ask without it)."""
+        if self._honours_schema is None:
+            self._honours_schema = _structured(self.model)
+        return self._honours_schema
+
+    def complete(self, messages: list[dict], *, purpose: str = "", num_retries: int | None = None,
+                 max_tokens: int | None = None, schema: dict | None = None, stop: list[str] | None = None) -> str:
+        """The reply (see the seam's contract); ``max_tokens`` caps this call below the reflector's
+        own cap, ``schema`` asks for structured output when the provider honours it, ``stop`` ends a
+        free-text reply at the first of its strings."""
         self.usage.called()
+        request = {"model": "main", "messages": messages, "temperature": self.temperature, "timeout": self.timeout,
+                   "max_retries": 0, "max_tokens": min(self.max_tokens, max_tokens or self.max_tokens)}
+        if stop:
+            request["stop"] = list(stop)
+        if schema is not None and self.honours_schema:
+            request["response_format"] = {"type": "json_schema",
+                                          "json_schema": {"name": "edit_operations", "schema": schema, "strict": True}}
+        router = self._router(self.num_retries if num_retries is None else num_retries)
         try:
-            response = self._router(self.num_retries if num_retries is None else num_retries).completion(
-                model="main",
-                messages=messages,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                timeout=self.timeout,
-                max_retries=0,
-            )
+            response = router.completion(**request)
         except Exception as exc:
+            refused = type(exc).__name__ == "UnsupportedParamsError" or (
+                type(exc).__name__ in _SCHEMA_REFUSALS and any(w in str(exc).lower() for w in ("response_format", "schema")))
+            if "response_format" in request and refused:
+                self._honours_schema = False  # the provider takes no schema: parse-and-repair from here on
+                log.warning("%s refused structured output (%s); asking without it", self.model, type(exc).__name__)
+                self.usage.failed()
+                return self.complete(messages, purpose=purpose, num_retries=num_retries, max_tokens=max_tokens, stop=stop)
             self.usage.failed()
             raise ReflectorCallError(f"{purpose or 'reflection'} call to {self.model} failed: {type(exc).__name__}") from None
         self.usage.add(response)
@@ -108,6 +152,12 @@ class LiteLLMReflector:
             ) from None
 
 
+# The in-process reflector is a small model that loops ("1.1.1.1...", one sentence over and over)
+# until its budget runs out, mid-string under a schema. A mild repetition penalty on the reply's
+# own tokens (transformers' CTRL-style one) stops most loops; the reflector's decoding only.
+LOCAL_REPETITION_PENALTY = 1.2
+
+
 class _Batcher:
     """Collects concurrent local requests and answers them with batched generation.
 
@@ -123,9 +173,9 @@ class _Batcher:
         self._thread = threading.Thread(target=self._serve, name="espl-local-reflector", daemon=True)
         self._thread.start()
 
-    def submit(self, messages: list[dict], params) -> Future:
+    def submit(self, messages: list[dict], params, schema: dict | None = None) -> Future:
         future: Future = Future()
-        self._queue.put((messages, params, future))
+        self._queue.put((messages, params, future, schema))
         return future
 
     def stop(self, timeout: float = 120.0) -> None:
@@ -159,13 +209,19 @@ class _Batcher:
             for item in batch:
                 by_params.setdefault(item[1], []).append(item)
             for params, items in by_params.items():
+                schemas = [schema for _, _, _, schema in items]
+                # Each request is seeded by its own text: its answer does not depend on which other
+                # requests shared its batch (the batch is whatever arrived within wait_s).
+                seeds = [derive_seed("reflect", json.dumps(m, sort_keys=True), json.dumps(schema, sort_keys=True))
+                         for m, _, _, schema in items]
                 try:
-                    outputs = self.sampler.generate([m for m, _, _ in items], params)
+                    outputs = self.sampler.generate([m for m, _, _, _ in items], params, seeds=seeds,
+                                                    **({"schemas": schemas} if any(schemas) else {}))
                 except Exception as exc:  # delivered to every waiting caller
-                    for _, _, future in items:
+                    for _, _, future, _ in items:
                         future.set_exception(exc)
                     continue
-                for (_, _, future), completion in zip(items, outputs):
+                for (_, _, future, _), completion in zip(items, outputs):
                     future.set_result(completion)
 
 
@@ -221,6 +277,14 @@ class LocalModels:
             litellm.custom_provider_map = [p for p in litellm.custom_provider_map if p.get("custom_handler") is not handler]
 
 
+def _schema(optional: dict) -> dict | None:
+    """The JSON schema of an OpenAI-style ``response_format`` ({"type": "json_schema", ...})."""
+    response_format = optional.get("response_format") or {}
+    if not isinstance(response_format, dict) or response_format.get("type") != "json_schema":
+        return None
+    return (response_format.get("json_schema") or {}).get("schema")
+
+
 def _provider(models: LocalModels):
     """A litellm ``CustomLLM`` answering from ``models``."""
     import litellm
@@ -231,9 +295,12 @@ def _provider(models: LocalModels):
         def completion(self, *args, **kwargs):
             name = kwargs.get("model", "").split("/", 1)[-1]
             optional = kwargs.get("optional_params") or {}
+            stop = optional.get("stop") or ()
             params = SamplingParams(max_new_tokens=int(optional.get("max_tokens") or 256),
-                                    temperature=float(optional.get("temperature", 0.7)), top_p=0.95, seed=0)
-            completion = models.batcher(name).submit(kwargs["messages"], params).result()
+                                    temperature=float(optional.get("temperature", 0.7)), top_p=0.95, seed=0,
+                                    stop=(stop,) if isinstance(stop, str) else tuple(stop),
+                                    repetition_penalty=LOCAL_REPETITION_PENALTY)
+            completion = models.batcher(name).submit(kwargs["messages"], params, _schema(optional)).result()
             return litellm.ModelResponse(
                 model=f"{models.provider}/{name}",
                 choices=[{"index": 0, "finish_reason": completion.finish_reason,

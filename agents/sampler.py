@@ -48,6 +48,10 @@ class SamplingParams:
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int = 0
+    stop: tuple[str, ...] = ()  # a reply ends at the first of these strings (reflection's free text only)
+    # > 1 penalises tokens already in the row (the in-process reflector's decoding only: a policy
+    # sample must come from the policy's own distribution, which the learner scores)
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -119,14 +123,18 @@ class TransformersSampler(ChatTokens):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._eos_ids = eos_ids(model, tokenizer)
+        self._grammars = None  # compiled on the first structured request
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
                  prompt_ids: Sequence[list[int] | None] | None = None,
-                 seeds: Sequence[int] | None = None) -> list[Completion]:
+                 seeds: Sequence[int] | None = None, schemas: Sequence[dict | None] | None = None) -> list[Completion]:
+        """The seam's ``generate``; ``schemas[i]``, when given, is a JSON schema conversation ``i``'s
+        reply must follow (structured output through :mod:`espl_bench.agents.grammar`)."""
         encoded = self.prompts(conversations, prompt_ids)
         row_seeds = list(seeds) if seeds is not None else [derive_seed(params.seed, i) for i in range(len(encoded))]
-        if len(row_seeds) != len(encoded):
-            raise ValueError(f"{len(row_seeds)} seeds for {len(encoded)} conversations")
+        row_schemas = list(schemas) if schemas is not None else [None] * len(encoded)
+        if len(row_seeds) != len(encoded) or len(row_schemas) != len(encoded):
+            raise ValueError(f"{len(row_seeds)} seeds and {len(row_schemas)} schemas for {len(encoded)} conversations")
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         torch = self._torch
@@ -136,12 +144,14 @@ class TransformersSampler(ChatTokens):
                 _eval_mode(self.model):
             for start in range(0, len(order), self.max_batch_size):
                 chunk = order[start : start + self.max_batch_size]
-                batch = self._generate_batch([encoded[i] for i in chunk], params, [row_seeds[i] for i in chunk])
+                batch = self._generate_batch([encoded[i] for i in chunk], params, [row_seeds[i] for i in chunk],
+                                             [row_schemas[i] for i in chunk])
                 for i, completion in zip(chunk, batch):
                     results[i] = completion
         return [r for r in results if r is not None]
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[Completion]:
+    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int],
+                        schemas: list[dict | None]) -> list[Completion]:
         torch = self._torch
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
@@ -152,6 +162,18 @@ class TransformersSampler(ChatTokens):
         # Sampling happens in a logits processor with one generator per row; generate's own
         # search is then greedy over a one-hot score, so no draw is shared between rows.
         processors = [RowSeededSampling(seeds, params.temperature, params.top_p)] if sampling else []
+        if params.repetition_penalty != 1.0:
+            from transformers import RepetitionPenaltyLogitsProcessor
+
+            # the reply's own tokens only: penalising the prompt's words pushes a small model into symbols
+            processors.insert(0, RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=width))
+        if any(schema is not None for schema in schemas):
+            from espl_bench.agents.grammar import GrammarMask, Grammars
+
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer)
+            processors.insert(0, GrammarMask([None if schema is None else self._grammars.matcher(schema)
+                                              for schema in schemas], self._eos_ids))
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -161,8 +183,12 @@ class TransformersSampler(ChatTokens):
             top_p=None,
             top_k=None,
             logits_processor=processors,
+            **({"stop_strings": list(params.stop), "tokenizer": self.tokenizer} if params.stop else {}),
             pad_token_id=pad,
             eos_token_id=sorted(self._eos_ids),
+            # Training with gradient checkpointing sets the model's use_cache to False; generating
+            # without the KV cache recomputes the whole sequence at every step (3x slower here).
+            use_cache=True,
             return_dict_in_generate=True,
             output_logits=True,
         )
@@ -176,9 +202,13 @@ class TransformersSampler(ChatTokens):
             ids = new_tokens[row].tolist()
             length, finish = _trim(ids, self._eos_ids, pad)
             ids = ids[:length]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            for stop in params.stop:
+                if stop in text:
+                    text, finish = text[: text.index(stop)], "stop"
             completions.append(
                 Completion(
-                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    text=text,
                     prompt_ids=list(prompt),
                     completion_ids=ids,
                     logprobs=[float(x) for x in logps[row, :length]],

@@ -82,7 +82,7 @@ class RunConfig(BaseModel):
     max_new_tokens: int = Field(128, ge=1, description="tokens per policy reply")
     temperature: float = Field(0.7, gt=0, description="policy sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="policy nucleus sampling")
-    reflector_max_tokens: int = Field(256, ge=16, description="tokens per reflector reply")
+    reflector_max_tokens: int = Field(384, ge=16, description="the most tokens any reflector reply may have; each step asks for less (a summary 64, an edit call what its schema allows)")
     reflector_timeout: float = Field(300.0, gt=0, description="seconds per reflector call")
     reflector_retries: int = Field(2, ge=0, description="retries of a reflector call on rate limits, server errors and timeouts (never on bad requests)")
     reflection_deadline: float = Field(1800.0, gt=0, description="seconds for all reflection calls of one iteration; later calls fail and the parent stays")

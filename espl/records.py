@@ -225,6 +225,7 @@ class ReflectionCounts(BaseModel):
     failed: int = 0
     skipped: int = 0
     copied_edits_rejected: int = 0
+    edit_calls: dict[str, int] = Field(default_factory=dict)  # by path: schema (structured output) | fallback
 
 
 class IterationMetrics(Record):
@@ -275,6 +276,7 @@ class ReflectionRecord(Record):
     repairs: int = 0
     fallback: bool = False
     copies: int = 0
+    paths: dict[str, int] = Field(default_factory=dict)  # edit calls by path: schema | fallback
     log: list[dict[str, Any]] = Field(default_factory=list)
 
 

@@ -60,7 +60,10 @@ class ScriptedReflector:
             tail = itertools.chain(items, itertools.repeat(items[-1] if items else ""))
             self._fn = lambda messages: next(tail)
 
-    def complete(self, messages: list[dict], *, purpose: str = "") -> str:
+    honours_schema = False  # answers come from a script or a recording, as they are
+
+    def complete(self, messages: list[dict], *, purpose: str = "", max_tokens: int | None = None,
+                 schema: dict | None = None, stop: list[str] | None = None) -> str:
         self.calls.append(messages)
         return self._fn(messages)
 

@@ -15,18 +15,18 @@ def parse(text, allowed=ALL, max_ops=5):
 
 
 def test_parses_fenced_list():
-    ops = parse('Sure!\n```json\n[{"op": "add", "text": "Check signs."}, {"op": "modify", "id": "G1", "text": "x"}]\n```')
-    assert ops == [EditOp(op="add", text="Check signs."), EditOp(op="modify", id="G1", text="x")]
+    ops = parse('Sure!\n```json\n[{"op": "add", "text": "Check signs."}, {"op": "modify", "id": "G1", "text": "Carry every ten."}]\n```')
+    assert ops == [EditOp(op="add", text="Check signs."), EditOp(op="modify", id="G1", text="Carry every ten.")]
 
 
 def test_parses_bare_list_and_single_object():
     assert parse('[{"op": "remove", "id": "G2"}]') == [EditOp(op="remove", id="G2")]
-    assert parse('```json\n{"op": "add", "text": "t"}\n```') == [EditOp(op="add", text="t")]
+    assert parse('```json\n{"op": "add", "text": "Show each step."}\n```') == [EditOp(op="add", text="Show each step.")]
 
 
 def test_last_valid_fence_wins():
-    text = '```json\n[{"op": "add", "text": "draft"}]\n```\nFinal:\n```json\n[{"op": "add", "text": "final"}]\n```'
-    assert parse(text)[0].text == "final"
+    text = '```json\n[{"op": "add", "text": "a first draft"}]\n```\nFinal:\n```json\n[{"op": "add", "text": "the final version"}]\n```'
+    assert parse(text)[0].text == "the final version"
 
 
 MALFORMED = {
@@ -41,6 +41,7 @@ MALFORMED = {
     "merge of one": '[{"op": "merge", "ids": ["G0"], "text": "x"}]',
     "merge of missing": '[{"op": "merge", "ids": ["G0", "G7"], "text": "x"}]',
     "empty add": '[{"op": "add", "text": "  "}]',
+    "a word, not a principle": '[{"op": "add", "text": "G0"}]',
     "empty list": "```json\n[]\n```",
     "thousands of ops": json.dumps([{"op": "add", "text": f"p{i}"} for i in range(5000)]),
     "several broken fences": "```json\n[{\n```\n```json\n{]\n```",

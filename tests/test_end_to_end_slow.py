@@ -10,7 +10,7 @@ from espl_bench.running.cli import main
 def test_quickstart_run_on_embedded_model(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["run", "--env", "espl/Arithmetic-v0", "--iterations", "2", "--programs", "2", "--batch-size", "2",
-                 "--group-size", "2", "--eval-problems", "2", "--max-new-tokens", "96", "--out", str(out)])
+                 "--group-size", "2", "--max-new-tokens", "64", "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations_completed"] == 2 and summary["model"] == "smollm2-135m"
@@ -22,4 +22,6 @@ def test_quickstart_run_on_embedded_model(tmp_path, capsys):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(m["rollouts"] == 8 for m in metrics)
     assert all(m["reflection_calls"] > 0 for m in metrics)  # the reference model was asked every iteration
+    # the in-process reflector honours the edit schema: no call took the parse-and-repair path
+    assert all(set(m["reflection_counts"]["edit_calls"]) == {"schema"} for m in metrics)
     assert "E-SPL run finished" in capsys.readouterr().out

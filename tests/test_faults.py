@@ -100,7 +100,9 @@ class FlakyReflector:
     def __init__(self, seed=0):
         self.rng, self.lock, self.calls, self.failures = random.Random(seed), threading.Lock(), 0, 0
 
-    def complete(self, messages, *, purpose=""):
+    honours_schema = False
+
+    def complete(self, messages, *, purpose="", max_tokens=None, schema=None, stop=None):
         with self.lock:
             self.calls += 1
             delay, fail = self.rng.uniform(0, 0.02), self.rng.random() < 0.33

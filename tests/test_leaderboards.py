@@ -162,7 +162,7 @@ def test_a_run_written_before_the_evaluation_protocol_is_left_out_with_the_fix(t
     folder = write_run(tmp_path / "runs" / "old")
     summary = json.loads((folder / "summary.json").read_text())
     (folder / "summary.json").write_text(json.dumps({**summary, "schema_version": 1}))
-    with caplog.at_level(logging.WARNING, logger="leaderboards"):
+    with caplog.at_level(logging.WARNING, logger="espl_bench.leaderboards"):
         assert load_runs([tmp_path / "runs"]) == []
     assert "before the evaluation protocol" in caplog.text and "fix: re-run it" in caplog.text
 
@@ -188,7 +188,7 @@ def test_corrupt_and_incomplete_folders_are_skipped_with_a_warning(tmp_path, cap
     (headless / "run.json").unlink()
     broken_metrics = write_run(root / "broken-metrics", seed=9)
     (broken_metrics / "metrics.jsonl").write_text('{"iteration": 1}\n{oops\n')
-    with caplog.at_level(logging.WARNING, logger="leaderboards"):
+    with caplog.at_level(logging.WARNING, logger="espl_bench.leaderboards"):
         runs = load_runs([root])
     assert len(runs) == 7
     assert {r.seed for r in runs if r.method == "espl" and r.env == ENV} == {0, 1, 2}

@@ -19,7 +19,7 @@ from espl_bench.method.selection import make_selector
 from espl_bench.methods import METHODS
 from espl_bench.records import EvalItems
 from espl_bench.running.cli import main
-from espl_bench.scoring.evaluation import evaluate, item_specs
+from espl_bench.scoring.evaluation import evaluate, evaluate_prompts, item_specs
 
 from tests.fakes import ScriptedReflector
 
@@ -43,6 +43,9 @@ def test_an_episode_depends_on_its_coordinates_not_on_its_batch(tiny_model):
     assert replies == again and len(again) == 6
     assert evaluate(engine, "Be brief.", "p", items, params) == alone
     assert len(set(again.values())) > 1  # the samples of one problem differ: each has its own seed
+    # several prompts scored in one batch (the breakdown's cells) give what separate calls give
+    together = evaluate_prompts(engine, [("Be careful.", "q"), ("Be brief.", "p")], items, params)
+    assert together == [evaluate(engine, "Be careful.", "q", items, params), alone]
 
 
 def _script(tmp_path, rules):

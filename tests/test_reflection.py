@@ -9,11 +9,15 @@ from espl_bench.method.reflection import Crossover, Mutation, win_matrix
 from tests.fakes import ScriptedReflector
 
 
+# longer than a summary would be, so that reflection summarises it (shorter ones are shown as they are)
+LONG_REASONING = "I lined up the digits, added the units, carried the ten and went on to the tens. " * 4
+
+
 def rollout(program, problem, reward, slot=0, sample=0):
     r = Rollout(spec=EpisodeSpec("sys", "train", 0, {"program": program, "slot": slot, "problem": problem, "sample": sample}))
     r.problem_id = f"q{problem}"
     r.messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"problem {problem}"},
-                  {"role": "assistant", "content": f"answer {reward}"}]
+                  {"role": "assistant", "content": f"answer {reward}. " + LONG_REASONING}]
     r.reward, r.success, r.answer = reward, reward >= 1, "42"
     return r
 
@@ -91,7 +95,9 @@ def test_reflector_call_error_is_a_failed_reflection():
     parent, pool, rollouts = setup()
 
     class Down:
-        def complete(self, messages, *, purpose=""):
+        honours_schema = False
+
+        def complete(self, messages, *, purpose="", max_tokens=None, schema=None, stop=None):
             raise ReflectorCallError("timeout")
 
     outcome = Mutation(Down())(parent, rollouts, 1)
@@ -116,11 +122,11 @@ def test_crossover_child_has_both_parents_and_precision_weighted_prior():
     a = Program(id="a", principles={"G0": "x"}, mu=30.0, sigma=1.0)
     b = Program(id="b", principles={"G0": "y"}, mu=20.0, sigma=2.0)
     pool = Pool([a, b])
-    reflector = ScriptedReflector(['```json\n[{"op": "add", "text": "y too"}]\n```'])
+    reflector = ScriptedReflector(['```json\n[{"op": "add", "text": "Write y too."}]\n```'])
     outcome = Crossover(reflector, inflation=0.0)(a, [a, b], {"a": ["q0"], "b": ["q1"]}, {"q0": "P0", "q1": "P1"}, 2)
     assert outcome.status == "ok"
     assert outcome.child.parents == ["a", "b"] and outcome.child.origin == "crossover"
-    assert outcome.child.principles == {"G0": "x", "G1": "y too"}
+    assert outcome.child.principles == {"G0": "x", "G1": "Write y too."}
     assert outcome.child.mu == pytest.approx(28.0)
     assert "P1" in reflector.calls[0][0]["content"]  # the winner's problem is shown
 
@@ -156,20 +162,22 @@ def test_long_trajectories_fit_the_budget():
     assert len(text) < 7000 and "elided" in text and text.splitlines()[-1].startswith("OUTCOME")
 
 
-def test_an_edit_copying_the_templates_example_is_rejected_and_counted():
+def test_an_edit_copying_the_templates_is_rejected_and_counted():
     from espl_bench.method.reflection import load_templates
 
-    example = '```json\n[{"op": "add", "text": "<a general principle learned from these attempts>"}]\n```'
-    assert "<a general principle learned from these attempts>" in load_templates()["critique"].template
+    # a sentence of the critique's instructions, with the run's word cap filled in
+    copied = "Each text is one principle of at most 32 words."
+    assert "Each text is one principle of at most $max_words words." in load_templates()["critique"].template
+    example = '{"ops": [{"op": "add", "text": "' + copied + '"}, {"op": "add", "text": "your edits"}]}'
     parent, pool, rollouts = setup()
     outcome = Mutation(scripted(critique=example, revision=example))(parent, rollouts, iteration=1)
     assert outcome.status == "failed" and outcome.child is None and outcome.label == "failed"
-    assert outcome.copies == 2 and outcome.repairs == 1  # the copy got its repair attempt, which copied again
+    assert outcome.copies == 4 and outcome.repairs == 1  # the copies got their repair attempt, which copied again
     assert outcome.reason == "no critique produced a valid edit"
     assert any("copies the example" in entry.get("prompt", "") for entry in outcome.log)
-    # a near-copy of an example, or a placeholder, is no better than the example itself
-    mixed = ('```json\n[{"op": "add", "text": "A general principle learned from these attempts."}, '
-             '{"op": "add", "text": "..."}, {"op": "add", "text": "Carry the tens digit before adding."}]\n```')
+    # a near-copy, a placeholder, words lifted from an instruction: no better than the text itself
+    mixed = ('```json\n[{"op": "add", "text": "Each text is one principle of at most 32 words!"}, '
+             '{"op": "add", "text": "your edits"}, {"op": "add", "text": "Carry the tens digit before adding."}]\n```')
     outcome = Mutation(scripted(critique=mixed, revision=mixed), max_ops=3)(parent, rollouts, iteration=1)
     assert outcome.label == "revision" and outcome.copies == 4  # two copies in the critique, two in the revision
     assert list(outcome.child.principles.values()) == ["Be careful.", "Carry the tens digit before adding."]
@@ -189,3 +197,15 @@ def test_outcomes_name_where_a_child_came_from():
     assert fallback.label == "fallback" and fallback.fallback and fallback.child is not None
     strict = Mutation(scripted(revision="not json"), revision_fallback=False)(parent, rollouts, 1)
     assert strict.label == "failed"
+
+
+def test_an_attempt_shorter_than_a_summary_is_shown_as_it_is():
+    parent, pool, rollouts = setup()
+    for r in rollouts:
+        r.messages[-1]["content"] = f"The answer is {r.reward:g}."
+    reflector = scripted()
+    outcome = Mutation(reflector)(parent, rollouts, iteration=1)
+    assert outcome.label == "revision" and outcome.calls == 2  # one critique, one revision: no summaries
+    critique = next(e for e in outcome.log if e["purpose"].startswith("critique"))
+    assert "the attempt itself: The answer is 1." in critique["prompt"]
+    assert [e["verbatim"] for e in outcome.log if "verbatim" in e] == ["The answer is 1.", "The answer is 0."]

@@ -46,7 +46,7 @@ def test_a_real_drop_fails_and_noise_on_clustered_problems_passes(caplog):
     drops = [compare([rec(A, np.clip(p - 0.3, 0, 1), seed=1000 + k)], [rec(A, p, seed=k)]) for k in range(20)]
     assert all(not r.passed and r.comparisons[0].status == "regressed" for r in drops)
     baseline = [rec(A, p, seed=1), rec(B, p, seed=2)]
-    with caplog.at_level(logging.WARNING, logger="leaderboards"):
+    with caplog.at_level(logging.WARNING, logger="espl_bench.leaderboards"):
         dropped = compare([rec(A, np.clip(p - 0.3, 0, 1), seed=3), rec(B, p, seed=2)], baseline)
     assert [c.status for c in dropped.comparisons] == ["regressed", "ok"] and [c.suite_id for c in dropped.failures] == [A]
     assert dropped.comparisons[0].delta < -0.15 and dropped.comparisons[0].difference.high < 0

@@ -326,7 +326,7 @@ def test_a_run_starts_its_own_server_and_stops_it_at_the_end(server, tmp_path, c
 
     before = vllm_server_processes()
     out = tmp_path / "owned"
-    with caplog.at_level(logging.INFO, logger="agents.vllm_server"):
+    with caplog.at_level(logging.INFO, logger="espl_bench.agents.vllm_server"):
         code = main(["run", "--env", "espl/Arithmetic-v0", "--sampler", "vllm", "--method", "rl", "--iterations", "1",
                      "--programs", "1", "--batch-size", "2", "--group-size", "2", "--eval-problems", "1",
                      "--eval-samples", "1", "--max-new-tokens", "16", "--out", str(out)])

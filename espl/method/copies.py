@@ -6,11 +6,12 @@ and would be "a successful mutation", but it carries no evidence from the rollou
 templates therefore show only placeholders, and :class:`CopyGuard` rejects an edit whose text is
 
 * a placeholder (``<...>``, ``...``, a template variable such as ``$max_words``), or
-* the text of any example in the templates, or within a small edit of it (difflib ratio >= 0.85
+* words lifted from a line of the templates (``your edits``), the text of any example in them,
+  or any sentence of their instructions, or within a small edit of one (difflib ratio >= 0.85
   after lowercasing and dropping punctuation).
 
-The examples are read from the templates themselves, so a new example is covered without a
-second list to keep in step.
+The examples and sentences are read from the templates themselves, so a new template is covered
+without a second list to keep in step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from string import Template
 _TEXT_FIELD = re.compile(r'"text"\s*:\s*"([^"]*)"')
 _PLACEHOLDER = re.compile(r"^\s*(<[^<>]*>|\.{2,}|…|\$\w+|\{\w+\})\s*$")
 _WORD = re.compile(r"[a-z0-9]+")
+_SENTENCE = re.compile(r"(?<=[.:;!?])\s+|\s*[({\[\]})]\s*")
 SIMILARITY = 0.85
 
 
@@ -35,13 +37,18 @@ class CopyGuard:
 
     def __init__(self, templates: Iterable[Template | str]):
         sources = [t.template if isinstance(t, Template) else t for t in templates]
-        self.examples = sorted({_normal(text) for source in sources for text in _TEXT_FIELD.findall(source)} - {""})
+        examples = {_normal(text) for source in sources for text in _TEXT_FIELD.findall(source)}
+        # every instruction sentence of three words or more (a small model echoes its instructions)
+        sentences = {_normal(part) for source in sources for line in source.splitlines()
+                     for part in _SENTENCE.split(line) if len(_normal(part).split()) >= 3}
+        self.examples = sorted((examples | sentences) - {""})
+        self.lines = [f" {_normal(line)} " for source in sources for line in source.splitlines() if _normal(line)]
 
     def copies(self, text: str) -> bool:
         if _PLACEHOLDER.match(text) or "$" in text and re.search(r"\$[a-z_]+", text):
             return True
         normal = _normal(text)
-        if not normal:
+        if not normal or any(f" {normal} " in line for line in self.lines):  # words lifted from an instruction
             return True
         return any(normal == example or difflib.SequenceMatcher(None, normal, example).ratio() >= SIMILARITY
                    for example in self.examples)

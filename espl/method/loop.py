@@ -14,6 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from espl_bench.agents.llm_router import usage_delta
@@ -41,7 +42,7 @@ from espl_bench.records import (
     Rating,
     ReflectionCounts,
 )
-from espl_bench.scoring.evaluation import evaluate
+from espl_bench.scoring.evaluation import evaluate, evaluate_prompts
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +100,13 @@ def test_items(cfg: RunConfig, plan: SplitPlan, problems: int | None = None, sam
 def reflection_counts(outcomes: list[ReflectionOutcome]) -> ReflectionCounts:
     """How many children an iteration really produced, by source, and how many attempts did not."""
     labels = [o.label for o in outcomes]
+    paths: dict[str, int] = {}
+    for o in outcomes:
+        for path, n in o.paths.items():
+            paths[path] = paths.get(path, 0) + n
     return ReflectionCounts(children={source: labels.count(source) for source in SOURCES},
                             failed=labels.count("failed"), skipped=labels.count("skipped"),
-                            copied_edits_rejected=sum(o.copies for o in outcomes))
+                            copied_edits_rejected=sum(o.copies for o in outcomes), edit_calls=paths)
 
 
 class EsplLoop:
@@ -200,24 +205,34 @@ class EsplLoop:
         unique = list({p.id: p for p in programs}.values())
         best = max(unique, key=lambda p: (scores.get(p.id, 0.0), p.mu))
         mine = [r for r in rollouts if r.spec.tags["program"] == best.id and r.spec.tags["slot"] == programs.index(best)]
-        outcomes = [self.parts.mutation(best, mine, t)]
-        if spec.crosses and self.parts.crossover is not None and len(unique) > 1 \
-                and self.rng.random() < self.cfg.crossover_prob:
-            _, wins = win_matrix(rollouts)
-            if self.cfg.crossover_requires_win and not wins.get(best.id):
-                # The reference code recombines only around a best program that won a problem outright.
-                outcomes.append(ReflectionOutcome(kind="crossover", status="skipped",
-                                                  reason="the best program won no problem outright"))
-            else:
-                problem_text = {r.problem_id: r.observation for r in rollouts if r.observation}
-                outcomes.append(self.parts.crossover(best, unique, wins, problem_text, t))
+        crossing = (spec.crosses and self.parts.crossover is not None and len(unique) > 1
+                    and self.rng.random() < self.cfg.crossover_prob)  # drawn first: the rng's order is fixed
+        # Mutation and crossover are independent: their calls are in flight together (with a
+        # hosted reflector an iteration's reflection then costs its longest chain of calls).
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="reflect") as pool:
+            mutation = pool.submit(self.parts.mutation, best, mine, t)
+            crossover = pool.submit(self._crossover, best, unique, rollouts, t) if crossing else None
+            outcomes = [mutation.result(), *([crossover.result()] if crossover else [])]
         for outcome in outcomes:
             log.info("%s of %s: %s %s", outcome.kind, best.id, outcome.label, outcome.reason)
         return outcomes
 
+    def _crossover(self, best: Program, unique: list[Program], rollouts: list[Rollout], t: int) -> ReflectionOutcome:
+        _, wins = win_matrix(rollouts)
+        if self.cfg.crossover_requires_win and not wins.get(best.id):
+            # The reference code recombines only around a best program that won a problem outright.
+            return ReflectionOutcome(kind="crossover", status="skipped", reason="the best program won no problem outright")
+        problem_text = {r.problem_id: r.observation for r in rollouts if r.observation}
+        return self.parts.crossover(best, unique, wins, problem_text, t)
+
     def test_program(self) -> Program:
         """The program the run is scored with: its test-time rule (:func:`espl_bench.methods.test_program`)."""
         return scored_program(self.cfg.test_rule, self.pool)
+
+    def evaluate_prompts(self, engine: RolloutEngine, programs: list[Program], weights: str) -> list[CellResult]:
+        """The evaluation protocol for several programs on the run's test items, in one batch."""
+        return evaluate_prompts(engine, [(p.render(), p.id) for p in programs], test_items(self.cfg, self.parts.plan),
+                                sampling(self.cfg), weights=weights if self.cfg.trains_weights else "base")
 
     def evaluate(self, engine: RolloutEngine | None = None, program: Program | None = None,
                  items: EvalItems | None = None, weights: str = "trained") -> CellResult:

@@ -32,7 +32,7 @@ from string import Template
 from espl_bench.agents.reflector import Reflector, ReflectorCallError
 from espl_bench.agents.rollout import Rollout
 from espl_bench.method.copies import CopyGuard
-from espl_bench.method.edits import ReflectionParseError, parse_ops
+from espl_bench.method.edits import ReflectionParseError, ops_schema, ops_token_bound, parse_ops
 from espl_bench.method.program import EditOp, Program, apply_edits
 from espl_bench.method.rating import crossover_prior, mutation_prior
 from espl_bench.records import ReflectionRecord
@@ -69,6 +69,7 @@ class ReflectionOutcome:
     repairs: int = 0
     fallback: bool = False  # the batch revision failed and the critiques' edits were applied
     copies: int = 0  # edits dropped for copying the templates' examples or placeholders
+    paths: dict[str, int] = field(default_factory=dict)  # edit calls by path: schema | fallback
     log: list[dict] = field(default_factory=list)  # every prompt and answer, for audit and replay
 
     @property
@@ -85,7 +86,7 @@ class ReflectionOutcome:
     def to_record(self) -> ReflectionRecord:
         return ReflectionRecord(kind=self.kind, status=self.status, label=self.label, reason=self.reason,
                                 child=self.child.id if self.child else None, calls=self.calls, repairs=self.repairs,
-                                fallback=self.fallback, copies=self.copies, log=self.log)
+                                fallback=self.fallback, copies=self.copies, paths=self.paths, log=self.log)
 
 
 def _clip(text: str) -> str:
@@ -128,65 +129,99 @@ def _problem_text(rollout: Rollout) -> str:
     return _clip(rollout.observation)
 
 
+# Tokens a summary may write ("at most five short lines"); an edit call's budget is its schema's
+# bound (edits.ops_token_bound), and a structured answer ends as soon as its JSON is whole.
+SUMMARY_TOKENS = 64
+SUMMARY_STOP = ["\n\n"]  # the summary is a few lines; a blank line means it has moved on
+# An attempt no longer than a summary would be is shown as it is: summarising it costs a call
+# and compresses nothing (short single-turn replies, the common case on small models).
+VERBATIM_CHARS = 4 * SUMMARY_TOKENS
+
+
 class _Session:
     """Calls the reflector for one operator, recording every exchange.
 
     ``deadline`` (a ``time.monotonic()`` value) bounds the whole reflection of an iteration: past
     it no new call starts, so a slow or hanging reflector delays an iteration by at most the
-    deadline plus one call's own timeout.
+    deadline plus one call's own timeout. Edit calls ask for :func:`~espl_bench.method.edits.ops_schema`
+    when the reflector honours structured output (``path`` "schema" in the log), and fall back
+    to parse-and-repair otherwise ("fallback"); each logged call says which, and whether it gave
+    usable edits.
     """
 
     def __init__(self, reflector: Reflector, templates: dict[str, Template], outcome: ReflectionOutcome,
-                 deadline: float | None = None):
+                 deadline: float | None = None, max_words: int = 32):
         self.reflector = reflector
         self.templates = templates
         self.outcome = outcome
         self.deadline = deadline
+        self.max_words = max_words
         self.guard = CopyGuard(templates.values())
         self._lock = threading.Lock()  # critiques and summaries run in threads and share the counters
 
-    def ask(self, template: str, purpose: str, **values) -> str:
+    def ask(self, template: str, purpose: str, *, max_tokens: int | None = None, stop: list[str] | None = None,
+            **values) -> str:
         prompt = self.templates[template].safe_substitute(**values)
-        return self.chat([{"role": "user", "content": prompt}], purpose)
+        return self.chat([{"role": "user", "content": prompt}], purpose, max_tokens=max_tokens, stop=stop)
 
-    def chat(self, messages: list[dict], purpose: str) -> str:
+    def chat(self, messages: list[dict], purpose: str, *, max_tokens: int | None = None,
+             schema: dict | None = None, stop: list[str] | None = None) -> str:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise ReflectorCallError(f"{purpose}: the iteration's reflection deadline has passed")
         with self._lock:
             self.outcome.calls += 1
         try:
-            answer = self.reflector.complete(messages, purpose=purpose)
+            answer = self.reflector.complete(messages, purpose=purpose, max_tokens=max_tokens, schema=schema, stop=stop)
         except ReflectorCallError as exc:
             self.outcome.log.append({"purpose": purpose, "error": str(exc)})
             raise
-        self.outcome.log.append({"purpose": purpose, "prompt": messages[-1]["content"], "answer": answer})
+        entry = {"purpose": purpose, "prompt": messages[-1]["content"], "answer": answer}
+        if schema is not None:
+            entry["path"] = "schema" if self.reflector.honours_schema else "fallback"
+            with self._lock:
+                self.outcome.paths[entry["path"]] = self.outcome.paths.get(entry["path"], 0) + 1
+        self.outcome.log.append(entry)
         return answer
 
     def ask_ops(self, template: str, purpose: str, *, allowed: set[str], valid_ids: set[str], max_ops: int,
-                **values) -> list[EditOp]:
+                max_tokens: int | None = None, **values) -> list[EditOp]:
         """Ask for edit operations; on a parse error, one repair attempt that quotes the error."""
+        schema = ops_schema(allowed=allowed, valid_ids=valid_ids, max_ops=max_ops, max_words=self.max_words)
         prompt = self.templates[template].safe_substitute(max_ops=max_ops, **values)
         messages = [{"role": "user", "content": prompt}]
-        answer = self.chat(messages, purpose)
+        max_tokens = max_tokens or ops_token_bound(max_ops, self.max_words)
+        answer = self.chat(messages, purpose, max_tokens=max_tokens, schema=schema)
         try:
             return self._usable(answer, allowed, valid_ids, max_ops)
         except ReflectionParseError as exc:
             with self._lock:
                 self.outcome.repairs += 1
             repair = self.templates["repair"].safe_substitute(error=str(exc))
-            messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": repair}]
-            answer = self.chat(messages, f"{purpose} (repair)")
+            if self.reflector.honours_schema:
+                # The answer had the right shape but said nothing usable; shown its own answer, a
+                # small model writes it again. A fresh attempt with the reason appended does not.
+                messages = [{"role": "user", "content": f"{prompt}\n\n{repair}"}]
+            else:
+                messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": repair}]
+            answer = self.chat(messages, f"{purpose} (repair)", max_tokens=max_tokens, schema=schema)
             return self._usable(answer, allowed, valid_ids, max_ops)
 
     def _usable(self, answer: str, allowed: set[str], valid_ids: set[str], max_ops: int) -> list[EditOp]:
-        """The answer's valid edits minus those that copy the templates (at least one must remain)."""
-        ops = parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
-        kept = [op for op in ops if op.op == "remove" or not self.guard.copies(op.text)]
-        with self._lock:
-            self.outcome.copies += len(ops) - len(kept)
-        if not kept:
-            raise ReflectionParseError("every edit copies the example or placeholder of the instructions; write "
-                                       "principles of your own, drawn from the attempts")
+        """The answer's valid edits minus those that copy the templates (at least one must remain);
+        the log entry of the call says whether it was usable."""
+        entry = next((e for e in reversed(self.outcome.log) if e.get("answer") is answer), {})
+        try:
+            ops = parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
+            kept = [op for op in ops if op.op == "remove" or not self.guard.copies(op.text)]
+            with self._lock:
+                self.outcome.copies += len(ops) - len(kept)
+            if not kept:
+                raise ReflectionParseError("every edit copies the example or placeholder of the instructions; write "
+                                           "principles of your own, drawn from the attempts")
+        except ReflectionParseError as exc:
+            entry["valid"], entry["parse_error"] = False, str(exc)
+            raise
+        entry["valid"] = True
         return kept
 
 
@@ -194,7 +229,7 @@ class Mutation:
     """Reflective mutation of one program from its rollouts (paper step 7)."""
 
     def __init__(self, reflector: Reflector, *, max_ops: int = 2, max_words: int = 32, inflation: float = 1.0,
-                 max_revision_ops: int = 8, concurrency: int = 16, revision_fallback: bool = True,
+                 max_revision_ops: int = 4, concurrency: int = 16, revision_fallback: bool = True,
                  deadline_s: float | None = None, templates: dict[str, Template] | None = None):
         self.revision_fallback = revision_fallback
         self.deadline_s = deadline_s
@@ -217,7 +252,7 @@ class Mutation:
         if not chosen:
             outcome.status, outcome.reason = "skipped", "every rollout succeeded: nothing to learn from"
             return outcome
-        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s))
+        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words)
         valid_ids = set(parent.principles)
         try:
             summaries = self._summaries(session, parent, chosen)
@@ -282,8 +317,14 @@ class Mutation:
 
         def summarise(job: tuple[str, Rollout]) -> str:
             problem_id, rollout = job
-            return session.ask("summarize", f"summary {problem_id}", system_prompt=parent.render(),
-                               problem=_problem_text(rollout), response=render_trajectory(rollout),
+            attempt = render_trajectory(rollout)
+            if len(attempt) <= VERBATIM_CHARS:
+                with session._lock:
+                    session.outcome.log.append({"purpose": f"summary {problem_id}", "verbatim": attempt})
+                return "the attempt itself: " + " ".join(attempt.split())
+            return session.ask("summarize", f"summary {problem_id}", max_tokens=SUMMARY_TOKENS, stop=SUMMARY_STOP,
+                               system_prompt=parent.render(),
+                               problem=_problem_text(rollout), response=attempt,
                                reward=f"{rollout.reward:g}", answer=rollout.answer)
 
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(jobs)))) as executor:
@@ -297,7 +338,7 @@ class Mutation:
 class Crossover:
     """Recombination of the best program with programs that alone won some problems (step 8)."""
 
-    def __init__(self, reflector: Reflector, *, max_ops: int = 8, max_words: int = 32, inflation: float = 1.0,
+    def __init__(self, reflector: Reflector, *, max_ops: int = 4, max_words: int = 32, inflation: float = 1.0,
                  deadline_s: float | None = None, templates: dict[str, Template] | None = None):
         self.deadline_s = deadline_s
         self.reflector = reflector
@@ -317,7 +358,7 @@ class Crossover:
             f"### Prompt {p.id}\n{_principles_text(p)}\nSolved only by it:\n"
             + "\n".join(f"- {_clip(problems.get(q, q))}" for q in wins[p.id])
             for p in others)
-        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s))
+        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words)
         try:
             ops = session.ask_ops("crossover", "crossover", allowed={"add", "modify", "remove"},
                                   valid_ids=set(best.principles), max_ops=self.max_ops,

@@ -16,7 +16,7 @@ from espl_bench.records import Breakdown, CellResult
 from espl_bench.running.build import open_rescoring
 from espl_bench.running.rundir import atomic_write, dump_json
 from espl_bench.scoring.breakdown import breakdown
-from espl_bench.scoring.evaluation import evaluate
+from espl_bench.scoring.evaluation import evaluate_prompts
 
 
 def evaluate_run(run: str, *, problems: int | None = None, samples: int | None = None) -> tuple[Breakdown, str]:
@@ -32,10 +32,10 @@ def _evaluate(rundir, cfg, plan, weights, problems: int | None, samples: int | N
     program, root = scored_program(cfg.test_rule, pool), pool.root()
     trained = weights.trained(rundir.iterations / f"{done:06d}")
 
-    def score(row: str, column: str) -> CellResult:
-        chosen = root if column == "root" else program
+    def score(row: str, columns: list[str]) -> list[CellResult]:
+        chosen = [root if column == "root" else program for column in columns]
         engine = trained if row == "trained" or not cfg.trains_weights else weights.base()
-        return evaluate(engine, chosen.render(), chosen.id, items, sampling(cfg), weights=row)
+        return evaluate_prompts(engine, [(c.render(), c.id) for c in chosen], items, sampling(cfg), weights=row)
 
     result = breakdown(score, trained=cfg.trains_weights, root=root.id, program=program.id,
                        same_prompt=program.render() == root.render())

@@ -126,7 +126,8 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
         reflection=ReflectionCounts(
             children={k: sum(c.children.get(k, 0) for c in counts) for k in ("revision", "fallback", "crossover")},
             failed=sum(c.failed for c in counts), skipped=sum(c.skipped for c in counts),
-            copied_edits_rejected=sum(c.copied_edits_rejected for c in counts)),
+            copied_edits_rejected=sum(c.copied_edits_rejected for c in counts),
+            edit_calls={k: sum(c.edit_calls.get(k, 0) for c in counts) for k in sorted({k for c in counts for k in c.edit_calls})}),
         reflection_failures=sum(m.reflection_failures for m in history),
         rollouts=sum(m.rollouts for m in history),
         generated_tokens=sum(m.generated_tokens for m in history),
@@ -151,15 +152,15 @@ def final_breakdown(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetri
         known[f"{row}/{'root' if same else 'program'}"] = last
     base_engine = [None]
 
-    def score(weights: str, prompt: str) -> CellResult:
-        chosen = root if prompt == "root" else program
+    def score(weights: str, prompts: list[str]) -> list[CellResult]:
+        chosen = [root if prompt == "root" else program for prompt in prompts]
         engine = parts.engine
         if weights == "base" and cfg.trains_weights:
             if base_engine[0] is None:
                 base_engine[0] = parts.base_engine()
             engine = base_engine[0]
-        log.info("breakdown: %s weights, %s prompt (%s)", weights, prompt, chosen.id)
-        return loop.evaluate(engine, chosen, weights=weights)
+        log.info("breakdown: %s weights, %s", weights, ", ".join(f"{p} prompt ({c.id})" for p, c in zip(prompts, chosen)))
+        return loop.evaluate_prompts(engine, chosen, weights=weights)
 
     return breakdown(score, trained=cfg.trains_weights and parts.base_engine is not None, root=root.id,
                      program=program.id, same_prompt=same, known=known)

@@ -42,19 +42,20 @@ def cell_name(weights: str, prompt: str) -> str:
     return f"{weights}/{prompt}"
 
 
-def breakdown(score: Callable[[str, str], CellResult], *, trained: bool, root: str, program: str,
+def breakdown(score: Callable[[str, list[str]], list[CellResult]], *, trained: bool, root: str, program: str,
               same_prompt: bool, known: dict[str, CellResult] | None = None) -> Breakdown:
-    """Score the cells (``score(weights, prompt)`` with ``weights`` in base|trained and ``prompt``
-    in root|program) and their effects. ``known`` holds cells already scored on the same items
-    (the final test evaluation is trained/program)."""
+    """Score the cells (``score(weights, prompts)``, one call per row: ``weights`` in base|trained,
+    ``prompts`` those of root|program not yet known, a result for each) and their effects.
+    ``known`` holds cells already scored on the same items (the final test evaluation is
+    trained/program)."""
     rows = ("base", "trained") if trained else ("base",)
     columns = ("root",) if same_prompt else ("root", "program")
     cells = dict(known or {})
     for weights in rows:
-        for prompt in columns:
-            name = cell_name(weights, prompt)
-            if name not in cells:
-                cells[name] = score(weights, prompt)
+        missing = [prompt for prompt in columns if cell_name(weights, prompt) not in cells]
+        if missing:
+            for prompt, cell in zip(missing, score(weights, missing), strict=True):
+                cells[cell_name(weights, prompt)] = cell
     cells = {name: cells[name] for name in (cell_name(w, p) for w in rows for p in columns)}
     items = next(iter(cells.values())).items
     if any(c.items != items for c in cells.values()):

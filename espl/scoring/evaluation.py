@@ -23,9 +23,10 @@ from espl_bench.agents.sampler import SamplingParams, derive_seed
 from espl_bench.records import CellResult, EvalItems
 
 
-def item_specs(items: EvalItems, prompt: str) -> list[EpisodeSpec]:
-    """The episodes of ``items`` under ``prompt``, each seeded from its coordinates."""
-    return [EpisodeSpec(prompt, items.split, index, {"problem": index, "sample": n},
+def item_specs(items: EvalItems, prompt: str, cell: int = 0) -> list[EpisodeSpec]:
+    """The episodes of ``items`` under ``prompt``, each seeded from its coordinates (``cell`` only
+    tells apart prompts scored in one batch; it is not a coordinate of the seed)."""
+    return [EpisodeSpec(prompt, items.split, index, {"problem": index, "sample": n, "cell": cell},
                         seed=derive_seed("eval", items.seed, items.split, index, n), placement=items.placement)
             for index in items.indices for n in range(items.samples)]
 
@@ -33,8 +34,18 @@ def item_specs(items: EvalItems, prompt: str) -> list[EpisodeSpec]:
 def evaluate(engine: RolloutEngine, prompt: str, program: str, items: EvalItems, params: SamplingParams,
              *, weights: str = "") -> CellResult:
     """Score ``prompt`` with the engine's current weights on ``items`` (see the module docstring)."""
-    rollouts = engine.run(item_specs(items, prompt), params)
-    return cell_from_rollouts(rollouts, items, program, weights=weights)
+    return evaluate_prompts(engine, [(prompt, program)], items, params, weights=weights)[0]
+
+
+def evaluate_prompts(engine: RolloutEngine, prompts: Sequence[tuple[str, str]], items: EvalItems,
+                     params: SamplingParams, *, weights: str = "") -> list[CellResult]:
+    """:func:`evaluate` for several ``(prompt, program)`` pairs with the same weights, in one batch:
+    a decoding step costs far less than twice as much for twice the rows, and each sample's seed
+    is its own, so the results are those of separate calls."""
+    specs = [spec for cell, (prompt, _) in enumerate(prompts) for spec in item_specs(items, prompt, cell)]
+    rollouts = engine.run(specs, params)
+    return [cell_from_rollouts([r for r in rollouts if r.spec.tags["cell"] == cell], items, program, weights=weights)
+            for cell, (_, program) in enumerate(prompts)]
 
 
 def cell_from_rollouts(rollouts: Sequence[Rollout], items: EvalItems, program: str, *, weights: str = "") -> CellResult:

@@ -1,0 +1,92 @@
+"""Structured output for the in-process sampler: a JSON schema as a grammar that masks each row's
+next token, with llguidance (the engine vLLM also uses) driving transformers' generation.
+
+:class:`Grammars` compiles schemas for one tokenizer (cached); :class:`GrammarMask` is the
+``transformers`` logits processor: before each step it feeds every constrained row's last token
+to that row's matcher, then sets the scores of tokens the grammar does not allow to ``-inf``. A
+row whose grammar is complete may only end (EOS), so a constrained answer stops as soon as it is
+whole. Rows without a grammar are left alone. A matcher that enters its error state (it cannot
+happen for a token it allowed, but a grammar can exhaust its limits) ends its row; the caller
+sees an answer that does not parse, as data.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+
+
+class Grammars:
+    """JSON schemas compiled for one tokenizer; thread-safe (the reflector batches from one thread,
+    the loop samples from another)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._llg_tokenizer = None
+        self._grammars: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _tokenizer(self):
+        import llguidance.hf
+
+        with self._lock:
+            if self._llg_tokenizer is None:  # about a second: once per sampler
+                self._llg_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer)
+            return self._llg_tokenizer
+
+    def matcher(self, schema: dict):
+        """A fresh matcher of ``schema`` (one per row: matchers keep their row's state)."""
+        import llguidance
+
+        key = json.dumps(schema, sort_keys=True)
+        tokenizer = self._tokenizer()
+        with self._lock:
+            if key not in self._grammars:
+                # No free whitespace between JSON tokens: a model could otherwise pad an answer
+                # with blank lines up to its token budget (a random one does).
+                self._grammars[key] = llguidance.LLMatcher.grammar_from_json_schema(
+                    schema, overrides={"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "})
+            grammar = self._grammars[key]
+        return llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+
+
+class GrammarMask:
+    """The logits processor; see the module docstring."""
+
+    def __init__(self, matchers: Sequence[object | None], eos_ids: set[int]):
+        import torch
+
+        self._torch = torch
+        self.matchers = list(matchers)
+        self.eos_ids = sorted(eos_ids)
+        self.done = [m is None for m in self.matchers]
+        self.started = False
+        self._bits = torch.arange(32, dtype=torch.int32)
+
+    def __call__(self, input_ids, scores):
+        torch = self._torch
+        from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
+
+        if self.started:
+            for row, matcher in enumerate(self.matchers):
+                if matcher is not None and not self.done[row]:
+                    token = int(input_ids[row, -1])
+                    if token in self.eos_ids or not matcher.consume_token(token):
+                        self.done[row] = True
+        self.started = True
+        vocab = scores.shape[-1]
+        for row, matcher in enumerate(self.matchers):
+            if matcher is None:
+                continue
+            if self.done[row] or matcher.is_error() or matcher.is_stopped():
+                allowed = torch.zeros(vocab, dtype=torch.bool)
+                allowed[self.eos_ids] = True
+            else:
+                mask = allocate_token_bitmask(1, vocab)
+                fill_next_token_bitmask(matcher, mask, 0)
+                allowed = ((mask[0].unsqueeze(-1) >> self._bits) & 1).bool().flatten()[:vocab]
+                if not bool(allowed.any()):
+                    allowed[self.eos_ids] = True
+            scores[row] = scores[row].masked_fill(~allowed.to(scores.device), float("-inf"))
+        return scores

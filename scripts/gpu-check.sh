@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The GPU check, on the GPU machine (one GPU, no network, no vLLM): installs the carried wheels
+# offline next to the image's torch/transformers/peft/accelerate and runs scripts/gpu_check.py.
+#   device run: bash scripts/gpu-check.sh    (carry: .gpu-check; timeout 480 s)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+"$PY" -m pip install -q --no-deps --no-index .gpu-check/wheels/*.whl
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+PYTHONUNBUFFERED=1 timeout 470 "$PY" scripts/gpu_check.py --model-config .gpu-check/model \
+  --out "${OUT:-.gpu-check}/gpu-check.json" "$@"

@@ -22,7 +22,7 @@ from typing import Any
 
 from espl_bench.methods import METHODS as _SPECS
 
-SUITE_VERSION = "3"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits
+SUITE_VERSION = "4"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection
 
 METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"
@@ -54,7 +54,7 @@ BUDGETS: dict[str, Budget] = {
                     eval_samples=2, max_new_tokens=64),
     # the committed leaderboard (leaderboards/README.md): every method, three envs, three seeds
     "board": Budget("board", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=8,
-                    eval_samples=2, max_new_tokens=64, extra=("--eval-every", "0", "--reflector-max-tokens", "128")),
+                    eval_samples=2, max_new_tokens=64, extra=("--eval-every", "0")),
     "small": Budget("small", iterations=4, programs=3, batch_size=4, group_size=4, eval_problems=16,
                     eval_samples=2, max_new_tokens=128),
 }

@@ -11,6 +11,7 @@ and ``evaluate`` re-score through :func:`open_rescoring`; tests use both.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 from espl_bench.agents.offline_reflectors import offline_reflector
@@ -25,11 +26,14 @@ from espl_bench.envs.contract import require_text
 from espl_bench.envs.registry import make_env
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.errors import ConfigError
+from espl_bench.method.edits import ops_token_bound
 from espl_bench.method.loop import Parts
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
 from espl_bench.running.rundir import RunDir
 from espl_bench.training.policy import Policy, build_policy
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -117,6 +121,13 @@ def _operators(cfg: RunConfig, reflector) -> tuple[Mutation | None, Crossover | 
     if cfg.spec.crosses and cfg.crossover_prob > 0:
         crossover = Crossover(reflector, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
                               deadline_s=cfg.reflection_deadline)
+    # A cap below what an edit call's schema admits cuts long but valid answers off mid-string.
+    widest = max(mutation.max_ops, mutation.max_revision_ops, crossover.max_ops if crossover else 0)
+    needed = ops_token_bound(widest, cfg.max_words)
+    if cfg.reflector_max_tokens < needed:
+        log.warning("--reflector-max-tokens %d is below the %d tokens an edit call of %d operations of %d words may "
+                    "need: long answers will be cut off and count as failures; raise it to %d for full answers",
+                    cfg.reflector_max_tokens, needed, widest, cfg.max_words, needed)
     return mutation, crossover
 
 

@@ -387,9 +387,11 @@ def test_a_learner_under_accelerate_launch_feeds_the_server(server, tmp_path):
     assert [m["learner"]["synced_step"] for m in metrics] == [1.0, 2.0]
     assert all(m["learner"]["grad_norm"] > 0 for m in metrics)
     # The trainer scores samples at the sampling temperature: the sequence importance ratios stay
-    # near 1 (top-p renormalisation alone bounds them below by 0.95 ** 16 = 0.44), where scoring at
-    # TRL's default temperature 1.0 put them near 0.03 or masked them out.
-    assert all(m["learner"]["sampling/importance_sampling_ratio/min"] > 0.4 for m in metrics)
+    # near 1 (top-p renormalisation alone bounds them below by 0.95 ** 16 = 0.44; vLLM's LoRA
+    # kernels against peft's add a little: 0.38-0.52 seen at step 2, depending on how the
+    # server batched the requests), where scoring at TRL's default temperature 1.0 put them near
+    # 0.03 or masked them out.
+    assert all(m["learner"]["sampling/importance_sampling_ratio/min"] > 0.2 for m in metrics)
     assert (out / "learner" / "checkpoint-2" / "rng_state_1.pth").is_file(), "rank 1 did not train"
 
 

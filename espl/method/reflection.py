@@ -159,6 +159,11 @@ class _Session:
         self.guard = CopyGuard(templates.values())
         self._lock = threading.Lock()  # critiques and summaries run in threads and share the counters
 
+    def record(self, entry: dict) -> None:
+        """Log an entry that is not a call (a summary shown as it is, a skipped critique)."""
+        with self._lock:
+            self.outcome.log.append(entry)
+
     def ask(self, template: str, purpose: str, *, max_tokens: int | None = None, stop: list[str] | None = None,
             **values) -> str:
         prompt = self.templates[template].safe_substitute(**values)
@@ -301,7 +306,7 @@ class Mutation:
                                       principles=_principles_text(parent), problem=_problem_text(rs[0]),
                                       answer=rs[0].answer, summaries=summaries[problem_id], max_words=self.max_words)
             except ReflectionParseError as exc:
-                session.outcome.log.append({"purpose": f"critique {problem_id}", "parse_error": str(exc)})
+                session.record({"purpose": f"critique {problem_id}", "parse_error": str(exc)})
                 return []
             return [op.model_dump(exclude_defaults=True) for op in ops]
 
@@ -319,8 +324,7 @@ class Mutation:
             problem_id, rollout = job
             attempt = render_trajectory(rollout)
             if len(attempt) <= VERBATIM_CHARS:
-                with session._lock:
-                    session.outcome.log.append({"purpose": f"summary {problem_id}", "verbatim": attempt})
+                session.record({"purpose": f"summary {problem_id}", "verbatim": attempt})
                 return "the attempt itself: " + " ".join(attempt.split())
             return session.ask("summarize", f"summary {problem_id}", max_tokens=SUMMARY_TOKENS, stop=SUMMARY_STOP,
                                system_prompt=parent.render(),

@@ -67,12 +67,18 @@ class RunConfig(BaseModel):
     eval_every: int = Field(1, ge=0, description="evaluate on the test split every N iterations (0: only at the end)")
     eval_problems: int = Field(4, ge=1, description="test problems per evaluation (the first N of the test split)")
     eval_samples: int = Field(2, ge=1, description="samples per test problem (k of pass@k goes up to this)")
+    cell_store: str | None = Field(None, description="folder of base-weights test cells shared by runs (espl-bench "
+                                   "bench uses OUT/.cells): a cell another run scored with the same model, env, items, "
+                                   "sampling, prompt and code is read, not decoded again (the in-process sampler only)")
     eval_seed: int = Field(0, description="seed of every evaluation sample, combined with the sample's coordinates (split, problem, sample, turn); shared by all methods and run seeds, so equal weights and prompts give equal episodes")
     learning_rate: float = Field(4e-5, gt=0, description="Adam learning rate (paper: 4e-5)")
     lora_rank: int = Field(16, ge=1, description="LoRA rank (paper: 32 on a 671B model)")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo"] = Field("dr_grpo", description="TRL loss type; dr_grpo sums token terms with a constant normaliser, closest to the paper's summed loss")
     scale_rewards: Literal["none", "group", "batch"] = Field("none", description="TRL reward scaling; none = the paper's plain r - V")
+    skip_flat_groups: bool = Field(False, description="leave out of the RL step the groups whose rewards are all "
+                                   "equal (no advantage), as DAPO's dynamic sampling does, without its refill; a step "
+                                   "of only flat groups changes no weight (the paper trains on every group)")
     # 2: a TRL step on 8 multi-turn rows of ~900 tokens peaks at 18+ GB with 8 rows per pass
     # and no checkpointing (the 135M model, fp32 logits over a 49k vocabulary), at ~6 GB with 2.
     micro_batch_size: int = Field(2, ge=1, description="rows per forward/backward pass (gradient accumulation covers "
@@ -128,7 +134,7 @@ class RunConfig(BaseModel):
         """The fields that define the run's results (resume refuses a change to them)."""
         # Where a server runs is not part of a run's identity: a resumed run may use a new one.
         return self.model_dump(exclude={"resume", "force", "out", "iterations", "vllm_url", "vllm_python",
-                                        "max_concurrency", "micro_batch_size", "gradient_checkpointing"})
+                                        "max_concurrency", "micro_batch_size", "gradient_checkpointing", "cell_store"})
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:

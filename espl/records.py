@@ -234,6 +234,10 @@ class IterationMetrics(Record):
     iteration: int
     train_reward: float
     train_success: float
+    train_problem_success: list[float] = Field(default_factory=list)  # per training problem, over programs x samples
+    groups: int = 0  # baseline groups of the RL batch
+    flat_groups: int = 0  # groups whose rewards are all equal (no advantage; learning.is_flat)
+    left_out_groups: int = 0  # flat groups left out of the RL step (--skip-flat-groups)
     valid_rate: float = 0.0
     invalid_action_rate: float = 0.0
     env_errors: int = 0
@@ -409,3 +413,8 @@ class RunHeader(Record):
 
     config: dict[str, Any]
     templates: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        """The env's keyword arguments the run was made with ({} when none were given)."""
+        return dict(self.config.get("env_kwargs") or {})

@@ -18,6 +18,11 @@ Every method of an env is evaluated on the same problems, so comparisons are pai
   takes the widest gap of their intervals. ``Interval.method`` says which was used.
 * :func:`detectable_difference`: the smallest true difference a two-sided test at ``alpha``
   finds with probability ``power``, ``(z_{1-alpha/2} + z_power) * se`` (normal approximation).
+* :func:`change`: mean(later) - mean(earlier) for two independent sets of clusters (a learning
+  curve's last iterations against its first: different problems, so not paired).
+* :func:`problems_needed`: the problems a paired comparison needs for a target detectable
+  difference, given the standard deviation of per-problem differences (the power computation
+  written before an experiment is run).
 * :func:`tie_groups`: methods grouped, best first, into sets the data cannot separate.
 * :func:`pass_at_k`: the unbiased pass@k estimator of one problem's samples.
 
@@ -186,6 +191,32 @@ def _bound(ma: np.ndarray, mb: np.ndarray, level: float) -> Interval:
 def detectable_difference(se: float, alpha: float = 1 - LEVEL, power: float = 0.8) -> float:
     """Smallest true difference found with probability ``power`` by a two-sided level-``alpha`` test."""
     return float((_stats.norm.ppf(1 - alpha / 2) + _stats.norm.ppf(power)) * se)
+
+
+def problems_needed(target: float, sd: float, alpha: float = 1 - LEVEL, power: float = 0.8) -> int:
+    """Problems for :func:`detectable_difference` to reach ``target`` when per-problem paired
+    differences have standard deviation ``sd``: ``((z_{1-alpha/2} + z_power) * sd / target)^2``."""
+    if target <= 0 or sd < 0:
+        raise ValueError("a target difference > 0 and a standard deviation >= 0 are needed")
+    z = _stats.norm.ppf(1 - alpha / 2) + _stats.norm.ppf(power)
+    return max(1, int(np.ceil((z * sd / target) ** 2)))
+
+
+def change(earlier: Sequence[float], later: Sequence[float], level: float = LEVEL) -> Interval:
+    """mean(later) - mean(earlier), each a set of independent clusters (say, per-problem training
+    success of a curve's first and last iterations), with the two sets resampled apart."""
+    a, b = np.asarray(earlier, dtype=float), np.asarray(later, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("change needs clusters on both sides")
+    estimate = float(b.mean() - a.mean())
+    if a.size > 1 and b.size > 1 and (np.ptp(a) > 0 or np.ptp(b) > 0):
+        res = _stats.bootstrap((a, b), lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis), paired=False,
+                               vectorized=True, n_resamples=RESAMPLES, confidence_level=level, method="percentile",
+                               random_state=np.random.default_rng(_SEED))
+        if np.ptp(res.bootstrap_distribution) > 0:
+            ci = res.confidence_interval
+            return Interval(estimate, float(ci.low), float(ci.high), float(res.standard_error), level)
+    return _bound(b[None, :], a[None, :], level)
 
 
 def tie_groups(results: Mapping[str, np.ndarray], level: float = LEVEL) -> list[list[str]]:

@@ -37,6 +37,7 @@ from espl_bench.method.program import Pool
 from espl_bench.records import (
     CellResult,
     IterationMetrics,
+    RunHeader,
     RunSummary,
 )
 
@@ -55,6 +56,9 @@ class IterationPoint:
     train_success: float
     cum_rollouts: int
     test_success: float | None = None
+    problem_success: tuple[float, ...] = ()  # per training problem (the curve's clusters)
+    flat_groups: int = 0
+    groups: int = 0
 
 
 @dataclass
@@ -144,8 +148,20 @@ class EnvBoard:
     env: str
     rows: list[LeaderboardRow]
     measured_on: str = ""
-    detectable: float | None = None  # smallest difference detectable with 80% power at 5%
+    detectable: float | None = None  # the largest over method pairs of the paired detectable difference
     problems: int = 0
+    pairs: list[PairComparison] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    """Row ``a`` minus row ``b`` on the board's problems, paired on them (95%, unadjusted), and the
+    smallest true difference the pair's data would detect (80% power, two-sided 5%)."""
+
+    a: str
+    b: str
+    difference: stats.Interval
+    detectable: float
 
 
 @dataclass(frozen=True)
@@ -218,7 +234,8 @@ def _points(history: list[IterationMetrics]) -> list[IterationPoint]:
     points, total = [], 0
     for m in history:
         total += m.rollouts
-        points.append(IterationPoint(m.iteration, m.train_success, total, None if m.test is None else m.test.success))
+        points.append(IterationPoint(m.iteration, m.train_success, total, None if m.test is None else m.test.success,
+                                     tuple(m.train_problem_success), m.flat_groups, m.groups))
     return points
 
 
@@ -226,7 +243,7 @@ def load_run(folder: str | Path) -> RunRecord:
     """Read one run folder through the typed records; raises :class:`RunLoadError` naming the folder."""
     folder = Path(folder)
     data = _read_json(folder / "summary.json")
-    _read_json(folder / "run.json")  # a folder without its header is not a run
+    header = _read_json(folder / "run.json")  # a folder without its header is not a run
     try:
         summary = RunSummary.from_dict(data, str(folder / "summary.json"))
     except RecordError as exc:
@@ -237,14 +254,24 @@ def load_run(folder: str | Path) -> RunRecord:
                            "resume it to include it")
     history = _metrics(folder)
     reflector = summary.reflector_usage
+    try:
+        kwargs = RunHeader.from_dict(header, str(folder / "run.json")).env_kwargs
+    except RecordError as exc:
+        raise RunLoadError(str(exc)) from None
     return RunRecord(
-        path=folder, env=summary.env, method=summary.method, model=summary.model, seed=summary.seed,
+        path=folder, env=env_label(summary.env, kwargs), method=summary.method, model=summary.model, seed=summary.seed,
         iterations_completed=summary.iterations_completed, test=summary.test,
         reflection_calls=sum(m.reflection_calls for m in history),
         reflector_tokens=reflector.tokens, cost_usd=summary.cost_usd,
         test_program_id=summary.test_program.id, best_prompt=summary.test_program.text, budget=summary.budget,
         cells=dict(summary.breakdown.cells) if summary.breakdown else {}, children=dict(summary.reflection.children),
         points=_points(history), provenance=summary.provenance)
+
+
+def env_label(env: str, kwargs: dict | None) -> str:
+    """An env as the board names it: its id, and its keyword arguments when a run set any (runs of
+    one id with other arguments are other problems, on another board)."""
+    return f"{env} {json.dumps(kwargs, sort_keys=True, separators=(',', ':'))}" if kwargs else env
 
 
 def load_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
@@ -336,14 +363,30 @@ def aggregate(runs: Iterable[RunRecord]) -> list[EnvBoard]:
                 if f"{row.method}\x00{row.model}" in names:
                     row.tier = tier
         rows.sort(key=lambda r: (r.tier is None, r.tier or 0, -(r.success_mean or 0.0), r.method, r.model))
-        intervals = [r.success for r in rows if r.success is not None]
+        pairs = _pairs(rows)
         measured = [r.test for rs in groups[env].values() for r in rs if r.test is not None]
         seeds = sorted({r.seed for rs in groups[env].values() for r in rs})
         describe = (f"{measured[0].items.split} split, {len(problems)} problems x {measured[0].items.samples} samples, "
                     f"seeds {', '.join(map(str, seeds))}") if measured else ""
-        detectable = stats.detectable_difference(np.sqrt(2) * stats.pooled_se(intervals)) if intervals else None
-        boards.append(EnvBoard(env, rows, describe, detectable, len(problems)))
+        detectable = max((p.detectable for p in pairs), default=None)
+        boards.append(EnvBoard(env, rows, describe, detectable, len(problems), pairs))
     return boards
+
+
+def _pairs(rows: list[LeaderboardRow]) -> list[PairComparison]:
+    """Every pair of scored rows, the better-scoring first."""
+    scored = [r for r in rows if r.matrix is not None]
+    out = []
+    for i, first in enumerate(scored):
+        for second in scored[i + 1:]:
+            a, b = (first, second) if (first.success_mean or 0) >= (second.success_mean or 0) else (second, first)
+            d = stats.difference(a.matrix, b.matrix)
+            out.append(PairComparison(_name(a, rows), _name(b, rows), d, stats.detectable_difference(d.se)))
+    return out
+
+
+def _name(row: LeaderboardRow, rows: list[LeaderboardRow]) -> str:
+    return row.method if len({r.model for r in rows}) == 1 else f"{row.method} ({Path(row.model).name})"
 
 
 def build_leaderboard(roots: Iterable[str | Path]) -> list[EnvBoard]:
@@ -362,6 +405,28 @@ class Curve:
     test_iterations: list[int]
     test_success: list[float]
     test_cum_rollouts: list[float]
+    train_low: list[float] = field(default_factory=list)  # 95% interval over (seed, problem) clusters
+    train_high: list[float] = field(default_factory=list)
+
+
+CURVE_EDGE = 3  # iterations at each end of a learning curve that its change compares
+
+
+def curve_change(row: LeaderboardRow, edge: int = CURVE_EDGE) -> stats.Interval | None:
+    """Training success of the row's last ``edge`` iterations minus its first ``edge`` (at most half
+    of them each; clusters: one (seed, problem) per training problem, all seeds pooled); None when
+    the runs have fewer than two iterations or recorded no per-problem successes."""
+    by_t: dict[int, list[float]] = {}
+    for run in row.runs:
+        for p in run.points:
+            by_t.setdefault(p.iteration, []).extend(p.problem_success)
+    ts = sorted(t for t in by_t if by_t[t])
+    edge = min(edge, len(ts) // 2)
+    if edge < 1:
+        return None
+    first = [x for t in ts[:edge] for x in by_t[t]]
+    last = [x for t in ts[-edge:] for x in by_t[t]]
+    return stats.change(first, last)
 
 
 def row_curve(row: LeaderboardRow, label: str | None = None) -> Curve:
@@ -373,11 +438,17 @@ def row_curve(row: LeaderboardRow, label: str | None = None) -> Curve:
     ts = sorted(by_t)
     tested = [(t, [p for p in by_t[t] if p.test_success is not None]) for t in ts]
     tested = [(t, ps) for t, ps in tested if ps]
+    bands = []
+    for t in ts:
+        clusters = [x for p in by_t[t] for x in p.problem_success]
+        band = stats.interval(clusters) if clusters else None
+        bands.append((band.low, band.high) if band else (float("nan"), float("nan")))
     return Curve(label or row.method, ts,
                  [statistics.fmean(p.train_success for p in by_t[t]) for t in ts],
                  [statistics.fmean(p.cum_rollouts for p in by_t[t]) for t in ts],
                  [t for t, _ in tested], [statistics.fmean(p.test_success for p in ps) for _, ps in tested],
-                 [statistics.fmean(p.cum_rollouts for p in ps) for _, ps in tested])
+                 [statistics.fmean(p.cum_rollouts for p in ps) for _, ps in tested],
+                 [b[0] for b in bands], [b[1] for b in bands])
 
 
 def load_tree(run: RunRecord) -> list[TreeNode]:

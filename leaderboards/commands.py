@@ -26,6 +26,9 @@ def add_parsers(sub) -> None:
     bench.add_argument("--results", default=None, help="results file to write (default: OUT/results.json)")
     bench.add_argument("--model", default=None, help="override the suite's model (e.g. a local folder)")
     bench.add_argument("--collect", action="store_true", help="run nothing: write results for the suite's finished runs in --out")
+    bench.add_argument("--keep", default=None, help="folder of compact copies of finished runs (records, no weights): each "
+                       "finished run is copied there, and a run already there is not run again (commit it to complete "
+                       "a suite later, or on other machines)")
     bench.add_argument("--seeds", default=None, help="run only these seeds, comma-separated (e.g. to split a suite across machines)")
     bench.add_argument("--envs", default=None, help="run only these env ids, comma-separated (e.g. cheap ones first)")
     bench.add_argument("--level", type=float, default=0.95, help="compare: confidence level of the paired interval")
@@ -69,9 +72,14 @@ def run_suite(args: argparse.Namespace) -> int:
         if args.model:
             config = replace(config, model=args.model)
         sid = config.suite_id
-        folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
-        if args.collect:
-            if not _finished(folder):  # RecordError (an EsplError): one line naming the file and the fix
+        name = f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
+        folder = out / name
+        kept = Path(args.keep) / name if args.keep else None
+        if kept is not None and _finished(kept):  # RecordError (an EsplError): one line naming the file and the fix
+            log.info("bench: %s is finished (kept in %s)", name, args.keep)
+            folder = kept
+        elif args.collect or _finished(folder):
+            if not _finished(folder):
                 log.info("bench: %s is not finished; left out", folder)
                 continue
         else:
@@ -80,10 +88,15 @@ def run_suite(args: argparse.Namespace) -> int:
             # Each run in a child process: its memory returns to the OS when it ends (in one
             # process the allocator kept ~0.6 GB per finished run of the 135M model) and a crash
             # stays inside its run.
-            code = subprocess.run([sys.executable, "-m", "espl_bench", "run", *config.run_args(str(folder)), *resume]).returncode
+            # The runs share their base-weights cells (the root prompt's above all): equal by the protocol.
+            cells = ["--cell-store", str(out / ".cells")]
+            code = subprocess.run([sys.executable, "-m", "espl_bench", "run", *config.run_args(str(folder)), *resume,
+                                   *cells]).returncode
             if code != 0:
                 log.error("bench: %s failed (exit %d)", folder, code)
                 return code
+        if kept is not None and folder != kept:
+            keep_compact(folder, kept)
         try:
             records.append(ScoreRecord.from_summary(sid, _summary(folder)))
         except ValueError as exc:
@@ -93,6 +106,36 @@ def run_suite(args: argparse.Namespace) -> int:
     dump_scores(records, results)
     sys.stdout.write(f"suite {suite.name} v{suite.version}: {len(records)} results in {results}\n")
     return 0
+
+
+# What the board needs from a finished run (leaderboards.aggregate.load_run and load_tree): its
+# records, not its weights, rollouts or reflector transcripts.
+COMPACT = ("run.json", "summary.json", "breakdown.json", "metrics.jsonl", "best_prompt.txt", "LATEST")
+
+
+def keep_compact(folder: Path, dest: Path) -> None:
+    """Copy ``folder``'s records and its last iteration's pool into ``dest`` (replaced whole)."""
+    import shutil
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".keep-", dir=dest.parent))
+    try:
+        for name in COMPACT:
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, tmp / name)
+        latest = (folder / "LATEST").read_text().strip() if (folder / "LATEST").is_file() else ""
+        step = f"{int(latest):06d}" if latest.isdigit() else ""
+        pool = folder / "iterations" / step / "pool.json"
+        if step and pool.is_file():
+            (tmp / "iterations" / step).mkdir(parents=True)
+            shutil.copy2(pool, tmp / "iterations" / step / "pool.json")
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _summary(folder: Path):

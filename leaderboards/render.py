@@ -30,7 +30,9 @@ from espl_bench.leaderboards.aggregate import (
     LeaderboardRow,
     RunRecord,
     TreeNode,
+    CURVE_EDGE,
     ancestors,
+    curve_change,
     load_tree,
     row_curve,
 )
@@ -91,8 +93,10 @@ def board_notes(board: EnvBoard) -> list[str]:
     """What a board's numbers are measured on and what it can detect, in plain sentences."""
     notes = [f"Measured on the {board.measured_on}." if board.measured_on else "No test results."]
     if board.detectable is not None:
+        best = min(p.detectable for p in board.pairs)
         notes.append(f"Smallest difference in test success this board could detect (80% power, two-sided 5%, "
-                     f"paired on its {board.problems} problems): {board.detectable:.2f}.")
+                     f"paired on its {board.problems} problems), for every pair of methods: {board.detectable:.2f} "
+                     f"(the least detectable of its {len(board.pairs)} pairs; the most detectable: {best:.2f}).")
     notes.append("Tiers: a tier is the best remaining method and every method the data cannot separate from it "
                  "(95% paired bootstrap over problems and seeds, Bonferroni-adjusted); no order is claimed inside a tier.")
     return notes
@@ -114,6 +118,16 @@ def render_markdown(boards: list[EnvBoard]) -> str:
         out += [f"## {board.env}", "", *board_notes(board), ""]
         out += table(_headers(board), [[_num(row.tier, 0) if row.tier else "–", row.method, row.model,
                                         *_cells(board, row)] for row in board.rows])
+        if board.pairs:
+            out += ["Paired differences in test success (95% interval, not adjusted; the tiers adjust) and what "
+                    "each pair could detect:", ""]
+            out += table(["a", "b", "a - b [95% CI]", "detectable"],
+                         [[p.a, p.b, _signed(p.difference), f"{p.detectable:.3f}"] for p in board.pairs])
+        changes = [(row.method, curve_change(row)) for row in board.rows]
+        if any(c is not None for _, c in changes):
+            out += [f"Training success, last iterations minus first (up to {CURVE_EDGE} each, at most half of a "
+                    "run's; 95% interval over (seed, problem) clusters; above zero: it rose beyond noise):", ""]
+            out += table(["method", "change [95% CI]"], [[m, _signed(c)] for m, c in changes if c is not None])
         out += ["Weights x prompt (cells: test success; effects: paired differences, 95% intervals):", ""]
         out += table(["method", *CELL_COLUMNS, *EFFECT_COLUMNS], [[row.method, *_breakdown_cells(row)] for row in board.rows])
         out += ["Budget per run (mean over seeds):", ""]
@@ -157,7 +171,9 @@ def curves_svg(board: EnvBoard) -> str | None:
     fig = Figure(figsize=(10, 7), layout="constrained")
     axes = fig.subplots(2, 2, sharey=True)
     for c in curves:
-        axes[0][0].plot(c.iterations, c.train_success, marker="o", label=c.label)
+        line, = axes[0][0].plot(c.iterations, c.train_success, marker="o", label=c.label)
+        if c.train_low:
+            axes[0][0].fill_between(c.iterations, c.train_low, c.train_high, color=line.get_color(), alpha=0.12)
         axes[0][1].plot(c.test_iterations, c.test_success, marker="o", label=c.label)
         axes[1][0].plot(c.cum_rollouts, c.train_success, marker="o", label=c.label)
         axes[1][1].plot(c.test_cum_rollouts, c.test_success, marker="o", label=c.label)
@@ -170,7 +186,7 @@ def curves_svg(board: EnvBoard) -> str | None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize="small")
-    fig.suptitle(f"{board.env}: mean over seeds")
+    fig.suptitle(f"{board.env}: mean over seeds (train success: 95% band over (seed, problem) clusters)")
     return _svg_of(fig, board.env)
 
 

@@ -17,6 +17,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,21 @@ BUDGETS: dict[str, Budget] = {
                     eval_samples=2, max_new_tokens=64, extra=("--eval-every", "0")),
     "small": Budget("small", iterations=4, programs=3, batch_size=4, group_size=4, eval_problems=16,
                     eval_samples=2, max_new_tokens=128),
+    # the calibrated experiment (leaderboards/board/README.md): groups of 4 as calibrated, the
+    # final evaluation only, one sample on each of 300 problems (sized by scripts/power.py for a
+    # detectable difference of 5 points; problems, not samples, buy power);
+    # flat groups left out of the step (with dr_grpo the gradient is the same, the compute is not);
+    # a LoRA learning rate 5x the paper's, so that four steps move a 135M policy at all
+    "calibrated": Budget("calibrated", iterations=4, programs=2, batch_size=4, group_size=4, eval_problems=300,
+                         eval_samples=1, max_new_tokens=64,
+                         extra=("--eval-every", "0", "--skip-flat-groups", "--learning-rate", "2e-4",
+                                "--micro-batch-size", "8", "--no-gradient-checkpointing")),
+}
+
+# The settings `espl-bench calibrate` chose for the embedded model (calibration/<env>/config.yaml,
+# committed; tests/test_calibrate.py keeps the two equal).
+CALIBRATED: dict[str, dict[str, Any]] = {
+    "rg/letter_counting-v0": {"min_words": 5, "max_words": 15, "test_size": 300},
 }
 
 
@@ -101,6 +117,7 @@ class SuiteConfig:
     model: str
     seed: int
     budget: Budget
+    env_kwargs: str = ""  # JSON: the env's calibrated setting (the board shows runs with it apart)
 
     @property
     def suite_id(self) -> SuiteId:
@@ -108,7 +125,8 @@ class SuiteConfig:
 
     def run_args(self, out: str) -> list[str]:
         """Arguments for ``espl-bench run`` writing its run folder to ``out``."""
-        return ["--env", self.env, "--method", self.method, "--model", self.model, "--seed", str(self.seed),
+        return ["--env", self.env, *(["--env-kwargs", self.env_kwargs] if self.env_kwargs else []),
+                "--method", self.method, "--model", self.model, "--seed", str(self.seed),
                 *self.budget.run_args(), "--out", out]
 
 
@@ -127,6 +145,11 @@ def _seed_major(envs: tuple[str, ...], seeds: tuple[int, ...], budget: Budget) -
                  for seed in seeds for env in envs for method in METHODS)
 
 
+def _calibrated(seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
+    return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget, json.dumps(kwargs, sort_keys=True))
+                 for seed in seeds for env, kwargs in CALIBRATED.items() for method in METHODS)
+
+
 def _grid(envs: tuple[str, ...], seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
     return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget)
                  for env in envs for method in METHODS for seed in seeds)
@@ -142,6 +165,8 @@ SUITES: dict[str, Suite] = {
     # task, a multi-turn tool-use task and a reasoning-gym task, every method, seeds in order
     "board": Suite("board", SUITE_VERSION, _seed_major(
         ("espl/Arithmetic-v0", "espl/ToolUse-v0", "rg/letter_counting-v0"), (0, 1, 2), BUDGETS["board"])),
+    # the experiment on leaderboards/board/: every calibrated env, every method, seeds in order
+    "calibrated": Suite("calibrated", SUITE_VERSION, _calibrated((0, 1, 2), BUDGETS["calibrated"])),
 }
 
 

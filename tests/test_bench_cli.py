@@ -130,3 +130,40 @@ def test_bench_runs_every_method_of_a_suite_and_resumes(tiny_model, tmp_path, ca
     assert main(["bench", "--suite", "smoke", "--model", str(tiny_model), "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text()) == results
     assert [(folder / "metrics.jsonl").read_text() for folder in folders] == committed
+
+
+def test_finished_runs_are_kept_compactly_and_never_run_again(tmp_path, monkeypatch, capsys):
+    """--keep holds what the board needs from each finished run (no weights); a suite completed on
+    another machine, or later, skips what is kept there."""
+    import subprocess
+
+    from espl_bench.leaderboards.suite import get_suite
+
+    def no_runs(*args, **kwargs):
+        raise AssertionError(f"a finished run was started again: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_runs)
+    out, keep = tmp_path / "bench", tmp_path / "kept"
+    for config in get_suite("smoke").configs:
+        sid = config.suite_id
+        folder = out / f"{sid.env.replace('/', '_')}--{sid.method}--{sid.seed}--{sid.budget}"
+        (folder / "iterations" / "000002").mkdir(parents=True)
+        (folder / "learner" / "checkpoint-2").mkdir(parents=True)
+        (folder / "learner" / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"weights")
+        (folder / "iterations" / "000002" / "pool.json").write_text("{}")
+        (folder / "iterations" / "000002" / "rollouts.jsonl").write_text("{}\n")
+        (folder / "summary.json").write_text(summary(2))
+        (folder / "run.json").write_text("{}")
+        (folder / "LATEST").write_text("2")
+    assert main(["bench", "--suite", "smoke", "--out", str(out), "--keep", str(keep)]) == 0
+    first = json.loads((out / "results.json").read_text())
+    kept = sorted(p.relative_to(keep).as_posix() for p in keep.rglob("*") if p.is_file())
+    name = next(keep.iterdir()).name
+    assert f"{name}/iterations/000002/pool.json" in kept and f"{name}/summary.json" in kept
+    assert not any("learner" in p or "rollouts" in p for p in kept)
+    assert len({p.split("/")[0] for p in kept}) == len(METHODS)
+    import shutil
+
+    shutil.rmtree(out)  # a fresh machine: only the kept records
+    assert main(["bench", "--suite", "smoke", "--out", str(out), "--keep", str(keep)]) == 0
+    assert json.loads((out / "results.json").read_text()) == first

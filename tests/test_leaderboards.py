@@ -27,6 +27,7 @@ from espl_bench.records import (
     EvalItems,
     IterationMetrics,
     ReflectionCounts,
+    RunHeader,
     RunSummary,
     TestProgram,
 )
@@ -65,11 +66,11 @@ def cell(success: float, program: str = "p3", weights: str = "trained", shift: i
 def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str = "tiny", seed: int = 0,
               train: tuple[float, ...] = (0.1, 0.3, 0.5), test: tuple[float, ...] = (0.2, 0.3, 0.4),
               rollouts: int = 8, calls: int = 4, jsonl: bool = True, provenance: dict | None = None,
-              breakdown: bool = False) -> Path:
+              breakdown: bool = False, env_kwargs: dict | None = None) -> Path:
     """A run folder in the format espl_bench.running.runner writes (schema 2: per-problem test results)."""
     folder.mkdir(parents=True)
-    (folder / "run.json").write_text(json.dumps({"schema_version": 1, "config": {"env": env, "method": method,
-                                                                                 "model": model, "seed": seed}}))
+    header = RunHeader(config={"env": env, "method": method, "model": model, "seed": seed, "env_kwargs": env_kwargs or {}})
+    (folder / "run.json").write_text(json.dumps(header.to_dict()))
     pool = synthetic_pool()
     history = []
     for t, (tr, te) in enumerate(zip(train, test), 1):
@@ -213,7 +214,9 @@ def test_markdown_tables(tmp_path):
     md = render_markdown(boards)
     assert "## espl/Arithmetic-v0" in md and "## espl/ToolUse-v0" in md
     assert "Measured on the test split, 8 problems x 5 samples, seeds 0, 1, 2, 3." in md
-    assert f"could detect (80% power, two-sided 5%, paired on its 8 problems): {boards[0].detectable:.2f}." in md
+    assert (f"could detect (80% power, two-sided 5%, paired on its 8 problems), for every pair of methods: "
+            f"{boards[0].detectable:.2f}") in md
+    assert "| a | b | a - b [95% CI] | detectable |" in md
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| tier | method | model | test success [95% CI] | pass@1 | pass@5 |")
     body = [line for line in lines if line[2].isdigit()]
@@ -223,7 +226,8 @@ def test_markdown_tables(tmp_path):
     assert "| 2 / 1 / 0 | 3 |" in espl  # children per run by source, seeds
     assert "| espl | 0.100 [" in md and "| rl | – | – |" in md  # the weights x prompt table
     assert "| espl | 24 | 120 | 540 | 12 | 1200 | 4.5 | 0.0120 |" in md  # budget per run
-    assert sum(line.startswith("|---|") for line in md.splitlines()) == 6
+    # per board: results, weights x prompt, budgets; the pairs where a board has two methods or more
+    assert sum(line.startswith("|---|") for line in md.splitlines()) == 7
 
 
 def test_every_run_names_the_code_that_made_it(tmp_path):
@@ -346,3 +350,49 @@ def test_an_unfinished_run_is_left_out_with_a_warning(tmp_path, caplog):
     (folder / "summary.json").write_text(json.dumps({**summary, "iterations_planned": 3}))
     assert build_leaderboard([tmp_path / "runs"]) == []
     assert "unfinished (1 of 3 iterations)" in caplog.text
+
+
+def test_each_pair_of_methods_gets_a_paired_difference_and_what_it_could_detect(tmp_path):
+    from espl_bench import stats
+
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root / f"rl{seed}", method="rl", seed=seed, test=(0.6,))
+        write_run(root / f"evo{seed}", method="evolution", seed=seed, test=(0.3,))
+    board = build_leaderboard([root])[0]
+    (pair,) = board.pairs
+    rows = {r.method: r for r in board.rows}
+    assert (pair.a, pair.b) == ("rl", "evolution")
+    assert pair.difference == stats.difference(rows["rl"].matrix, rows["evolution"].matrix)
+    assert pair.detectable == pytest.approx(stats.detectable_difference(pair.difference.se))
+    assert board.detectable == pair.detectable
+
+
+def test_runs_with_env_arguments_are_another_board(tmp_path):
+    from espl_bench.leaderboards.aggregate import env_label
+
+    assert env_label(ENV, {}) == ENV and env_label(ENV, None) == ENV
+    assert env_label(ENV, {"max_terms": 2, "a": 1}) == ENV + ' {"a":1,"max_terms":2}'
+    write_run(tmp_path / "plain", seed=0)
+    write_run(tmp_path / "easy", seed=0, env_kwargs={"max_terms": 2})
+    assert [b.env for b in build_leaderboard([tmp_path])] == [ENV, ENV + ' {"max_terms":2}']
+
+
+def test_a_learning_curve_has_a_band_and_its_change_an_interval_over_problem_clusters(tmp_path):
+    from espl_bench import stats
+    from espl_bench.leaderboards.aggregate import curve_change
+
+    folder = write_run(tmp_path / "rl", method="rl", train=(0.0,) * 6, test=(0.5,) * 6)
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    per_problem = [[0.0, 0.0, 0.25, 0.0]] * 3 + [[0.5, 0.75, 0.25, 1.0]] * 3
+    for m, problems in zip(lines, per_problem):
+        m["train_problem_success"], m["train_success"] = problems, sum(problems) / 4
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    (row,) = build_leaderboard([tmp_path])[0].rows
+    curve = row_curve(row)
+    assert all(lo <= mid <= hi for lo, mid, hi in zip(curve.train_low, curve.train_success, curve.train_high))
+    change = curve_change(row)
+    assert change == stats.change([x for p in per_problem[:3] for x in p], [x for p in per_problem[3:] for x in p])
+    assert change.low > 0  # it rose beyond noise
+    assert "Training success, last iterations minus first" in render_markdown(build_leaderboard([tmp_path]))
+    assert curve_change(row, edge=1) == stats.change(per_problem[0], per_problem[-1])

@@ -82,14 +82,14 @@ def make_rollouts():
 
 
 def test_normal_baseline_groups_program_problem_pairs():
-    batch = training_batch(make_rollouts()[::-1], "normal", eos_id=0)
+    batch = training_batch(make_rollouts()[::-1], "normal", eos_id=0, size=2).samples
     assert group_size("normal", 2, 2) == 2
     # blocks of 2: (slot 0, problem 0), (slot 0, problem 1), (slot 1, problem 0), (slot 1, problem 1)
     assert [s.reward for s in batch] == [0, 1, 2, 3, 4, 5, 6, 7]
 
 
 def test_marginalize_baseline_groups_all_programs_per_problem():
-    batch = training_batch(make_rollouts(), "marginalize", eos_id=0)
+    batch = training_batch(make_rollouts(), "marginalize", eos_id=0, size=4).samples
     assert group_size("marginalize", 2, 2) == 4
     assert [s.reward for s in batch] == [0, 1, 4, 5, 2, 3, 6, 7]
 
@@ -97,7 +97,7 @@ def test_marginalize_baseline_groups_all_programs_per_problem():
 def test_episode_without_tokens_still_fills_its_row():
     rollouts = make_rollouts()
     rollouts[0].prompt_ids, rollouts[0].completion_ids = [], []
-    batch = training_batch(rollouts, "normal", eos_id=9)
+    batch = training_batch(rollouts, "normal", eos_id=9, size=2).samples
     assert batch[0].completion_ids == [9] and batch[0].reward == 0.0 and len(batch) == 8
 
 

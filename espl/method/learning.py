@@ -13,7 +13,10 @@ Contract:
 
 Error policy:
     A failure inside the trainer is re-raised from ``wait()``; it is a broken system, not data.
-    A batch whose groups are all flat (no advantage) is still a step: TRL applies a zero update.
+    A batch whose groups are all flat (no advantage) is still a step: TRL applies a zero gradient
+    (Adam's moments still move the weights after the first step). With ``--skip-flat-groups``
+    the flat groups' rows come as ``left_out`` placeholders (:func:`is_flat` is the rule): they
+    carry no tokens into the loss, and a batch of nothing else changes no weight.
 
 Thread safety: one caller (the loop's thread) calls ``submit``/``wait`` in turn; the
 implementation may train in a worker thread of its own (:class:`espl_bench.training.learner.TRLLearner`
@@ -35,6 +38,14 @@ class TrainingSample:
     logprobs: list[float]
     reward: float
     env_mask: list[int] | None = None  # 0 marks environment tokens inside a multi-turn completion
+    left_out: bool = False  # a flat group's row under --skip-flat-groups: a placeholder, no loss
+
+
+def is_flat(rewards) -> bool:
+    """Whether a group's rewards are all equal, so that every advantage ``r - mean`` is 0: the one
+    rule for the RL step (``--skip-flat-groups``), its per-iteration count and ``espl-bench calibrate``."""
+    rewards = list(rewards)
+    return not rewards or max(rewards) - min(rewards) <= 1e-9
 
 
 class Learner(Protocol):

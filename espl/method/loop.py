@@ -22,7 +22,7 @@ from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, derive_seed
 from espl_bench.config import RunConfig
 from espl_bench.envs.splits import SplitPlan
-from espl_bench.method.advantage import training_batch
+from espl_bench.method.advantage import group_size, training_batch
 from espl_bench.method.learning import Learner
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.rating import update_ratings
@@ -42,7 +42,8 @@ from espl_bench.records import (
     Rating,
     ReflectionCounts,
 )
-from espl_bench.scoring.evaluation import evaluate, evaluate_prompts
+from espl_bench.scoring.cells import CellStore
+from espl_bench.scoring.evaluation import evaluate_prompts
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class Parts:
     base_engine: Callable[[], RolloutEngine] | None = None
     # why a program cannot enter the pool (its text cannot be rendered or tokenized), or None
     admit: Callable[[Program], str | None] = lambda program: None
+    # base-weights test cells shared with other runs (espl_bench.scoring.cells), or None
+    cells: CellStore | None = None
 
     def close(self) -> None:
         self.learner.close()
@@ -153,8 +156,11 @@ class EsplLoop:
         rated = update_ratings(programs, scores, tolerance=cfg.tie_tolerance) if spec.rated else {}
         # 4-5. the RL step on r - V (grouped by the chosen baseline); runs while we reflect
         phase("learn + reflect")
+        # groups are counted for every method (a frozen one too: the count is the RL signal it had)
+        batch = training_batch(rollouts, cfg.baseline, parts.eos_id,
+                               group_size(cfg.baseline, cfg.selected_programs, cfg.group_size), cfg.skip_flat_groups)
         if parts.learner.trainable:
-            parts.learner.submit(training_batch(rollouts, cfg.baseline, parts.eos_id))
+            parts.learner.submit(batch.samples)
         # 7-8. evolve: mutate the iteration's best program; crossover with probability p
         outcomes = self.evolve(programs, scores, rollouts, t)
         phase("learn (after reflection)")
@@ -177,6 +183,10 @@ class EsplLoop:
             iteration=t,
             train_reward=sum(scores.values()) / len(scores) if scores else 0.0,
             train_success=_rate(rollouts, "success"),
+            train_problem_success=_problem_success(rollouts, problems),
+            groups=batch.groups,
+            flat_groups=batch.flat,
+            left_out_groups=batch.left_out,
             valid_rate=_rate(rollouts, "valid"),
             invalid_action_rate=_invalid_rate(rollouts),
             env_errors=sum(r.error is not None for r in rollouts),
@@ -229,18 +239,27 @@ class EsplLoop:
         """The program the run is scored with: its test-time rule (:func:`espl_bench.methods.test_program`)."""
         return scored_program(self.cfg.test_rule, self.pool)
 
-    def evaluate_prompts(self, engine: RolloutEngine, programs: list[Program], weights: str) -> list[CellResult]:
-        """The evaluation protocol for several programs on the run's test items, in one batch."""
-        return evaluate_prompts(engine, [(p.render(), p.id) for p in programs], test_items(self.cfg, self.parts.plan),
-                                sampling(self.cfg), weights=weights if self.cfg.trains_weights else "base")
+    def evaluate_prompts(self, engine: RolloutEngine, programs: list[Program], weights: str,
+                         items: EvalItems | None = None) -> list[CellResult]:
+        """The evaluation protocol for several programs on the run's test items (or ``items``), in
+        one batch; base-weights cells another run already scored come from ``parts.cells``."""
+        items = items or test_items(self.cfg, self.parts.plan)
+        weights = weights if self.cfg.trains_weights else "base"
+        params, store = sampling(self.cfg), self.parts.cells if weights == "base" else None
+        found = {i: store.get(p.render(), p.id, items, params) for i, p in enumerate(programs)} if store else {}
+        todo = [i for i in range(len(programs)) if found.get(i) is None]
+        scored = evaluate_prompts(engine, [(programs[i].render(), programs[i].id) for i in todo], items, params,
+                                  weights=weights) if todo else []
+        for i, cell in zip(todo, scored):
+            found[i] = cell
+            if store is not None:
+                store.put(programs[i].render(), cell, params)
+        return [found[i] for i in range(len(programs))]
 
     def evaluate(self, engine: RolloutEngine | None = None, program: Program | None = None,
                  items: EvalItems | None = None, weights: str = "trained") -> CellResult:
         """The evaluation protocol on the run's test items (or ``items``)."""
-        program = program or self.test_program()
-        return evaluate(engine or self.parts.engine, program.render(), program.id,
-                        items or test_items(self.cfg, self.parts.plan), sampling(self.cfg),
-                        weights=weights if self.cfg.trains_weights else "base")
+        return self.evaluate_prompts(engine or self.parts.engine, [program or self.test_program()], weights, items)[0]
 
 
 def _mean_by(rollouts: list[Rollout], tag: str) -> dict[str, float]:
@@ -258,3 +277,12 @@ def _invalid_rate(rollouts: list[Rollout]) -> float:
     """Invalid actions per action taken, reported apart from success (an invalid action scores 0)."""
     turns = sum(r.turns for r in rollouts)
     return sum(r.invalid_actions for r in rollouts) / turns if turns else 0.0
+
+
+def _problem_success(rollouts: list[Rollout], problems: list[int]) -> list[float]:
+    """Each training problem's success over its programs and samples, in the iteration's order
+    (the unit a learning curve's interval resamples: samples of one problem are not independent)."""
+    by_problem: dict[int, list[bool]] = {}
+    for r in rollouts:
+        by_problem.setdefault(r.spec.tags["problem"], []).append(bool(r.success))
+    return [round(sum(v) / len(v), 6) for j in range(len(problems)) if (v := by_problem.get(j))]

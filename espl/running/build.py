@@ -31,6 +31,7 @@ from espl_bench.method.loop import Parts
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
 from espl_bench.running.rundir import RunDir
+from espl_bench.scoring.cells import CellStore
 from espl_bench.training.policy import Policy, build_policy
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,28 @@ def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
     def engine(sampler) -> RolloutEngine:
         return RolloutEngine(env_factory, sampler, reset_args=plan.reset_args)
 
-    return Parts(engine=engine(policy.sampler), learner=policy.learner,
+    return Parts(engine=engine(policy.sampler), learner=policy.learner, cells=cell_store(cfg),
                  selector=make_selector(cfg.selection, cfg.ucb_lambda), mutation=mutation, crossover=crossover,
                  plan=plan, eos_id=policy.eos_id, reflector=reflector, meters={**policy.meters, **meters},
                  closers=policy.closers, base_engine=(lambda: engine(base())) if base else None,
                  admit=policy.admit)
+
+
+def cell_store(cfg: RunConfig) -> CellStore | None:
+    """The run's share of base-weights cells (:mod:`espl_bench.scoring.cells`), when it asked for one
+    and its sampler is deterministic (the in-process one)."""
+    if not cfg.cell_store:
+        return None
+    if cfg.sampler != "transformers":
+        log.warning("--cell-store is ignored with --sampler %s: only the in-process sampler gives equal episodes "
+                    "for equal weights and prompts", cfg.sampler)
+        return None
+    from espl_bench.running.provenance import provenance
+
+    made = provenance()
+    scope = {"model": cfg.model, "sampler": cfg.sampler, "env": cfg.env, "env_kwargs": cfg.env_kwargs,
+             "code": [made["espl_bench"], made["git"]], "packages": made["packages"]}
+    return CellStore(cfg.cell_store, scope)
 
 
 def _reflector(cfg: RunConfig, policy: Policy) -> tuple[object | None, dict]:

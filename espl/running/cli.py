@@ -51,6 +51,21 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="a run folder (espl-bench run --out)")
     ev.add_argument("--problems", type=int, default=None, help="test problems (default: the run's --eval-problems)")
     ev.add_argument("--samples", type=int, default=None, help="samples per problem (default: the run's --eval-samples)")
+    cal = sub.add_parser("calibrate", help="find the env settings where the model's success gives RL a signal (train split only)")
+    cal.add_argument("--env", required=True, help="environment id")
+    cal.add_argument("--model", default="smollm2-135m", help="policy model (as espl-bench run --model)")
+    cal.add_argument("--env-kwargs", default="{}", help="JSON keyword arguments every setting shares")
+    cal.add_argument("--grid", default=None, help="JSON: a list of env_kwargs objects, or an object of lists (their "
+                     "product); default: the env's built-in grid (envs/difficulty.py)")
+    cal.add_argument("--problems", type=int, default=32, help="train problems per setting")
+    cal.add_argument("--samples", type=int, default=4, help="samples per problem (the run's --group-size)")
+    cal.add_argument("--max-new-tokens", type=int, default=128, help="tokens per policy reply")
+    cal.add_argument("--temperature", type=float, default=0.7, help="policy sampling temperature")
+    cal.add_argument("--band", default=None, help="LOW,HIGH: the success a chosen setting must lie in (default: "
+                     "DEFAULT_BAND in envs/difficulty.py, where a group of 4 is informative at least a third of the "
+                     "time and a prompt has room to help)")
+    cal.add_argument("--seed", type=int, default=0, help="seed of the calibration samples")
+    cal.add_argument("--out", default=None, help="folder for calibration.json and config.yaml (default: calibration/<env>)")
     from espl_bench.leaderboards.commands import add_parsers
 
     add_parsers(sub)
@@ -172,6 +187,36 @@ def _select_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from espl_bench.envs.difficulty import DEFAULT_BAND, GridError, grid_for
+    from espl_bench.errors import ConfigError
+    from espl_bench.running.calibrate import render, run_calibration
+
+    try:
+        low, high = DEFAULT_BAND if args.band is None else (float(x) for x in args.band.split(","))
+        if not 0 <= low <= high <= 1:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--band={args.band!r} is invalid; fix: two numbers 0 <= LOW <= HIGH <= 1, e.g. --band 0.1,0.7") from None
+    for flag in ("problems", "samples"):
+        if getattr(args, flag) < (2 if flag == "samples" else 1):
+            raise ConfigError(f"--{flag}={getattr(args, flag)} is invalid; fix: pass {'2' if flag == 'samples' else '1'} or more "
+                              f"{'(informative groups need two samples)' if flag == 'samples' else ''}".rstrip())
+    try:
+        grid = grid_for(args.env, args.grid)
+    except GridError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg = build_config({"env": args.env, "model": args.model, "env_kwargs": args.env_kwargs, "group_size": args.samples,
+                        "max_new_tokens": args.max_new_tokens, "temperature": args.temperature})
+    out = Path(args.out or Path("calibration") / args.env.replace("/", "_").replace(":", "_"))
+    report, written = run_calibration(cfg, grid, problems=args.problems, samples=args.samples, band=(low, high),
+                                      out=out, seed=args.seed)
+    sys.stdout.write(render(report) + "written: " + ", ".join(map(str, written)) + "\n")
+    return 0 if report.chosen is not None else 1
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from espl_bench.running.evaluate_run import evaluate_run, render
 
@@ -194,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         from espl_bench.leaderboards.commands import bench, leaderboard
 
         handlers = {"run": _run, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,
-                    "select-best": _select_best, "evaluate": _evaluate}
+                    "select-best": _select_best, "evaluate": _evaluate, "calibrate": _calibrate}
         return handlers[args.command](args)
     except EsplError as exc:
         log.error("%s", exc)

@@ -202,7 +202,9 @@ def _iterate(cfg: RunConfig, rundir: RunDir, loop: EsplLoop, done: int, planned:
             history.append(result.metrics)
             _commit(rundir, cfg, loop, t, result, history, time.monotonic() - started)
             bar.update(t - bar.n)
-            bar.set_postfix_str(f"train reward {result.metrics.train_reward:.3f}")
+            m = result.metrics
+            left = f", left out {m.left_out_groups}" if cfg.skip_flat_groups else ""
+            bar.set_postfix_str(f"train reward {m.train_reward:.3f}, flat groups {m.flat_groups}/{m.groups}{left}")
     finally:
         bar.close()
 

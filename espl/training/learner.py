@@ -145,6 +145,7 @@ class TRLLearner:
         self._finished = False
         self._error: BaseException | None = None
         self._last_logs: dict[str, float] = {}
+        self._left_out_step = False
         learner = self
 
         class _Logs(TrainerCallback):
@@ -196,8 +197,24 @@ class TRLLearner:
         if len(batch) != len(prompts) * self.world:
             raise RuntimeError(f"the trainer asked for {len(prompts)} rows on each of {self.world} processes, "
                                f"the iteration produced {len(batch)}")
+        if batch and all(s.left_out for s in batch):
+            batch = self._no_update(batch)
         mine = batch[self.rank * len(prompts):(self.rank + 1) * len(prompts)]
         return self._rollout_func_output(mine)
+
+    def _no_update(self, batch: list[TrainingSample]) -> list[TrainingSample]:
+        """A step of left-out rows only (every group flat, --skip-flat-groups) changes no weight.
+
+        TRL's loop takes a step per batch, and Adam moves the weights on a zero gradient too (its
+        first moment remembers the last step), so this step runs at learning rate 0 (the
+        scheduler sets the rate again after it; Adam's moments decay by one step). The rows are
+        unmasked: a loss over no tokens at all divides by zero in the token-normalised losses,
+        and their rewards are equal, so their gradient is zero anyway. Every process sees the
+        whole batch, so all of them take the same decision."""
+        for group in self.trainer.optimizer.param_groups:
+            group["lr"] = 0.0
+        self._left_out_step = True
+        return [TrainingSample(s.prompt_ids, s.completion_ids, s.logprobs, 0.0, None, left_out=True) for s in batch]
 
     def _next_batch(self) -> list[TrainingSample] | None:
         if self.world == 1:
@@ -273,7 +290,11 @@ class TRLLearner:
             self._cond.wait_for(lambda: self._completed >= self._submitted or self._finished)
         if self._error is not None:
             raise self._error
-        return dict(self._last_logs)
+        logs = dict(self._last_logs)
+        if self._left_out_step:  # TRL logs the configured rate; this step ran at 0
+            logs["learning_rate"] = 0.0
+            self._left_out_step = False
+        return logs
 
     def _resume_checkpoint(self) -> str | None:
         if not self.settings.resume_step:

@@ -1,0 +1,68 @@
+"""Base-weights test cells shared between runs: the evaluation protocol's identity, used to save work.
+
+The protocol (:mod:`espl_bench.scoring.evaluation`) seeds every sample from its coordinates, so
+the same weights and the same prompt give the same episodes, whichever run scores them. Every run
+of a suite scores the base weights with the root prompt in its weights x prompt breakdown, and a
+frozen-weight run often ends on the root; :class:`CellStore` lets the second of those runs read
+the first's cell instead of decoding it again.
+
+A cell is reused only when everything that makes it is equal: the scope (model, sampler, env and
+its arguments, the code's version and commit, given by the run) and the items, sampling and
+prompt text. Only base weights are stored: trained weights are a run's own. A stored file that
+cannot be read, or holds other items, is a miss (and is overwritten), never an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from espl_bench.agents.sampler import SamplingParams
+from espl_bench.records import CellResult, EvalItems
+
+log = logging.getLogger(__name__)
+
+
+class CellStore:
+    """A folder of base-weights cells keyed by what makes them (see the module docstring)."""
+
+    def __init__(self, root: str | Path, scope: dict):
+        self.root = Path(root)
+        self.scope = scope
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, prompt: str, items: EvalItems, params: SamplingParams) -> Path:
+        key = {"scope": self.scope, "items": items.to_dict(), "prompt": prompt,
+               "sampling": {"max_new_tokens": params.max_new_tokens, "temperature": params.temperature,
+                            "top_p": params.top_p}}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
+        return self.root / f"{digest}.json"
+
+    def get(self, prompt: str, program: str, items: EvalItems, params: SamplingParams) -> CellResult | None:
+        path = self._path(prompt, items, params)
+        try:
+            cell = CellResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            cell = None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cell store: %s is unreadable (%s); scoring the cell again", path, type(exc).__name__)
+            cell = None
+        if cell is None or cell.items != items:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return replace(cell, program=program, weights="base")
+
+    def put(self, prompt: str, cell: CellResult, params: SamplingParams) -> None:
+        path = self._path(prompt, cell.items, params)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(cell.to_dict(), f)
+        os.replace(tmp, path)  # runs on other processes may read it at once: never half-written

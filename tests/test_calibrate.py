@@ -112,3 +112,9 @@ def test_the_calibrated_suite_uses_the_committed_calibration():
     assert {c.env for c in configs} == set(CALIBRATED) and {c.seed for c in configs} == {0, 1, 2}
     assert all(json.loads(c.env_kwargs) == CALIBRATED[c.env] for c in configs)
     assert all("--env-kwargs" in c.run_args("x") and "--skip-flat-groups" in c.run_args("x") for c in configs)
+    from espl_bench.running.cli import _parser
+
+    for config in configs[:5]:  # every flag of the suite is a run flag, and its values are valid
+        args = vars(_parser().parse_args(["run", *config.run_args("runs/x")]))
+        cfg = build_config({k: v for k, v in args.items() if k not in ("command", "verbose", "config")})
+        assert cfg.env_kwargs == CALIBRATED[config.env] and cfg.skip_flat_groups and cfg.eval_problems == 300

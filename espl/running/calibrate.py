@@ -145,13 +145,14 @@ def _distance(x: float, band: tuple[float, float]) -> float:
 
 
 def render(report: Calibration) -> str:
+    width = max(len(str(p.env_kwargs)) for p in report.points) + 1
     lines = [f"calibration of {report.env} for {report.model} on the {report.split} split (never test); "
-             f"band [{report.band[0]:.2f}, {report.band[1]:.2f}]",
-             f"{'setting':<60} {'success [95% interval]':<24} informative  tokens  seconds"]
+             f"band [{report.band[0]:.2f}, {report.band[1]:.2f}] (* chosen, + in the band)",
+             f"  {'setting':<{width}} {'success [95% interval]':<24} informative  tokens  seconds"]
     for i, p in enumerate(report.points):
         mark = "*" if i == report.chosen else ("+" if p.in_band(report.band) else " ")
-        lines.append(f"{mark} {str(p.env_kwargs):<58} {str(p.success):<24} {p.informative:>10.0%}  {p.tokens_per_reply:>6.1f}"
-                     f"  {p.seconds:>7.1f}")
+        lines.append(f"{mark} {str(p.env_kwargs):<{width}} {str(p.success):<24} {p.informative:>11.0%}  "
+                     f"{p.tokens_per_reply:>6.1f}  {p.seconds:>7.1f}")
     lines.append(report.verdict())
     return "\n".join(lines) + "\n"
 

@@ -109,8 +109,8 @@ def run_suite(args: argparse.Namespace) -> int:
 
 
 # What the board needs from a finished run (leaderboards.aggregate.load_run and load_tree): its
-# records, not its weights, rollouts or reflector transcripts.
-COMPACT = ("run.json", "summary.json", "breakdown.json", "metrics.jsonl", "best_prompt.txt", "LATEST")
+# records, not its weights, rollouts or reflector transcripts (summary.json holds the breakdown).
+COMPACT = ("run.json", "summary.json", "metrics.jsonl", "best_prompt.txt", "LATEST")
 
 
 def keep_compact(folder: Path, dest: Path) -> None:

@@ -57,3 +57,11 @@ def test_a_frozen_run_reads_the_base_root_cell_a_trained_run_scored_and_it_equal
     assert stored.stat().st_mtime_ns == written and len(list(store.glob("*.json"))) == 1  # read, not scored again
     assert shared["per_problem"] == fresh["per_problem"] == base_root["per_problem"]
     assert shared["generated_tokens"] == fresh["generated_tokens"] == base_root["generated_tokens"] > 0
+
+
+def test_a_store_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path, caplog):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    store = CellStore(blocked / "cells", SCOPE)
+    store.put("x", CELL, PARAMS)
+    assert "cannot write" in caplog.text and store.get("x", "p0", ITEMS, PARAMS) is None

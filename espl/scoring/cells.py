@@ -60,9 +60,13 @@ class CellStore:
         return replace(cell, program=program, weights="base")
 
     def put(self, prompt: str, cell: CellResult, params: SamplingParams) -> None:
+        """Store ``cell``; a folder that cannot be written costs later runs a recomputation, never this run."""
         path = self._path(prompt, cell.items, params)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(cell.to_dict(), f)
-        os.replace(tmp, path)  # runs on other processes may read it at once: never half-written
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(cell.to_dict(), f)
+            os.replace(tmp, path)  # runs on other processes may read it at once: never half-written
+        except OSError as exc:
+            log.warning("cell store: cannot write %s (%s); the cell is not shared", path, exc.strerror or exc)

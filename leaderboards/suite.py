@@ -23,7 +23,8 @@ from typing import Any
 
 from espl_bench.methods import METHODS as _SPECS
 
-SUITE_VERSION = "4"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection
+SUITE_VERSION = "5"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection;
+# 5: the in-process reflector decodes in bfloat16 where the CPU has it; a reply of at most 64 tokens is not summarised
 
 METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"

@@ -75,3 +75,36 @@ def test_unreachable_reflector_is_one_clear_error(monkeypatch):
     reflector = LiteLLMReflector("openai/gpt-4o-mini", num_retries=0, timeout=5)
     with pytest.raises(ReflectorUnavailable, match="fix"):
         reflector.check()
+
+
+def test_reflector_dtype_auto_follows_the_cpu(monkeypatch):
+    import torch
+    from espl_bench.training.policy import reflector_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert reflector_dtype("auto") == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert reflector_dtype("auto") == "float32"  # emulated bfloat16 would be slower than float32
+    assert reflector_dtype("bfloat16") == "bfloat16" and reflector_dtype("float32") == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_the_local_reference_decodes_in_its_dtype_and_reuses_a_frozen_policy_of_that_dtype(tiny_model, tiny_sampler,
+                                                                                            dtype):
+    import torch
+    from espl_bench.training.policy import _local_reference
+
+    reference, closers = _local_reference(str(tiny_model), tiny_sampler, dtype)  # a float32 frozen policy
+    try:
+        model, _ = reference()
+        served = closers[0].__self__.batcher("reference").sampler  # closers: [LocalModels.close]
+        assert served.model.dtype == getattr(torch, dtype)
+        assert (served is tiny_sampler) == (dtype == "float32")  # a copy only when the dtype differs
+        reflector = LiteLLMReflector(model, max_tokens=4)
+        reflector.complete([{"role": "user", "content": "Say OK"}])  # decodes through litellm in that dtype
+        assert reflector.failures == 0 and reflector.usage.completion_tokens > 0
+    finally:
+        for close in closers:
+            close()

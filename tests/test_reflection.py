@@ -209,3 +209,17 @@ def test_an_attempt_shorter_than_a_summary_is_shown_as_it_is():
     critique = next(e for e in outcome.log if e["purpose"].startswith("critique"))
     assert "the attempt itself: The answer is 1." in critique["prompt"]
     assert [e["verbatim"] for e in outcome.log if "verbatim" in e] == ["The answer is 1.", "The answer is 0."]
+
+
+@pytest.mark.parametrize("tokens,summarised", [(64, False), (65, True), (0, True)])
+def test_a_reply_of_no_more_tokens_than_a_summary_is_shown_as_it_is_however_many_characters(tokens, summarised):
+    from espl_bench.method.reflection import SUMMARY_TOKENS, VERBATIM_CHARS
+
+    parent, pool, rollouts = setup()
+    for r in rollouts:
+        r.generated_tokens = tokens  # 0: not recorded (a replayed record), so characters decide
+        assert len(r.messages[-1]["content"]) > VERBATIM_CHARS
+    outcome = Mutation(scripted())(parent, rollouts, iteration=1)
+    summaries = [e for e in outcome.log if e["purpose"].startswith("summary")]
+    assert summaries and all(("verbatim" not in e) == summarised for e in summaries)
+    assert outcome.label == "revision" and SUMMARY_TOKENS == 64

@@ -92,11 +92,14 @@ def test_a_provider_that_refuses_the_schema_is_asked_again_without_it(monkeypatc
     assert sum(outcome.paths.values()) == 3 and outcome.paths.get("fallback", 0) >= 2
 
 
-def test_the_local_reflector_writes_schema_valid_json_even_from_a_random_model(tiny_model):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: --reflector-dtype auto on this CPU
+def test_the_local_reflector_writes_schema_valid_json_even_from_a_random_model(tiny_model, dtype):
+    import torch
     from espl_bench.agents.sampler import TransformersSampler
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    sampler = TransformersSampler(AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=getattr(torch, dtype))
+    sampler = TransformersSampler(model, AutoTokenizer.from_pretrained(tiny_model))
     models = LocalModels()
     try:
         reflector = LiteLLMReflector(models.serve("tiny", sampler), max_tokens=300, temperature=1.0)

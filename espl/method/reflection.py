@@ -138,6 +138,14 @@ SUMMARY_STOP = ["\n\n"]  # the summary is a few lines; a blank line means it has
 VERBATIM_CHARS = 4 * SUMMARY_TOKENS
 
 
+def shown_verbatim(rollout: Rollout, attempt: str) -> bool:
+    """Whether the reflector reads ``attempt`` (the rendered ``rollout``) as it is, not summarised:
+    it is at most a summary's characters, or a single reply of at most a summary's tokens (a reply
+    cut at --max-new-tokens 64 has ~300 characters, and its summary would have as many tokens)."""
+    single = len(rollout.turns_after_prompt) <= 1
+    return len(attempt) <= VERBATIM_CHARS or (single and 0 < rollout.generated_tokens <= SUMMARY_TOKENS)
+
+
 class _Session:
     """Calls the reflector for one operator, recording every exchange.
 
@@ -323,7 +331,7 @@ class Mutation:
         def summarise(job: tuple[str, Rollout]) -> str:
             problem_id, rollout = job
             attempt = render_trajectory(rollout)
-            if len(attempt) <= VERBATIM_CHARS:
+            if shown_verbatim(rollout, attempt):
                 session.record({"purpose": f"summary {problem_id}", "verbatim": attempt})
                 return "the attempt itself: " + " ".join(attempt.split())
             return session.ask("summarize", f"summary {problem_id}", max_tokens=SUMMARY_TOKENS, stop=SUMMARY_STOP,

@@ -163,13 +163,14 @@ def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
                          "model folder or a hub id already in the local cache")
 
 
-def load_frozen(model_path: str):
+def load_frozen(model_path: str, dtype: str | None = None):
+    """The model at ``model_path`` with its gradients off (in ``dtype`` when given), and its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, **({"dtype": getattr(torch, dtype)} if dtype else {}))
     except OSError as exc:
         raise _cannot_load(model_path, exc) from None
     model.requires_grad_(False)
@@ -206,21 +207,42 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
         learner, sampler = FrozenLearner(), TransformersSampler(model, tokenizer)
         frozen = sampler  # frozen weights: the policy is the reference policy
 
-    reference, closers = _local_reference(model_path, frozen)
+    reference, closers = _local_reference(model_path, frozen, cfg.reflector_dtype)
     base = (lambda: AdapterDisabled(sampler)) if cfg.trains_weights else None
     return Policy(sampler, learner, int(tokenizer.eos_token_id), reference, closers=closers, base_sampler=base)
 
 
-def _local_reference(model_path: str, frozen: Sampler | None = None) -> tuple[Callable[[], tuple[str, dict]], list]:
-    """The default reflector: the frozen reference policy in-process (``frozen``, else a copy loaded
-    on demand), served to litellm by this run's own :class:`~espl_bench.agents.reflector.LocalModels`."""
+def reflector_dtype(setting: str) -> str:
+    """The dtype ``--reflector-dtype`` means on this machine (``auto``: see the config field)."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16"
+    cpu = torch.cpu
+    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    # Without native bfloat16 a CPU emulates it, slower than float32.
+    return "bfloat16" if native else "float32"
+
+
+def _local_reference(model_path: str, frozen: Sampler | None = None,
+                     dtype: str = "auto") -> tuple[Callable[[], tuple[str, dict]], list]:
+    """The default reflector: the frozen reference policy in-process (``frozen`` when its weights are
+    already in ``dtype``, else a copy in ``dtype`` loaded on demand), served to litellm by this
+    run's own :class:`~espl_bench.agents.reflector.LocalModels`."""
     from espl_bench.agents.reflector import LocalModels
 
     models = LocalModels()
+    wanted = reflector_dtype(dtype)
 
     def reference() -> tuple[str, dict]:
-        # A separate frozen copy when training: the policy's weights move while reflection runs.
-        return models.serve("reference", frozen or TransformersSampler(*load_frozen(model_path))), {}
+        # A separate frozen copy when training (the policy's weights move while reflection runs)
+        # or when the reflector decodes in another dtype than the policy.
+        reuse = frozen if frozen is not None and str(frozen.model.dtype).removeprefix("torch.") == wanted else None
+        if reuse is None:
+            log.info("reflector: the frozen reference model in %s, in-process", wanted)
+        return models.serve("reference", reuse or TransformersSampler(*load_frozen(model_path, wanted))), {}
 
     return reference, [models.close]
 
@@ -282,7 +304,7 @@ def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -
     sampler = TRLVLLMSampler(engine_of(learner.trainer.vllm_generation), learner.tokenizer,
                              eos_ids(learner.model, learner.tokenizer))
     # The engine holds the trained weights, so reflection gets its own frozen reference copy.
-    reference, closers = _local_reference(model_path)
+    reference, closers = _local_reference(model_path, dtype=cfg.reflector_dtype)
     return Policy(sampler, EngineSync(learner), int(learner.tokenizer.eos_token_id), reference, closers=closers,
                   base_sampler=lambda: TransformersSampler(*load_frozen(model_path)))
 

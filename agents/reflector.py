@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Protocol
 
 from espl_bench.agents.llm_router import Usage, retrying_router
@@ -205,18 +206,26 @@ class _Batcher:
                     self._queue.put(None)
                     break
                 batch.append(item)
+            # Requests that differ only in their token budget share one generate when the sampler
+            # caps rows apart (a critique and a crossover asked at once decode together).
+            budgets = getattr(self.sampler, "row_budgets", False)
             by_params: dict = {}
             for item in batch:
-                by_params.setdefault(item[1], []).append(item)
-            for params, items in by_params.items():
+                key = replace(item[1], max_new_tokens=0) if budgets else item[1]
+                by_params.setdefault(key, []).append(item)
+            for key, items in by_params.items():
                 schemas = [schema for _, _, _, schema in items]
                 # Each request is seeded by its own text: its answer does not depend on which other
                 # requests shared its batch (the batch is whatever arrived within wait_s).
                 seeds = [derive_seed("reflect", json.dumps(m, sort_keys=True), json.dumps(schema, sort_keys=True))
                          for m, _, _, schema in items]
+                extra = {"schemas": schemas} if any(schemas) else {}
+                params = key
+                if budgets:
+                    extra["budgets"] = [p.max_new_tokens for _, p, _, _ in items]
+                    params = replace(key, max_new_tokens=max(extra["budgets"]))
                 try:
-                    outputs = self.sampler.generate([m for m, _, _, _ in items], params, seeds=seeds,
-                                                    **({"schemas": schemas} if any(schemas) else {}))
+                    outputs = self.sampler.generate([m for m, _, _, _ in items], params, seeds=seeds, **extra)
                 except Exception as exc:  # delivered to every waiting caller
                     for _, _, future, _ in items:
                         future.set_exception(exc)

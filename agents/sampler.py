@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -125,16 +125,25 @@ class TransformersSampler(ChatTokens):
         self._eos_ids = eos_ids(model, tokenizer)
         self._grammars = None  # compiled on the first structured request
 
+    # The in-process reflector batches requests of different token budgets together (see budgets).
+    row_budgets = True
+
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
                  prompt_ids: Sequence[list[int] | None] | None = None,
-                 seeds: Sequence[int] | None = None, schemas: Sequence[dict | None] | None = None) -> list[Completion]:
+                 seeds: Sequence[int] | None = None, schemas: Sequence[dict | None] | None = None,
+                 budgets: Sequence[int] | None = None) -> list[Completion]:
         """The seam's ``generate``; ``schemas[i]``, when given, is a JSON schema conversation ``i``'s
-        reply must follow (structured output through :mod:`espl_bench.agents.grammar`)."""
+        reply must follow (structured output through :mod:`espl_bench.agents.grammar`);
+        ``budgets[i]`` (at most ``params.max_new_tokens``) caps reply ``i`` below the call's cap: the
+        reply is what it would be alone with ``max_new_tokens=budgets[i]`` (its draws are its own)."""
         encoded = self.prompts(conversations, prompt_ids)
         row_seeds = list(seeds) if seeds is not None else [derive_seed(params.seed, i) for i in range(len(encoded))]
         row_schemas = list(schemas) if schemas is not None else [None] * len(encoded)
-        if len(row_seeds) != len(encoded) or len(row_schemas) != len(encoded):
-            raise ValueError(f"{len(row_seeds)} seeds and {len(row_schemas)} schemas for {len(encoded)} conversations")
+        row_budgets = [min(int(b), params.max_new_tokens) for b in budgets] if budgets is not None else \
+            [params.max_new_tokens] * len(encoded)
+        if not (len(row_seeds) == len(row_schemas) == len(row_budgets) == len(encoded)):
+            raise ValueError(f"{len(row_seeds)} seeds, {len(row_schemas)} schemas and {len(row_budgets)} budgets for "
+                             f"{len(encoded)} conversations")
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         torch = self._torch
@@ -144,14 +153,16 @@ class TransformersSampler(ChatTokens):
                 _eval_mode(self.model):
             for start in range(0, len(order), self.max_batch_size):
                 chunk = order[start : start + self.max_batch_size]
-                batch = self._generate_batch([encoded[i] for i in chunk], params, [row_seeds[i] for i in chunk],
-                                             [row_schemas[i] for i in chunk])
+                cap = max(row_budgets[i] for i in chunk)
+                batch = self._generate_batch([encoded[i] for i in chunk], replace(params, max_new_tokens=cap),
+                                             [row_seeds[i] for i in chunk], [row_schemas[i] for i in chunk],
+                                             [row_budgets[i] for i in chunk])
                 for i, completion in zip(chunk, batch):
                     results[i] = completion
         return [r for r in results if r is not None]
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int],
-                        schemas: list[dict | None]) -> list[Completion]:
+                        schemas: list[dict | None], budgets: list[int]) -> list[Completion]:
         torch = self._torch
         width = max(len(p) for p in prompts)
         pad = self.tokenizer.pad_token_id
@@ -174,6 +185,8 @@ class TransformersSampler(ChatTokens):
                 self._grammars = Grammars(self.tokenizer)
             processors.insert(0, GrammarMask([None if schema is None else self._grammars.matcher(schema)
                                               for schema in schemas], self._eos_ids))
+        if min(budgets) < params.max_new_tokens:
+            processors.append(RowBudget(budgets, width, min(self._eos_ids)))
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -199,7 +212,7 @@ class TransformersSampler(ChatTokens):
         logps = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
         completions = []
         for row, prompt in enumerate(prompts):
-            ids = new_tokens[row].tolist()
+            ids = new_tokens[row].tolist()[: budgets[row]]  # the EOS RowBudget forced past a budget goes
             length, finish = _trim(ids, self._eos_ids, pad)
             ids = ids[:length]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -255,6 +268,23 @@ class RowSeededSampling:
         picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).clamp_(max=cdf.shape[-1] - 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, picked, 0.0)
+
+
+class RowBudget:
+    """A ``transformers`` logits processor (the last one) that ends row ``i`` after ``budgets[i]``
+    new tokens by forcing an EOS, which the sampler then cuts off: the row stops costing draws
+    and its reply is what a call of its own budget gives."""
+
+    def __init__(self, budgets: Sequence[int], prompt_width: int, eos_id: int):
+        self.budgets, self.prompt_width, self.eos_id = list(budgets), prompt_width, eos_id
+
+    def __call__(self, input_ids, scores):
+        generated = input_ids.shape[1] - self.prompt_width
+        for row, budget in enumerate(self.budgets):
+            if generated >= budget:
+                scores[row] = float("-inf")
+                scores[row, self.eos_id] = 0.0
+        return scores
 
 
 class AdapterDisabled:

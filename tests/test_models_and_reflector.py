@@ -108,3 +108,48 @@ def test_the_local_reference_decodes_in_its_dtype_and_reuses_a_frozen_policy_of_
     finally:
         for close in closers:
             close()
+
+
+def test_a_row_budget_gives_the_reply_a_call_of_that_budget_gives(tiny_sampler):
+    conversations = [[{"role": "user", "content": f"Say something, {k}."}] for k in range(3)]
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    seeds = [11, 12, 13]
+    together = tiny_sampler.generate(conversations, params, seeds=seeds, budgets=[3, 12, 7])
+    assert len(together[0].completion_ids) == 3 and together[0].finish_reason == "length"  # a random model runs on
+    for conversation, seed, budget, completion in zip(conversations, seeds, [3, 12, 7], together):
+        alone = tiny_sampler.generate([conversation], SamplingParams(max_new_tokens=budget, temperature=1.0, seed=3),
+                                      seeds=[seed])[0]
+        assert completion.completion_ids == alone.completion_ids and len(completion.completion_ids) <= budget
+        assert completion.finish_reason == alone.finish_reason
+        assert completion.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+
+
+def test_the_local_reflector_decodes_concurrent_requests_of_different_budgets_in_one_generate(tiny_sampler):
+    import threading
+
+    calls = []
+    generate = tiny_sampler.generate
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("budgets"))
+        return generate(*args, **kwargs)
+
+    models = LocalModels()
+    try:
+        tiny_sampler.generate = counting
+        model = models.serve("tiny-budgets", tiny_sampler)
+        models.batcher("tiny-budgets").wait_s = 1.0  # both requests surely arrive in one batch
+        replies = {}
+
+        def ask(tokens):
+            replies[tokens] = LiteLLMReflector(model, max_tokens=tokens).complete([{"role": "user", "content": "Hi"}])
+
+        threads = [threading.Thread(target=ask, args=(n,)) for n in (4, 9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert set(replies) == {4, 9} and len(calls) == 1 and sorted(calls[0]) == [4, 9]
+    finally:
+        del tiny_sampler.generate
+        models.close()

@@ -83,3 +83,25 @@ def test_apply_edits_add_modify_merge_remove_and_renumber():
 def test_apply_edits_caps_words():
     out = apply_edits({}, [EditOp(op="add", text=" ".join(["w"] * 50))], max_words=32)
     assert len(out["G0"].split()) == 32
+
+
+def test_a_merge_that_names_an_id_twice_merges_it_once():
+    # seen from a real reflector (vLLM sampler run in CI): {"op": "merge", "ids": ["G1", "G2", "G2"], ...}
+    principles = {"G0": "a", "G1": "b", "G2": "c"}
+    ops = [EditOp(op="merge", ids=["G1", "G2", "G2"], text="BC")]
+    assert apply_edits(principles, ops, max_words=32) == {"G0": "a", "G1": "BC"}
+
+
+_IDS = st.sampled_from(["G0", "G1", "G2", "G9"])
+_OPS = st.one_of(
+    st.builds(EditOp, op=st.just("add"), text=st.text(min_size=1, max_size=12)),
+    st.builds(EditOp, op=st.sampled_from(["modify", "remove"]), id=_IDS, text=st.text(min_size=1, max_size=12)),
+    st.builds(EditOp, op=st.just("merge"), ids=st.lists(_IDS, min_size=2, max_size=4), text=st.text(min_size=1, max_size=12)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_OPS, max_size=6))
+def test_apply_edits_never_raises_on_ops_over_the_parents_ids(ops):
+    out = apply_edits({"G0": "a", "G1": "b", "G2": "c"}, ops, max_words=32)
+    assert list(out) == [f"G{i}" for i in range(len(out))]

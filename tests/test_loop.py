@@ -152,3 +152,15 @@ def test_malformed_reflections_are_counted_and_leave_the_pool(tiny_model, tmp_pa
     assert result.metrics.reflection_failures == len(result.outcomes) >= 1
     assert result.metrics.children == []
     assert loop.pool.to_dict()["programs"] == before["programs"]
+
+
+def test_an_operator_that_raises_is_a_failed_outcome_not_a_crashed_run(tiny_model, tmp_path):
+    loop, _ = build(tiny_model, tmp_path, "evolution")
+
+    def broken(*args, **kwargs):
+        raise KeyError("G2")  # what an unforeseen answer once did inside apply_edits
+
+    loop.parts.mutation = broken
+    result = loop.iteration(1)
+    assert result.metrics.reflections["mutation"] == "failed" and result.metrics.reflection_failures >= 1
+    assert loop.iteration(2).metrics.iteration == 2  # the run goes on

@@ -222,7 +222,7 @@ class EsplLoop:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="reflect") as pool:
             mutation = pool.submit(self.parts.mutation, best, mine, t)
             crossover = pool.submit(self._crossover, best, unique, rollouts, t) if crossing else None
-            outcomes = [mutation.result(), *([crossover.result()] if crossover else [])]
+            outcomes = [_settled(mutation, "mutation"), *([_settled(crossover, "crossover")] if crossover else [])]
         for outcome in outcomes:
             log.info("%s of %s: %s %s", outcome.kind, best.id, outcome.label, outcome.reason)
         return outcomes
@@ -286,3 +286,13 @@ def _problem_success(rollouts: list[Rollout], problems: list[int]) -> list[float
     for r in rollouts:
         by_problem.setdefault(r.spec.tags["problem"], []).append(bool(r.success))
     return [round(sum(v) / len(v), 6) for j in range(len(problems)) if (v := by_problem.get(j))]
+
+
+def _settled(future, kind: str) -> ReflectionOutcome:
+    """An operator's outcome; an exception it raised (an answer it did not foresee, a bug) is a
+    failed outcome, counted as such, not a crashed run: the parent stays and the run goes on."""
+    try:
+        return future.result()
+    except Exception as exc:
+        log.error("%s raised %s: %s; the parent stays", kind, type(exc).__name__, exc)
+        return ReflectionOutcome(kind=kind, status="failed", reason=f"operator error: {type(exc).__name__}: {exc}")

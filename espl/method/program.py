@@ -78,7 +78,7 @@ def apply_edits(principles: dict[str, str], ops: list[EditOp], *, max_words: int
         elif op.op == "remove" and op.id in items:
             del items[op.id]
         elif op.op == "merge":
-            present = [i for i in op.ids if i in items]
+            present = list(dict.fromkeys(i for i in op.ids if i in items))  # an id named twice merges once
             if present:
                 first = present[0]
                 items[first] = op.text

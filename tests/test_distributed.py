@@ -123,3 +123,25 @@ def test_sharded_parameters_need_the_vllm_sampler(monkeypatch, tiny_model, tmp_p
     cfg = RunConfig(env="espl/Arithmetic-v0", method="rl", model=str(tiny_model), out=str(tmp_path / "run"))
     with pytest.raises(ConfigError, match="shards the policy.*fix: add --sampler vllm"):
         transformers_policy(cfg, None, 8, 0)
+
+
+def test_a_follower_leaves_with_its_code_after_leaving_the_group(monkeypatch):
+    """A finished follower leaves the process group, then ends through ``os._exit`` (no interpreter
+    teardown to abort in) with the code it was given."""
+    from espl_bench.training import distributed
+
+    calls = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        calls.append(("exit", code))
+        raise Exited
+
+    monkeypatch.setattr(distributed, "shutdown", lambda: calls.append(("shutdown",)))
+    monkeypatch.setattr(distributed.os, "_exit", fake_exit)
+    monkeypatch.setattr(distributed.logging, "shutdown", lambda: calls.append(("logging",)))
+    with pytest.raises(Exited):
+        distributed.leave(3)
+    assert calls == [("shutdown",), ("logging",), ("exit", 3)]

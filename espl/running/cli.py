@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
                 logging.getLogger().setLevel(logging.WARNING)
                 from espl_bench.training.learner import follow_leader
 
-                return follow_leader()
+                distributed.leave(follow_leader())
             with distributed.leading():
                 cfg, result = _run_config(args)
         finally:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import timedelta
+from typing import NoReturn
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,32 @@ def leading() -> Iterator[None]:
 def shutdown() -> None:
     """Leave the process group: a rank that exits with it still open can abort in its gloo threads
     ("terminate called without an active exception") after its work is done."""
+    import gc
+
     import torch.distributed as dist
 
+    gc.collect()  # a trainer left in a reference cycle still holds the group (DDP's reducer)
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(code: int) -> NoReturn:
+    """Follower: end the process once its work is done, without the interpreter's teardown.
+
+    A follower holds nothing that needs finalising (TRL wrote its checkpoints as it went), but
+    the teardown of torch's C++ state at interpreter exit could still abort a follower after a
+    clean run (SIGABRT, "terminate called without an active exception"; seen once in CI), and
+    the launcher then fails the whole run. ``os._exit`` skips that teardown.
+    """
+    import sys
+
+    try:
+        shutdown()
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing left to flush into
+                pass
+        os._exit(code)

@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Protocol
 
@@ -166,8 +167,9 @@ class _Batcher:
     into one ``generate`` is several times faster on CPU than answering them one by one.
     """
 
-    def __init__(self, sampler, *, wait_s: float = 0.05, max_batch: int = 32):
+    def __init__(self, sampler, *, wait_s: float = 0.05, max_batch: int = 32, cores=None):
         self.sampler = sampler
+        self.cores = cores  # a CoreShare: generation runs on the reflector's share of the cores
         self.wait_s = wait_s
         self.max_batch = max_batch
         self._queue: queue.Queue = queue.Queue()
@@ -225,7 +227,8 @@ class _Batcher:
                     extra["budgets"] = [p.max_new_tokens for _, p, _, _ in items]
                     params = replace(key, max_new_tokens=max(extra["budgets"]))
                 try:
-                    outputs = self.sampler.generate([m for m, _, _, _ in items], params, seeds=seeds, **extra)
+                    with self.cores.busy("reflector") if self.cores is not None else nullcontext():
+                        outputs = self.sampler.generate([m for m, _, _, _ in items], params, seeds=seeds, **extra)
                 except Exception as exc:  # delivered to every waiting caller
                     for _, _, future, _ in items:
                         future.set_exception(exc)
@@ -253,14 +256,15 @@ class LocalModels:
         self._lock = threading.Lock()
         self._handler = None
 
-    def serve(self, name: str, sampler) -> str:
+    def serve(self, name: str, sampler, cores=None) -> str:
+        """Serve ``sampler`` as ``name`` (on ``cores``' reflector share when given: a CoreShare)."""
         import litellm
 
         with self._lock:
             old = self._batchers.pop(name, None)
             if old is not None:
                 old.stop()
-            self._batchers[name] = _Batcher(sampler)
+            self._batchers[name] = _Batcher(sampler, cores=cores)
             if self._handler is None:
                 self._handler = _provider(self)
                 litellm.custom_provider_map = [*litellm.custom_provider_map,

@@ -9,7 +9,10 @@ and the espl iteration's phases. Two reflectors:
 * ``api``: a latency-bound stand-in for a hosted model, every call a fixed ``API_DELAY`` seconds
   (sleeping, so concurrent calls overlap as they would against a server) and a valid answer;
 * ``embedded``: the default, the frozen reference model in-process (it shares the CPU with the
-  learner, so on a 2-core machine the two cannot both run at full speed).
+  learner, so on a 2-core machine the two cannot both run at full speed); each gets its share
+  of the cores while both are busy (``--share-cores``, agents/cores.py);
+* ``embedded-unshared``: the same with ``--no-share-cores`` (both on every core), to show what
+  the share buys.
 
 Targets (issue 14): at most 1.10 with the API reflector, at most 1.3 with the embedded one; the
 measured values are in benchmarks/README.md. ``extra_info["ratio_reflection_only"]`` is the same
@@ -78,9 +81,9 @@ def rl_seconds(tmp_path_factory):
     return _second_iteration_seconds(cfg, tmp_path_factory.mktemp("rl"), "rl")
 
 
-@pytest.mark.parametrize("reflector", ["api", "embedded"])
+@pytest.mark.parametrize("reflector", ["api", "embedded", "embedded-unshared"])
 def test_an_espl_iteration_against_an_rl_iteration(benchmark, rl_seconds, tmp_path, reflector):
-    cfg = RunConfig(method="espl", out="unused", crossover_prob=1.0, **FLAGS)
+    cfg = RunConfig(method="espl", out="unused", crossover_prob=1.0, share_cores=reflector != "embedded-unshared", **FLAGS)
     stand_in = HostedReflector(API_DELAY) if reflector == "api" else None
     seconds, phases = benchmark.pedantic(lambda: _second_iteration_seconds(cfg, tmp_path, "espl", stand_in),
                                          rounds=1, iterations=1, warmup_rounds=0)
@@ -92,5 +95,5 @@ def test_an_espl_iteration_against_an_rl_iteration(benchmark, rl_seconds, tmp_pa
     benchmark.extra_info.update({"ratio": round(seconds / rl, 3), "exposed_reflection_seconds": round(exposed, 2),
                                  "ratio_reflection_only": round((rl + exposed) / rl, 3), "espl_seconds": round(seconds, 2),
                                  "rl_seconds": round(rl, 2), "espl_phases": phases, "rl_phases": rl_phases,
-                                 "reflector": reflector, "api_delay": API_DELAY if stand_in else None})
+                                 "reflector": reflector, "share_cores": cfg.share_cores, "api_delay": API_DELAY if stand_in else None})
     assert seconds > 0 and rl > 0

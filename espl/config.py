@@ -94,6 +94,10 @@ class RunConfig(BaseModel):
         "twice as fast on CPU (decoding reads every weight per token) at the same likelihood; auto = bfloat16 on a "
         "GPU or a CPU with native bfloat16 (AVX512-BF16, AMX), else float32; the policy always trains and samples in "
         "its own dtype")
+    share_cores: bool = Field(True, description="on a CPU, while the in-process reflector decodes beside the RL step, "
+                              "split the cores between the two (each torch thread on its share, every core to whichever "
+                              "runs alone) instead of both running on all of them; no effect on a GPU or with another "
+                              "reflector")
     reflector_timeout: float = Field(300.0, gt=0, description="seconds per reflector call")
     reflector_retries: int = Field(2, ge=0, description="retries of a reflector call on rate limits, server errors and timeouts (never on bad requests)")
     reflection_deadline: float = Field(1800.0, gt=0, description="seconds for all reflection calls of one iteration; later calls fail and the parent stays")

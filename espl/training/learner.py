@@ -184,6 +184,15 @@ class TRLLearner:
                             "data parallel")
         self.tokenizer = self.trainer.processing_class
         self._thread: threading.Thread | None = None
+        self.cores = None  # a CoreShare once share_cores() is called
+
+    def share_cores(self, share) -> None:
+        """Run each step on its share of the CPU's cores while the in-process reflector decodes
+        beside it (:mod:`espl_bench.agents.cores`)."""
+        from espl_bench.agents.cores import share_cores
+
+        share_cores(self.model, share, "learner")
+        self.cores = share
 
     # -- the trainer's side (worker thread) ------------------------------------------------------
 
@@ -194,6 +203,8 @@ class TRLLearner:
             raise _Stop()
         with self._cond:
             self._in_step = True
+        if self.cores is not None:
+            self.cores.start("learner")
         if len(batch) != len(prompts) * self.world:
             raise RuntimeError(f"the trainer asked for {len(prompts)} rows on each of {self.world} processes, "
                                f"the iteration produced {len(batch)}")
@@ -256,6 +267,8 @@ class TRLLearner:
             if self._in_step:
                 self._completed += 1
                 self._in_step = False
+                if self.cores is not None:
+                    self.cores.stop("learner")
             self._finished = self._finished or finished
             self._cond.notify_all()
 

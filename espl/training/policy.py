@@ -207,7 +207,8 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
         learner, sampler = FrozenLearner(), TransformersSampler(model, tokenizer)
         frozen = sampler  # frozen weights: the policy is the reference policy
 
-    reference, closers = _local_reference(model_path, frozen, cfg.reflector_dtype)
+    cores = _core_share(cfg, learner)
+    reference, closers = _local_reference(model_path, frozen, cfg.reflector_dtype, cores)
     base = (lambda: AdapterDisabled(sampler)) if cfg.trains_weights else None
     return Policy(sampler, learner, int(tokenizer.eos_token_id), reference, closers=closers, base_sampler=base)
 
@@ -226,11 +227,25 @@ def reflector_dtype(setting: str) -> str:
     return "bfloat16" if native else "float32"
 
 
+def _core_share(cfg: RunConfig, learner):
+    """A CoreShare between a CPU learner and the in-process reflector (``--share-cores``), else None."""
+    import torch
+
+    if not (cfg.share_cores and cfg.trains_weights and hasattr(learner, "share_cores")) or torch.cuda.is_available():
+        return None
+    from espl_bench.agents.cores import CoreShare
+
+    share = CoreShare(torch.get_num_threads())
+    learner.share_cores(share)
+    return share
+
+
 def _local_reference(model_path: str, frozen: Sampler | None = None,
-                     dtype: str = "auto") -> tuple[Callable[[], tuple[str, dict]], list]:
+                     dtype: str = "auto", cores=None) -> tuple[Callable[[], tuple[str, dict]], list]:
     """The default reflector: the frozen reference policy in-process (``frozen`` when its weights are
     already in ``dtype``, else a copy in ``dtype`` loaded on demand), served to litellm by this
-    run's own :class:`~espl_bench.agents.reflector.LocalModels`."""
+    run's own :class:`~espl_bench.agents.reflector.LocalModels` (on ``cores``' reflector share,
+    a CoreShare, when given)."""
     from espl_bench.agents.reflector import LocalModels
 
     models = LocalModels()
@@ -242,7 +257,12 @@ def _local_reference(model_path: str, frozen: Sampler | None = None,
         reuse = frozen if frozen is not None and str(frozen.model.dtype).removeprefix("torch.") == wanted else None
         if reuse is None:
             log.info("reflector: the frozen reference model in %s, in-process", wanted)
-        return models.serve("reference", reuse or TransformersSampler(*load_frozen(model_path, wanted))), {}
+        sampler = reuse or TransformersSampler(*load_frozen(model_path, wanted))
+        if cores is not None and reuse is None:
+            from espl_bench.agents.cores import share_cores
+
+            share_cores(sampler.model, cores, "reflector")
+        return models.serve("reference", sampler, cores=cores if reuse is None else None), {}
 
     return reference, [models.close]
 

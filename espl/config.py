@@ -97,7 +97,8 @@ class RunConfig(BaseModel):
     share_cores: bool = Field(True, description="on a CPU, while the in-process reflector decodes beside the RL step, "
                               "split the cores between the two (each torch thread on its share, every core to whichever "
                               "runs alone) instead of both running on all of them; no effect on a GPU or with another "
-                              "reflector")
+                              "reflector; the learner's thread count then follows reflection's timing, so a rerun's "
+                              "weights may differ at rounding level: --no-share-cores for bit-for-bit reruns")
     reflector_timeout: float = Field(300.0, gt=0, description="seconds per reflector call")
     reflector_retries: int = Field(2, ge=0, description="retries of a reflector call on rate limits, server errors and timeouts (never on bad requests)")
     reflection_deadline: float = Field(1800.0, gt=0, description="seconds for all reflection calls of one iteration; later calls fail and the parent stays")

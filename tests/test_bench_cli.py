@@ -114,6 +114,11 @@ def test_bench_runs_only_the_requested_envs(tmp_path, capsys, caplog):
     assert len(results) == 10  # five methods each
     assert main(["bench", "--suite", "board", "--envs", "espl/Nope-v0", "--out", str(out)]) == 2
     assert "--envs names espl/Nope-v0, which suite 'board' does not run; fix:" in caplog.text
+    assert main(["bench", "--suite", "board", "--collect", "--out", str(out), "--methods", "espl,rl", "--seeds", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["suite_id"]["method"], r["suite_id"]["seed"]) for r in results) == [("espl", 2)] * 3 + [("rl", 2)] * 3
+    assert main(["bench", "--suite", "board", "--methods", "espl,grpo", "--out", str(out)]) == 2
+    assert "--methods names grpo, which suite 'board' does not run; fix: pick from espl, evolution" in caplog.text
 
 
 @pytest.mark.slow

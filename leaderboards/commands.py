@@ -31,6 +31,7 @@ def add_parsers(sub) -> None:
                        "a suite later, or on other machines)")
     bench.add_argument("--seeds", default=None, help="run only these seeds, comma-separated (e.g. to split a suite across machines)")
     bench.add_argument("--envs", default=None, help="run only these env ids, comma-separated (e.g. cheap ones first)")
+    bench.add_argument("--methods", default=None, help="run only these methods, comma-separated (e.g. the pairs to power first)")
     bench.add_argument("--level", type=float, default=0.95, help="compare: confidence level of the paired interval")
     bench.add_argument("--floor", type=float, default=0.02, help="compare: smallest drop that counts as a regression")
     bench.add_argument("--allow-missing", action="store_true", help="compare: a baseline entry without a result is not a failure")
@@ -65,9 +66,11 @@ def run_suite(args: argparse.Namespace) -> int:
     out = Path(args.out)
     seeds = _seeds(args.seeds)
     envs = _envs(args.envs, {c.env for c in suite.configs}, suite.name)
+    methods = _names("--methods", args.methods, {c.method for c in suite.configs}, suite.name)
     records = []
     for config in suite.configs:
-        if (seeds is not None and config.seed not in seeds) or (envs is not None and config.env not in envs):
+        if ((seeds is not None and config.seed not in seeds) or (envs is not None and config.env not in envs)
+                or (methods is not None and config.method not in methods)):
             continue
         if args.model:
             config = replace(config, model=args.model)
@@ -164,13 +167,17 @@ def _seeds(text: str | None) -> set[int] | None:
 
 
 def _envs(text: str | None, known: set[str], suite: str) -> set[str] | None:
+    return _names("--envs", text, known, suite)
+
+
+def _names(flag: str, text: str | None, known: set[str], suite: str) -> set[str] | None:
     if text is None:
         return None
-    envs = {part.strip() for part in text.split(",") if part.strip()}
-    if unknown := sorted(envs - known):
-        raise ConfigError(f"--envs names {', '.join(unknown)}, which suite {suite!r} does not run; fix: pick from "
+    names = {part.strip() for part in text.split(",") if part.strip()}
+    if unknown := sorted(names - known):
+        raise ConfigError(f"{flag} names {', '.join(unknown)}, which suite {suite!r} does not run; fix: pick from "
                           f"{', '.join(sorted(known))}")
-    return envs
+    return names
 
 
 def compare(args: argparse.Namespace) -> int:

@@ -166,7 +166,7 @@ SUITES: dict[str, Suite] = {
     "board": Suite("board", SUITE_VERSION, _seed_major(
         ("espl/Arithmetic-v0", "espl/ToolUse-v0", "rg/letter_counting-v0"), (0, 1, 2), BUDGETS["board"])),
     # the experiment on leaderboards/board/: every calibrated env, every method, seeds in order
-    "calibrated": Suite("calibrated", SUITE_VERSION, _calibrated((0, 1, 2), BUDGETS["calibrated"])),
+    "calibrated": Suite("calibrated", SUITE_VERSION, _calibrated((0, 1, 2, 3, 4), BUDGETS["calibrated"])),
 }
 
 

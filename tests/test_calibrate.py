@@ -109,7 +109,7 @@ def test_the_calibrated_suite_uses_the_committed_calibration():
         chosen = load_file(str(root / env.replace("/", "_") / "config.yaml"))
         assert chosen["env"] == env and chosen["env_kwargs"].items() <= kwargs.items()
     configs = get_suite("calibrated").configs
-    assert {c.env for c in configs} == set(CALIBRATED) and {c.seed for c in configs} == {0, 1, 2}
+    assert {c.env for c in configs} == set(CALIBRATED) and {c.seed for c in configs} == {0, 1, 2, 3, 4}
     assert all(json.loads(c.env_kwargs) == CALIBRATED[c.env] for c in configs)
     assert all("--env-kwargs" in c.run_args("x") and "--skip-flat-groups" in c.run_args("x") for c in configs)
     from espl_bench.running.cli import _parser

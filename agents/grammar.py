@@ -7,7 +7,9 @@ to that row's matcher, then sets the scores of tokens the grammar does not allow
 row whose grammar is complete may only end (EOS), so a constrained answer stops as soon as it is
 whole. Rows without a grammar are left alone. A matcher that enters its error state (it cannot
 happen for a token it allowed, but a grammar can exhaust its limits) ends its row; the caller
-sees an answer that does not parse, as data.
+sees an answer that does not parse, as data. A batch whose every row is structured does not go
+through ``generate`` but through :mod:`espl_bench.agents.fast_forward`, which also feeds the
+tokens a grammar forces in one forward; both read the mask from :func:`allowed_tokens`.
 """
 
 from __future__ import annotations
@@ -55,19 +57,12 @@ class GrammarMask:
     """The logits processor; see the module docstring."""
 
     def __init__(self, matchers: Sequence[object | None], eos_ids: set[int]):
-        import torch
-
-        self._torch = torch
         self.matchers = list(matchers)
         self.eos_ids = sorted(eos_ids)
         self.done = [m is None for m in self.matchers]
         self.started = False
-        self._bits = torch.arange(32, dtype=torch.int32)
 
     def __call__(self, input_ids, scores):
-        torch = self._torch
-        from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
-
         if self.started:
             for row, matcher in enumerate(self.matchers):
                 if matcher is not None and not self.done[row]:
@@ -79,14 +74,25 @@ class GrammarMask:
         for row, matcher in enumerate(self.matchers):
             if matcher is None:
                 continue
-            if self.done[row] or matcher.is_error() or matcher.is_stopped():
-                allowed = torch.zeros(vocab, dtype=torch.bool)
-                allowed[self.eos_ids] = True
-            else:
-                mask = allocate_token_bitmask(1, vocab)
-                fill_next_token_bitmask(matcher, mask, 0)
-                allowed = ((mask[0].unsqueeze(-1) >> self._bits) & 1).bool().flatten()[:vocab]
-                if not bool(allowed.any()):
-                    allowed[self.eos_ids] = True
+            allowed = allowed_tokens(None if self.done[row] else matcher, vocab, self.eos_ids)
             scores[row] = scores[row].masked_fill(~allowed.to(scores.device), float("-inf"))
         return scores
+
+
+def allowed_tokens(matcher, vocab: int, eos_ids):
+    """The tokens ``matcher`` allows next, a boolean tensor over ``vocab``: only EOS once the row
+    is done (``None``), its grammar complete, in its error state, or left with nothing to allow."""
+    import torch
+    from llguidance.torch import allocate_token_bitmask, fill_next_token_bitmask
+
+    eos = sorted(eos_ids)
+    if matcher is None or matcher.is_error() or matcher.is_stopped():
+        allowed = torch.zeros(vocab, dtype=torch.bool)
+        allowed[eos] = True
+        return allowed
+    mask = allocate_token_bitmask(1, vocab)
+    fill_next_token_bitmask(matcher, mask, 0)
+    allowed = ((mask[0].unsqueeze(-1) >> torch.arange(32, dtype=torch.int32)) & 1).bool().flatten()[:vocab]
+    if not bool(allowed.any()):
+        allowed[eos] = True
+    return allowed

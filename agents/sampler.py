@@ -127,6 +127,8 @@ class TransformersSampler(ChatTokens):
 
     # The in-process reflector batches requests of different token budgets together (see budgets).
     row_budgets = True
+    # Batches whose every row is structured skip the tokens the grammar forces (agents/fast_forward.py).
+    fast_forward = True
 
     def generate(self, conversations: Sequence[list[Message]], params: SamplingParams,
                  prompt_ids: Sequence[list[int] | None] | None = None,
@@ -172,6 +174,8 @@ class TransformersSampler(ChatTokens):
         sampling = params.temperature > 0
         # Sampling happens in a logits processor with one generator per row; generate's own
         # search is then greedy over a one-hot score, so no draw is shared between rows.
+        if self.fast_forward and all(schema is not None for schema in schemas) and not params.stop:
+            return self._fast_forward_batch(prompts, params, seeds, schemas, budgets)
         processors = [RowSeededSampling(seeds, params.temperature, params.top_p)] if sampling else []
         if params.repetition_penalty != 1.0:
             from transformers import RepetitionPenaltyLogitsProcessor
@@ -179,12 +183,9 @@ class TransformersSampler(ChatTokens):
             # the reply's own tokens only: penalising the prompt's words pushes a small model into symbols
             processors.insert(0, RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=width))
         if any(schema is not None for schema in schemas):
-            from espl_bench.agents.grammar import GrammarMask, Grammars
+            from espl_bench.agents.grammar import GrammarMask
 
-            if self._grammars is None:
-                self._grammars = Grammars(self.tokenizer)
-            processors.insert(0, GrammarMask([None if schema is None else self._grammars.matcher(schema)
-                                              for schema in schemas], self._eos_ids))
+            processors.insert(0, GrammarMask(self._matchers(schemas), self._eos_ids))
         if min(budgets) < params.max_new_tokens:
             processors.append(RowBudget(budgets, width, min(self._eos_ids)))
         out = self.model.generate(
@@ -231,6 +232,32 @@ class TransformersSampler(ChatTokens):
         return completions
 
 
+    def _matchers(self, schemas: Sequence[dict | None]) -> list:
+        from espl_bench.agents.grammar import Grammars
+
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer)
+        return [None if schema is None else self._grammars.matcher(schema) for schema in schemas]
+
+    def _fast_forward_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int],
+                            schemas: list[dict], budgets: list[int]) -> list[Completion]:
+        """Every row structured: the tokens its grammar forces go through the model together
+        (:mod:`espl_bench.agents.fast_forward`)."""
+        from espl_bench.agents import fast_forward
+
+        sampling = RowSeededSampling(seeds, params.temperature, params.top_p) if params.temperature > 0 else None
+
+        def pick(rows, scores):
+            return (scores if sampling is None else sampling.pick(rows, scores)).argmax(dim=-1)
+
+        rows = fast_forward.generate(self.model, prompts, self._matchers(schemas), pad=self.tokenizer.pad_token_id,
+                                     eos_ids=self._eos_ids, budgets=budgets, pick=pick,
+                                     repetition_penalty=params.repetition_penalty, temperature=params.temperature)
+        return [Completion(text=self.tokenizer.decode(ids, skip_special_tokens=True), prompt_ids=list(prompt),
+                           completion_ids=ids, logprobs=logps, finish_reason=finish)
+                for prompt, (ids, logps, finish) in zip(prompts, rows)]
+
+
 def derive_seed(*coordinates) -> int:
     """A seed that is a pure function of ``coordinates`` (ints and strings), in [0, 2**31)."""
     import hashlib
@@ -258,13 +285,19 @@ class RowSeededSampling:
         self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
 
     def __call__(self, input_ids, scores):
+        return self.pick(range(len(self.generators)), scores)
+
+    def pick(self, rows: Sequence[int], scores):
+        """The processor for the listed ``rows`` only (``scores`` holds those rows, in that order):
+        each draws from its own generator, the others draw nothing."""
         torch = self._torch
+        generators = [self.generators[r] for r in rows]
         logits = scores.float() / self.temperature
         if self.top_p is not None:
-            logits = self.top_p(input_ids, logits)
+            logits = self.top_p(None, logits)
         cdf = torch.softmax(logits, dim=-1).cumsum(dim=-1)
         # 1 - U(0, 1) lies in (0, 1]: the first token whose cdf reaches it has nonzero mass.
-        u = torch.stack([1.0 - torch.rand((), generator=g) for g in self.generators]).to(cdf.device)
+        u = torch.stack([1.0 - torch.rand((), generator=g) for g in generators]).to(cdf.device)
         picked = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1)).clamp_(max=cdf.shape[-1] - 1)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(-1, picked, 0.0)

@@ -137,3 +137,48 @@ def test_reflector_decoding_by_dtype(benchmark, model_dir, dtype):
         "mean_token_loss": round(loss, 3), "load_average_1m": round(os.getloadavg()[0], 2),
     })
     assert tokens and loss < 10  # a dtype that broke the model would show here as noise
+
+
+@pytest.mark.parametrize("fast_forward", [False, True], ids=["token-by-token", "fast-forward"])
+def test_reflector_structured_decoding(benchmark, model_dir, fast_forward):
+    """The in-process reflector's edit calls (a batch of two critique-sized requests under the
+    critique's schema, greedy: both paths write the same answers up to bfloat16 rounding): token by
+    token through ``generate``, or with the grammar's forced tokens fed in one forward
+    (agents/fast_forward.py).
+    ``extra_info`` has the forward passes, the tokens and the seconds per token."""
+    import torch
+    from espl_bench.agents.sampler import TransformersSampler
+    from espl_bench.method.edits import ops_schema, ops_token_bound
+    from espl_bench.method.reflection import load_templates
+    from espl_bench.training.policy import load_frozen
+
+    model, tokenizer = load_frozen(model_dir, "bfloat16" if torch.cpu._is_avx512_bf16_supported() else "float32")
+    sampler = TransformersSampler(model, tokenizer)
+    sampler.fast_forward = fast_forward
+    critique = load_templates()["critique"]
+    requests = [[{"role": "user", "content": critique.safe_substitute(
+        principles="G0: Work step by step.\nG1: Give the final answer as <answer>N</answer>.",
+        problem=f"What is {a} + {b} * 3?", answer=str(a + b * 3), max_ops=2, max_words=32,
+        summaries=f"- reward 0: the attempt itself: {a} + {b} = {a + b}, times 3 is {3 * (a + b)}.")}]
+        for a, b in ((17, 4), (52, 9))]
+    schema = ops_schema(allowed={"add", "modify"}, valid_ids={"G0", "G1"}, max_ops=2, max_words=32)
+    params = SamplingParams(max_new_tokens=ops_token_bound(2, 32), temperature=0.0, top_p=1.0, seed=0,
+                            repetition_penalty=1.2)
+    forwards: list[int] = []
+    handle = model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    completions: list = []
+
+    def decode():
+        completions[:] = sampler.generate(requests, params, seeds=[1, 2], schemas=[schema, schema])
+
+    try:
+        benchmark.pedantic(decode, rounds=2, iterations=1, warmup_rounds=1)
+    finally:
+        handle.remove()
+    tokens = max(len(c.completion_ids) for c in completions)
+    benchmark.extra_info.update({
+        "fast_forward": fast_forward, "forwards_per_call": len(forwards) // 3, "longest_answer_tokens": tokens,
+        "ms_per_answer_token": round(1000 * benchmark.stats.stats.mean / max(1, tokens), 1),
+        "answers": [c.text for c in completions], "load_average_1m": round(os.getloadavg()[0], 2),
+    })
+    assert all(c.text.startswith('{"ops": [') for c in completions) and len(forwards) > 0

@@ -19,6 +19,7 @@ grammar left no other token). A matcher in its error state ends its row, as in
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 
@@ -41,10 +42,12 @@ def generate(model, prompts: Sequence[list[int]], matchers: Sequence[object], *,
     device = model.device
     ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in prompts], device=device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-    cache = DynamicCache()
+    # transformers 5 renames ``past_key_values`` to ``cache`` (the old name warns, then goes)
+    cache = {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": DynamicCache()}
+    # left padding: every row's last prompt token is last, the only position whose logits are read
     out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                past_key_values=cache, use_cache=True)
-    logits = out.logits[:, -1, :].float()  # left padding: every row's last prompt token is last
+                use_cache=True, logits_to_keep=1, **cache)
+    logits = out.logits[:, -1, :].float()
     next_pos = mask.sum(-1)  # the position each row's next token takes
     new: list[list[int]] = [[] for _ in range(rows)]
     logps: list[list[float]] = [[] for _ in range(rows)]
@@ -98,8 +101,7 @@ def generate(model, prompts: Sequence[list[int]], matchers: Sequence[object], *,
             step_mask[r, : len(chunk)] = 1
             step_pos[r] = next_pos[r] + torch.arange(length, device=device).clamp(max=len(chunk) - 1)
         mask = torch.cat([mask, step_mask], dim=-1)
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=cache,
-                    use_cache=True)
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **cache)
         for r, chunk in chunks.items():
             logits[r] = out.logits[r, len(chunk) - 1].float()
             next_pos[r] += len(chunk)

@@ -171,11 +171,11 @@ class TransformersSampler(ChatTokens):
         device = self.model.device  # the learner's model sits on the GPU when there is one
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        if self.fast_forward and all(schema is not None for schema in schemas) and not params.stop:
+            return self._fast_forward_batch(prompts, params, seeds, schemas, budgets)
         sampling = params.temperature > 0
         # Sampling happens in a logits processor with one generator per row; generate's own
         # search is then greedy over a one-hot score, so no draw is shared between rows.
-        if self.fast_forward and all(schema is not None for schema in schemas) and not params.stop:
-            return self._fast_forward_batch(prompts, params, seeds, schemas, budgets)
         processors = [RowSeededSampling(seeds, params.temperature, params.top_p)] if sampling else []
         if params.repetition_penalty != 1.0:
             from transformers import RepetitionPenaltyLogitsProcessor
@@ -230,7 +230,6 @@ class TransformersSampler(ChatTokens):
                 )
             )
         return completions
-
 
     def _matchers(self, schemas: Sequence[dict | None]) -> list:
         from espl_bench.agents.grammar import Grammars

@@ -65,7 +65,7 @@ def run_suite(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown suite {args.suite!r}; fix: use one defined in leaderboards/suite.py") from None
     out = Path(args.out)
     seeds = _seeds(args.seeds)
-    envs = _envs(args.envs, {c.env for c in suite.configs}, suite.name)
+    envs = _names("--envs", args.envs, {c.env for c in suite.configs}, suite.name)
     methods = _names("--methods", args.methods, {c.method for c in suite.configs}, suite.name)
     records = []
     for config in suite.configs:
@@ -164,10 +164,6 @@ def _seeds(text: str | None) -> set[int] | None:
         return {int(part) for part in text.split(",") if part.strip()}
     except ValueError:
         raise ConfigError(f"--seeds={text!r} is invalid; fix: pass integers separated by commas, e.g. --seeds 0,1") from None
-
-
-def _envs(text: str | None, known: set[str], suite: str) -> set[str] | None:
-    return _names("--envs", text, known, suite)
 
 
 def _names(flag: str, text: str | None, known: set[str], suite: str) -> set[str] | None:

@@ -215,16 +215,9 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
 
 def reflector_dtype(setting: str) -> str:
     """The dtype ``--reflector-dtype`` means on this machine (``auto``: see the config field)."""
-    if setting != "auto":
-        return setting
-    import torch
+    from espl_bench.agents.devices import resolve_dtype
 
-    if torch.cuda.is_available():
-        return "bfloat16"
-    cpu = torch.cpu
-    native = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    # Without native bfloat16 a CPU emulates it, slower than float32.
-    return "bfloat16" if native else "float32"
+    return resolve_dtype(setting)
 
 
 def _core_share(cfg: RunConfig, learner):

@@ -12,11 +12,13 @@ Contract:
 * :func:`load_runs` logs a warning naming each folder it cannot read and skips it.
 * :func:`aggregate` groups runs by env, then (method, model). Every row of an env is measured on
   the problems all of the env's runs share (their test items); success is the mean over seeds
-  and problems with a 95% interval that resamples both (:func:`espl_bench.stats.interval`); methods
-  are grouped into tiers the data cannot separate (:func:`espl_bench.stats.tie_groups`), and each board
-  states the smallest difference it could detect. The weights x prompt cells and effects are
-  combined over seeds the same way. Budgets (rollouts, tokens, reflector calls, seconds) are per
-  run, averaged over the row's seeds. Rows are sorted by tier, then mean success.
+  and problems with a 95% interval from the crossed variance components (:func:`espl_bench.stats.interval`);
+  every pair of methods is tested, Holm-adjusted over all pairs, and the methods get letters the
+  data cannot separate (:func:`espl_bench.stats.tiers`); each pair states the smallest difference
+  it could detect at the letters' level, or that its runs ended on identical cells
+  (:func:`shared_cells`). The weights x prompt cells and effects are combined over seeds the
+  same way. Budgets (rollouts, tokens, reflector calls, seconds) are per run, averaged over the
+  row's seeds. Rows are sorted by mean success.
 * :func:`load_tree` reads a run's latest ``pool.json`` into :class:`TreeNode` s, evicted
   ancestors (known from ``lineage`` only) included with ``in_pool=False``.
 """
@@ -125,7 +127,7 @@ class LeaderboardRow:
     cells: dict[str, stats.Interval] = field(default_factory=dict)
     effects: dict[str, stats.Interval] = field(default_factory=dict)
     children: dict[str, float] = field(default_factory=dict)  # per run, by source
-    tier: int | None = None
+    letters: str = ""  # compact letter display: rows that share a letter are not separated
     matrix: np.ndarray | None = None  # seeds x problems, the board's problems
 
     @property
@@ -143,25 +145,52 @@ class LeaderboardRow:
 
 @dataclass
 class EnvBoard:
-    """The leaderboard of one env: rows in tiers, what it was measured on, what it could detect."""
+    """The leaderboard of one env: rows with letters, what it was measured on, what it could detect."""
 
     env: str
     rows: list[LeaderboardRow]
     measured_on: str = ""
-    detectable: float | None = None  # the largest over method pairs of the paired detectable difference
     problems: int = 0
     pairs: list[PairComparison] = field(default_factory=list)
+    alpha: float = stats.ALPHA  # familywise, over all pairs
+    pair_alpha: float = stats.ALPHA  # the per-pair level at which detectable differences are stated
+
+    @property
+    def detectable(self) -> tuple[float, float] | None:
+        """The smallest and largest detectable difference over pairs that do not share cells."""
+        found = [p.detectable for p in self.pairs if p.detectable is not None and p.shared is None]
+        return (min(found), max(found)) if found else None
+
+
+@dataclass(frozen=True)
+class SharedCells:
+    """Runs of two methods whose test cells are the same cell: the same test-time program with the
+    same weights kind and the same per-problem outcomes (by the protocol, base weights with one
+    prompt give the same episodes in every run). Such runs cancel in the pair's difference."""
+
+    a: int
+    a_runs: int
+    b: int
+    b_runs: int
+
+    def __str__(self) -> str:
+        return f"identical programs in {self.a} of {self.a_runs} and {self.b} of {self.b_runs} seeds"
 
 
 @dataclass(frozen=True)
 class PairComparison:
-    """Row ``a`` minus row ``b`` on the board's problems, paired on them (95%, unadjusted), and the
-    smallest true difference the pair's data would detect (80% power, two-sided 5%)."""
+    """Row ``a`` minus row ``b`` on the board's problems, paired on them: the unadjusted 95%
+    interval, the Holm-adjusted p-value over all the board's pairs and whether it separates them,
+    the smallest true difference the pair's data would detect at the board's per-pair level (80%
+    power; None without variation), and the runs that share their cells."""
 
     a: str
     b: str
     difference: stats.Interval
-    detectable: float
+    adjusted: float
+    separated: bool
+    detectable: float | None
+    shared: SharedCells | None = None
 
 
 @dataclass(frozen=True)
@@ -349,7 +378,7 @@ def _row(env: str, method: str, model: str, runs: list[RunRecord], problems: lis
 
 
 def aggregate(runs: Iterable[RunRecord]) -> list[EnvBoard]:
-    """Boards sorted by env id; rows in tiers (see the module docstring)."""
+    """Boards sorted by env id; rows by mean success, with letters (see the module docstring)."""
     groups: dict[str, dict[tuple[str, str], list[RunRecord]]] = {}
     for run in runs:
         groups.setdefault(run.env, {}).setdefault((run.method, run.model), []).append(run)
@@ -357,32 +386,45 @@ def aggregate(runs: Iterable[RunRecord]) -> list[EnvBoard]:
     for env in sorted(groups):
         problems = _common_problems([r for rs in groups[env].values() for r in rs])
         rows = [_row(env, method, model, rs, problems) for (method, model), rs in groups[env].items()]
-        scored = {f"{r.method}\x00{r.model}": r.matrix for r in rows if r.matrix is not None}
-        for tier, names in enumerate(stats.tie_groups(scored), 1) if scored else ():
-            for row in rows:
-                if f"{row.method}\x00{row.model}" in names:
-                    row.tier = tier
-        rows.sort(key=lambda r: (r.tier is None, r.tier or 0, -(r.success_mean or 0.0), r.method, r.model))
-        pairs = _pairs(rows)
+        rows.sort(key=lambda r: (r.success_mean is None, -(r.success_mean or 0.0), r.method, r.model))
         measured = [r.test for rs in groups[env].values() for r in rs if r.test is not None]
         seeds = sorted({r.seed for rs in groups[env].values() for r in rs})
         describe = (f"{measured[0].items.split} split, {len(problems)} problems x {measured[0].items.samples} samples, "
                     f"seeds {', '.join(map(str, seeds))}") if measured else ""
-        detectable = max((p.detectable for p in pairs), default=None)
-        boards.append(EnvBoard(env, rows, describe, detectable, len(problems), pairs))
+        board = EnvBoard(env, rows, describe, len(problems))
+        _test_pairs(board, problems)
+        boards.append(board)
     return boards
 
 
-def _pairs(rows: list[LeaderboardRow]) -> list[PairComparison]:
-    """Every pair of scored rows, the better-scoring first."""
-    scored = [r for r in rows if r.matrix is not None]
-    out = []
-    for i, first in enumerate(scored):
-        for second in scored[i + 1:]:
-            a, b = (first, second) if (first.success_mean or 0) >= (second.success_mean or 0) else (second, first)
-            d = stats.difference(a.matrix, b.matrix)
-            out.append(PairComparison(_name(a, rows), _name(b, rows), d, stats.detectable_difference(d.se)))
-    return out
+def _test_pairs(board: EnvBoard, problems: list[str]) -> None:
+    """Every pair of scored rows tested (:func:`espl_bench.stats.tiers`); letters onto the rows."""
+    scored = {_name(r, board.rows): r for r in board.rows if r.matrix is not None}
+    if not scored:
+        return
+    found = stats.tiers({name: row.matrix for name, row in scored.items()})
+    for name, row in scored.items():
+        row.letters = found.letters[name]
+    board.alpha, board.pair_alpha = found.alpha, found.pair_alpha
+    board.pairs = [PairComparison(t.a, t.b, t.difference, t.adjusted, t.separated, t.detectable,
+                                  shared_cells(scored[t.a].runs, scored[t.b].runs, problems)) for t in found.pairs]
+
+
+def _cell_key(run: RunRecord, problems: list[str]) -> tuple | None:
+    """What makes two runs' test cells the same cell (None without a test result)."""
+    if run.test is None:
+        return None
+    outcomes = dict(zip(run.test.problem_ids, run.test.successes))
+    return run.best_prompt, run.test.weights, tuple(outcomes[p] for p in problems)
+
+
+def shared_cells(a: list[RunRecord], b: list[RunRecord], problems: list[str]) -> SharedCells | None:
+    """The runs of ``a`` whose test cell is a cell of a run of ``b`` and the reverse (None: none)."""
+    keys_a = [_cell_key(r, problems) for r in a]
+    keys_b = [_cell_key(r, problems) for r in b]
+    in_a = sum(k is not None and k in keys_b for k in keys_a)
+    in_b = sum(k is not None and k in keys_a for k in keys_b)
+    return SharedCells(in_a, len(a), in_b, len(b)) if in_a else None
 
 
 def _name(row: LeaderboardRow, rows: list[LeaderboardRow]) -> str:

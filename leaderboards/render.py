@@ -3,9 +3,11 @@
 Contract:
 
 * :func:`render_markdown` gives one table per env (rows as :func:`~leaderboards.aggregate.aggregate`
-  sorted them: by tier, then mean; success as ``mean [95% interval]``; ``–`` where a value is
-  unknown), preceded by what the board was measured on and the smallest difference it could
-  detect, and followed by the weights x prompt table and the per-run budgets.
+  sorted them, by mean, with their letters; success as ``mean [95% interval]``; ``–`` where a value
+  is unknown), preceded by what the board was measured on, how its letters were made and the
+  smallest difference it could detect, and followed by the paired tests, the weights x prompt
+  table and the per-run budgets. The columns of the leaderboard and of the pairs are declared
+  once (:func:`row_columns`, :data:`PAIR_COLUMNS`) for both renderings: a new column is one entry.
 * :func:`render_site` writes into ``out_dir``: ``index.html`` (per env: the table, then an inline
   SVG of mean train and test success against iteration and against cumulative rollouts, one line
   per (method, model)), ``runs/<slug>.html`` per run (its best prompt, its lineage, and the pool's
@@ -21,6 +23,7 @@ import io
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import matplotlib
 from espl_bench.leaderboards.aggregate import (
     EnvBoard,
     LeaderboardRow,
+    PairComparison,
     RunRecord,
     TreeNode,
     CURVE_EDGE,
@@ -69,14 +73,30 @@ CELL_COLUMNS = ("base/root", "base/program", "trained/root", "trained/program")
 EFFECT_COLUMNS = ("prompt (base weights)", "weights (root prompt)", "interaction", "total")
 
 
-def _cells(board: EnvBoard, row: LeaderboardRow) -> list[str]:
-    return [_ci(row.success), *(_num(row.pass_at.get(k)) for k in _pass_keys(board)), _num(row.invalid_action_rate),
-            " / ".join(f"{row.children.get(k, 0):g}" for k in ("revision", "fallback", "crossover")), str(row.n_seeds)]
+RowCell = Callable[[LeaderboardRow], str]
 
 
-def _headers(board: EnvBoard) -> list[str]:
-    return ["tier", "method", "model", "test success [95% CI]", *_pass_keys(board), "invalid action rate",
-            "children per run (revision / fallback / crossover)", "seeds"]
+def row_columns(board: EnvBoard) -> list[tuple[str, RowCell]]:
+    """The leaderboard's columns, (header, cell of a row), in order; ``method`` is a link in HTML."""
+    return [("group", lambda r: r.letters or "–"), ("method", lambda r: r.method), ("model", lambda r: r.model),
+            ("test success [95% CI]", lambda r: _ci(r.success)),
+            *((k, lambda r, k=k: _num(r.pass_at.get(k))) for k in _pass_keys(board)),
+            ("invalid action rate", lambda r: _num(r.invalid_action_rate)),
+            ("children per run (revision / fallback / crossover)",
+             lambda r: " / ".join(f"{r.children.get(k, 0):g}" for k in ("revision", "fallback", "crossover"))),
+            ("seeds", lambda r: str(r.n_seeds))]
+
+
+def _detectable_cell(p: PairComparison) -> str:
+    if p.shared is not None:
+        return str(p.shared)
+    return "– (no variation)" if p.detectable is None else f"{p.detectable:.3f}"
+
+
+PAIR_COLUMNS: list[tuple[str, Callable[[PairComparison], str]]] = [
+    ("a", lambda p: p.a), ("b", lambda p: p.b), ("a - b [95% CI]", lambda p: _signed(p.difference)),
+    ("p (Holm)", lambda p: f"{p.adjusted:.3f}"), ("separated", lambda p: "yes" if p.separated else "no"),
+    ("detectable at the groups' level", _detectable_cell)]
 
 
 def _breakdown_cells(row: LeaderboardRow) -> list[str]:
@@ -90,15 +110,24 @@ def _budget_cells(row: LeaderboardRow) -> list[str]:
 
 
 def board_notes(board: EnvBoard) -> list[str]:
-    """What a board's numbers are measured on and what it can detect, in plain sentences."""
+    """What a board's numbers are measured on, how its letters are made and what it can detect."""
     notes = [f"Measured on the {board.measured_on}." if board.measured_on else "No test results."]
+    if not board.pairs:
+        return notes
+    pairs = len(board.pairs)
+    notes.append(f"Groups: every pair of methods is tested, paired on the problems (t interval from the seeds x "
+                 f"problems variance components, Satterthwaite degrees of freedom), Holm-adjusted over the {pairs} "
+                 f"pairs so that the chance of separating any two equal methods is at most {board.alpha:.0%}. "
+                 "Methods that share a letter are not separated; no order is claimed among them.")
+    shared = [p for p in board.pairs if p.shared is not None]
     if board.detectable is not None:
-        best = min(p.detectable for p in board.pairs)
-        notes.append(f"Smallest difference in test success this board could detect (80% power, two-sided 5%, "
-                     f"paired on its {board.problems} problems), for every pair of methods: {board.detectable:.2f} "
-                     f"(the least detectable of its {len(board.pairs)} pairs; the most detectable: {best:.2f}).")
-    notes.append("Tiers: a tier is the best remaining method and every method the data cannot separate from it "
-                 "(95% paired bootstrap over problems and seeds, Bonferroni-adjusted); no order is claimed inside a tier.")
+        low, high = board.detectable
+        notes.append(f"Smallest difference in test success this board could detect, per pair, at the groups' level "
+                     f"(80% power, two-sided {board.pair_alpha:.4f} = {board.alpha:.0%}/{pairs}, Holm's first step; "
+                     f"paired on its {board.problems} problems): {low:.3f} to {high:.3f}"
+                     + (f", not counting {len(shared)} pair(s) whose runs ended on identical programs (their shared "
+                        "cells cancel in the difference, so it says nothing about what the pair could detect)."
+                        if shared else "."))
     return notes
 
 
@@ -116,13 +145,12 @@ def render_markdown(boards: list[EnvBoard]) -> str:
     out = ["# espl-bench leaderboard", ""]
     for board in boards:
         out += [f"## {board.env}", "", *board_notes(board), ""]
-        out += table(_headers(board), [[_num(row.tier, 0) if row.tier else "–", row.method, row.model,
-                                        *_cells(board, row)] for row in board.rows])
+        columns = row_columns(board)
+        out += table([h for h, _ in columns], [[cell(row) for _, cell in columns] for row in board.rows])
         if board.pairs:
-            out += ["Paired differences in test success (95% interval, not adjusted; the tiers adjust) and what "
-                    "each pair could detect:", ""]
-            out += table(["a", "b", "a - b [95% CI]", "detectable"],
-                         [[p.a, p.b, _signed(p.difference), f"{p.detectable:.3f}"] for p in board.pairs])
+            out += ["Paired differences in test success (95% interval, not adjusted; p-values Holm-adjusted over "
+                    "all pairs) and what each pair could detect at the groups' level:", ""]
+            out += table([h for h, _ in PAIR_COLUMNS], [[cell(p) for _, cell in PAIR_COLUMNS] for p in board.pairs])
         changes = [(row.method, curve_change(row)) for row in board.rows]
         if any(c is not None for _, c in changes):
             out += [f"Training success, last iterations minus first (up to {CURVE_EDGE} each, at most half of a "
@@ -148,8 +176,9 @@ def slug(text: str) -> str:
 
 
 def run_slug(run: RunRecord) -> str:
-    """A file-name-safe, unique name for a run's page."""
-    digest = hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:8]
+    """A file-name-safe name for a run's page, the same wherever the board is checked out (the digest
+    is of the run folder's name and its parent's, not of the absolute path)."""
+    digest = hashlib.sha1("/".join(run.path.resolve().parts[-2:]).encode()).hexdigest()[:8]
     return slug(f"{run.env}-{run.method}-{Path(run.model).name}-s{run.seed}") + f"-{digest}"
 
 
@@ -305,33 +334,39 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
     return _page(f"{run.env} {run.method} seed {run.seed}", "\n".join(body))
 
 
+def _html_table(css: str, head: list[str], rows: list[list[str]]) -> str:
+    """A table of already escaped cells; a cell starting with ``<a`` or holding text is left-aligned."""
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f'<td class="t">{c}</td>' if c.startswith("<a") or c[:1].isalpha() else f"<td>{c}</td>"
+                                    for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def _board_html(board: EnvBoard, anchor: str, pages: dict[int, str]) -> str:
     from espl_bench.leaderboards.aggregate import BUDGET_KEYS
 
-    head = "".join(f"<th>{escape(h)}</th>" for h in [*_headers(board), "runs"])
-    rows, split_rows, budget_rows = [], [], []
+    columns = row_columns(board)
+    rows = []
     for row in board.rows:
         best = max(row.runs, key=lambda r: -1.0 if r.test_success is None else r.test_success)
-        runs = " ".join(f'<a class="run-link" href="{pages[id(r)]}">seed {r.seed}</a>' for r in row.runs)
-        rows.append(f'<tr><td>{_num(row.tier, 0) if row.tier else "–"}</td><td class="t"><a class="best-run" '
-                    f'href="{pages[id(best)]}">{escape(row.method)}</a></td><td class="t">{escape(row.model)}</td>'
-                    + "".join(f"<td>{escape(c)}</td>" for c in _cells(board, row)) + f'<td class="t">{runs}</td></tr>')
-        split_rows.append(f'<tr><td class="t">{escape(row.method)}</td>'
-                          + "".join(f"<td>{escape(c)}</td>" for c in _breakdown_cells(row)) + "</tr>")
-        budget_rows.append(f'<tr><td class="t">{escape(row.method)}</td>'
-                           + "".join(f"<td>{escape(c)}</td>" for c in _budget_cells(row)) + "</tr>")
+        cells = [f'<a class="best-run" href="{pages[id(best)]}">{escape(cell(row))}</a>' if head == "method"
+                 else escape(cell(row)) for head, cell in columns]
+        rows.append([*cells, " ".join(f'<a class="run-link" href="{pages[id(r)]}">seed {r.seed}</a>' for r in row.runs)])
     svg = curves_svg(board)
     plot = f'<figure class="curves">{svg}</figure>' if svg else "<p>No per-iteration metrics.</p>"
     notes = "".join(f"<p class=\"note\">{escape(n)}</p>" for n in board_notes(board))
-    split_head = "".join(f"<th>{escape(h)}</th>" for h in ("method", *CELL_COLUMNS, *EFFECT_COLUMNS))
-    budget_head = "".join(f"<th>{escape(h)}</th>" for h in ("method", *BUDGET_KEYS))
+    pairs = ("<h3>Paired differences</h3>" + _html_table("pairs", [h for h, _ in PAIR_COLUMNS],
+                                                         [[escape(c(p)) for _, c in PAIR_COLUMNS] for p in board.pairs])
+             if board.pairs else "")
     return (f'<section id="{anchor}"><h2>{escape(board.env)}</h2>{notes}'
-            f'<table class="leaderboard"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            f'<h3>Weights x prompt</h3><table class="breakdown"><thead><tr>{split_head}</tr></thead>'
-            f'<tbody>{"".join(split_rows)}</tbody></table>'
-            f'<h3>Budget per run (mean over seeds)</h3><table class="budget"><thead><tr>{budget_head}</tr></thead>'
-            f'<tbody>{"".join(budget_rows)}</tbody></table>'
-            f"{plot}</section>")
+            + _html_table("leaderboard", [*(h for h, _ in columns), "runs"], rows) + pairs
+            + "<h3>Weights x prompt</h3>"
+            + _html_table("breakdown", ["method", *CELL_COLUMNS, *EFFECT_COLUMNS],
+                          [[escape(row.method), *map(escape, _breakdown_cells(row))] for row in board.rows])
+            + "<h3>Budget per run (mean over seeds)</h3>"
+            + _html_table("budget", ["method", *BUDGET_KEYS],
+                          [[escape(row.method), *map(escape, _budget_cells(row))] for row in board.rows])
+            + f"{plot}</section>")
 
 
 def render_site(boards: list[EnvBoard], out_dir: str | Path) -> Path:
@@ -345,15 +380,17 @@ def render_site(boards: list[EnvBoard], out_dir: str | Path) -> Path:
         pages = {}
         for row in board.rows:
             for run in row.runs:
-                name = run_slug(run) + ".html"
-                (out / "runs" / name).write_text(run_page(run, anchor), encoding="utf-8")
-                pages[id(run)] = f"runs/{name}"
-        written.update(pages.values())
+                name = run_slug(run)
+                if f"runs/{name}.html" in written:  # two roots with alike folder names
+                    name += "-" + hashlib.sha1(str(run.path.resolve()).encode()).hexdigest()[:8]
+                (out / "runs" / f"{name}.html").write_text(run_page(run, anchor), encoding="utf-8")
+                pages[id(run)] = f"runs/{name}.html"
+                written.add(pages[id(run)])
         sections.append(_board_html(board, anchor, pages))
         nav.append(f'<li><a href="#{anchor}">{escape(board.env)}</a></li>')
     body = ("<h1>espl-bench leaderboard</h1><p>Test success is the mean over seeds and test problems with a 95% "
-            "interval that resamples both (episodes of one problem are not independent). Methods are grouped in "
-            "tiers the data cannot separate. Click a method for its best run, or a seed for that run. "
+            "interval over both (episodes of one problem are not independent). Methods that share a letter are not "
+            "separated by the paired tests of all pairs. Click a method for its best run, or a seed for that run. "
             '<a href="leaderboard.md">Markdown</a></p>'
             + (f"<ul>{''.join(nav)}</ul>" if nav else "<p>No runs found.</p>") + "\n" + "\n".join(sections)
             + (f'<p class="code-versions">{escape(_code_versions(boards))}</p>' if boards else ""))

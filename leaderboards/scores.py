@@ -5,7 +5,9 @@ Both files are JSON lists of ``{"suite_id": {env, method, model, seed, budget}, 
 may also be a 5-element list in that order): each entry keeps its per-problem outcomes, because
 samples of one problem are not independent. For every baseline entry, the current run is
 compared on the problems both hold, paired on them, with the statistics of the board
-(:func:`espl_bench.stats.difference`: a bootstrap over problems, exact bounds when nothing varies):
+(:func:`espl_bench.stats.difference`; one run on each side: the paired t interval over problems,
+exact bounds when nothing varies). Each entry is one comparison at ``level``; the board's
+adjustment over pairs of methods does not apply (a baseline is one configuration, not a field):
 
 * ``regressed``: the 95% interval of current - baseline lies below 0 and the drop exceeds
   ``floor`` (default 0.02): a real drop, not noise;

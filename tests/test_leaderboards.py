@@ -66,8 +66,10 @@ def cell(success: float, program: str = "p3", weights: str = "trained", shift: i
 def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str = "tiny", seed: int = 0,
               train: tuple[float, ...] = (0.1, 0.3, 0.5), test: tuple[float, ...] = (0.2, 0.3, 0.4),
               rollouts: int = 8, calls: int = 4, jsonl: bool = True, provenance: dict | None = None,
-              breakdown: bool = False, env_kwargs: dict | None = None) -> Path:
-    """A run folder in the format espl_bench.running.runner writes (schema 2: per-problem test results)."""
+              breakdown: bool = False, env_kwargs: dict | None = None, shift: int | None = None) -> Path:
+    """A run folder in the format espl_bench.running.runner writes (schema 2: per-problem test results;
+    ``shift``, default the seed, moves the test hits across problems)."""
+    shift = seed if shift is None else shift
     folder.mkdir(parents=True)
     header = RunHeader(config={"env": env, "method": method, "model": model, "seed": seed, "env_kwargs": env_kwargs or {}})
     (folder / "run.json").write_text(json.dumps(header.to_dict()))
@@ -76,7 +78,7 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
     for t, (tr, te) in enumerate(zip(train, test), 1):
         m = IterationMetrics(iteration=t, train_reward=tr, train_success=tr, invalid_action_rate=0.1,
                              reflection_calls=calls, rollouts=rollouts, generated_tokens=10 * rollouts,
-                             test=cell(te, shift=seed), phase_seconds={"rollouts": 1.0, "eval": 0.5}).to_dict()
+                             test=cell(te, shift=shift), phase_seconds={"rollouts": 1.0, "eval": 0.5}).to_dict()
         history.append(m)
         it = folder / "iterations" / f"{t:06d}"
         it.mkdir(parents=True)
@@ -86,7 +88,7 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
         (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in history))
     best = pool["p3"]
     split = None
-    last = cell(test[-1], shift=seed)
+    last = cell(test[-1], shift=shift)
     if breakdown:
         cells = {"base/root": cell(0.1, "p0", "base"), "base/program": cell(0.3, "p3", "base"),
                  "trained/root": cell(0.2, "p0"), "trained/program": last}
@@ -137,7 +139,7 @@ def test_intervals_tiers_and_budgets_over_seeds_on_the_shared_problems(tmp_path)
     assert [b.env for b in boards] == ["espl/Arithmetic-v0", "espl/ToolUse-v0"]
     board = boards[0]
     assert board.measured_on == "test split, 8 problems x 5 samples, seeds 0, 1, 2, 3" and board.problems == 8
-    assert 0 < board.detectable < 1
+    assert 0 < board.detectable[0] <= board.detectable[1]
     rows = {r.method: r for r in board.rows}
     espl = rows["espl"]
     assert espl.seeds == [0, 1, 2] and espl.n_seeds == 3 and espl.matrix.shape == (3, 8)
@@ -154,8 +156,9 @@ def test_intervals_tiers_and_budgets_over_seeds_on_the_shared_problems(tmp_path)
     assert row_curve(rows["rl"]).iterations == [1, 2]
     evo = rows["evolution"]  # metrics only in iterations/*/metrics.json
     assert evo.n_seeds == 1 and evo.per_run["reflector calls"] == 4
-    # 0.6, 0.5 and 0.05: rl and espl are not told apart on 8 problems; evolution is below both
-    assert [(r.method, r.tier) for r in board.rows] == [("rl", 1), ("espl", 1), ("evolution", 2)]
+    # 0.6, 0.5 and 0.05 on 8 problems: nothing is separated after the adjustment over three pairs
+    assert [(r.method, r.letters) for r in board.rows] == [("rl", "a"), ("espl", "a"), ("evolution", "a")]
+    assert board.pair_alpha == pytest.approx(0.05 / 3)
     assert boards[1].rows[0].model == "other/model"
 
 
@@ -214,12 +217,13 @@ def test_markdown_tables(tmp_path):
     md = render_markdown(boards)
     assert "## espl/Arithmetic-v0" in md and "## espl/ToolUse-v0" in md
     assert "Measured on the test split, 8 problems x 5 samples, seeds 0, 1, 2, 3." in md
-    assert (f"could detect (80% power, two-sided 5%, paired on its 8 problems), for every pair of methods: "
-            f"{boards[0].detectable:.2f}") in md
-    assert "| a | b | a - b [95% CI] | detectable |" in md
+    low, high = boards[0].detectable
+    assert (f"could detect, per pair, at the groups' level (80% power, two-sided 0.0167 = 5%/3, Holm's first step; "
+            f"paired on its 8 problems): {low:.3f} to {high:.3f}.") in md
+    assert "| a | b | a - b [95% CI] | p (Holm) | separated | detectable at the groups' level |" in md
     lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert lines[0].startswith("| tier | method | model | test success [95% CI] | pass@1 | pass@5 |")
-    body = [line for line in lines if line[2].isdigit()]
+    assert lines[0].startswith("| group | method | model | test success [95% CI] | pass@1 | pass@5 |")
+    body = [line for line in lines if line[2:4] in ("a ", "b ", "ab", "– ")]
     assert [line.split(" | ")[1] for line in body[:3]] == ["rl", "espl", "evolution"]
     espl = next(line for line in body if "| espl |" in line)
     assert f"| {boards[0].rows[1].success.estimate:.3f} [{boards[0].rows[1].success.low:.3f}, " in espl
@@ -314,6 +318,7 @@ def test_site_files_and_relative_links(tmp_path):
     assert html.count('<table class="leaderboard">') == 2 and html.count('<figure class="curves"><svg') == 2
     assert f"{boards[0].rows[1].success.estimate:.3f} [" in html and "cumulative rollouts" in html
     assert html.count('<table class="breakdown">') == 2 and "smallest difference" in html.lower()
+    assert html.count('<table class="pairs">') == 1  # the env with more than one method
     page = next(p for p in run_pages if "-espl-tiny-s2-" in p.name).read_text()
     assert 'class="node test-program" id="node-p3"' in page
     assert page.count('class="edge"') == 5  # p0->p1, p1->p2, p1->p3, p2->p3, p2->p4
@@ -352,7 +357,7 @@ def test_an_unfinished_run_is_left_out_with_a_warning(tmp_path, caplog):
     assert "unfinished (1 of 3 iterations)" in caplog.text
 
 
-def test_each_pair_of_methods_gets_a_paired_difference_and_what_it_could_detect(tmp_path):
+def test_each_pair_of_methods_gets_a_paired_test_and_what_it_could_detect(tmp_path):
     from espl_bench import stats
 
     root = tmp_path / "runs"
@@ -362,10 +367,38 @@ def test_each_pair_of_methods_gets_a_paired_difference_and_what_it_could_detect(
     board = build_leaderboard([root])[0]
     (pair,) = board.pairs
     rows = {r.method: r for r in board.rows}
-    assert (pair.a, pair.b) == ("rl", "evolution")
-    assert pair.difference == stats.difference(rows["rl"].matrix, rows["evolution"].matrix)
-    assert pair.detectable == pytest.approx(stats.detectable_difference(pair.difference.se))
-    assert board.detectable == pair.detectable
+    (tested,) = stats.tiers({"rl": rows["rl"].matrix, "evolution": rows["evolution"].matrix}).pairs
+    assert (pair.a, pair.b) == ("rl", "evolution") and pair.shared is None
+    assert pair.difference == stats.difference(rows["rl"].matrix, rows["evolution"].matrix) == tested.difference
+    assert (pair.adjusted, pair.separated, pair.detectable) == (tested.adjusted, tested.separated, tested.detectable)
+    assert board.detectable == (pair.detectable, pair.detectable) and board.pair_alpha == 0.05
+
+
+def test_runs_that_end_on_the_same_cell_are_reported_as_identical_programs(tmp_path):
+    """Two methods that both keep the root with base weights score the same cell (the protocol's
+    shared sample seeds): the pair says so instead of a detectable difference."""
+    root = tmp_path / "runs"
+    for seed in range(3):  # gepa keeps the root in seeds 0-2, evolution in seeds 0-1
+        write_run(root / f"gepa{seed}", method="gepa", seed=seed, test=(0.3,), shift=0)
+        write_run(root / f"evo{seed}", method="evolution", seed=seed, test=(0.3 if seed < 2 else 0.5,),
+                  shift=0 if seed < 2 else seed)
+        write_run(root / f"rl{seed}", method="rl", seed=seed, test=(0.6,))
+    for folder in root.iterdir():
+        if not folder.name.startswith("rl"):
+            summary = json.loads((folder / "summary.json").read_text())
+            summary["test"]["weights"] = "base"
+            (folder / "summary.json").write_text(json.dumps(summary))
+    board = build_leaderboard([root])[0]
+    pairs = {(p.a, p.b): p for p in board.pairs}
+    shared = pairs[("evolution", "gepa")].shared
+    assert (shared.a, shared.a_runs, shared.b, shared.b_runs) == (2, 3, 3, 3)
+    assert str(shared) == "identical programs in 2 of 3 and 3 of 3 seeds"
+    assert all(p.shared is None for key, p in pairs.items() if "rl" in key)  # trained weights: other cells
+    md = render_markdown([board])
+    assert "| evolution | gepa |" in md and "identical programs in 2 of 3 and 3 of 3 seeds |" in md
+    assert "not counting 1 pair(s) whose runs ended on identical programs" in md
+    assert board.detectable == (min(p.detectable for k, p in pairs.items() if "rl" in k),
+                                max(p.detectable for k, p in pairs.items() if "rl" in k))
 
 
 def test_runs_with_env_arguments_are_another_board(tmp_path):

@@ -53,6 +53,6 @@ def render(result: Breakdown) -> str:
         lines.append(f"{name:<18} {cell.interval}")
     lines.append("effect                     difference [95% interval]")
     for name, effect in result.effects.items():
-        note = "" if effect.method == "bootstrap" else f"  ({effect.method}: no variation in the data)"
+        note = "" if effect.from_variation else f"  ({effect.method}: no variation in the data)"
         lines.append(f"{name:<26} {effect.estimate:+.3f} [{effect.low:+.3f}, {effect.high:+.3f}]{note}")
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from espl_bench.agents.llm_router import sum_usage
 from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.config import RunConfig
 from espl_bench.errors import RecordError, RunDirError
+from espl_bench.locks import owned
 from espl_bench.method.loop import EsplLoop, IterationResult
 from espl_bench.method.program import Pool
 from espl_bench.method.reflection import template_hashes
@@ -167,7 +168,13 @@ def final_breakdown(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetri
 
 
 def run(cfg: RunConfig) -> RunSummary:
-    """Run (or resume) ``cfg`` to completion; returns the summary written to ``summary.json``."""
+    """Run (or resume) ``cfg`` to completion, owning its folder throughout (a second process on it
+    gets one line naming this one); returns the summary written to ``summary.json``."""
+    with owned(cfg.out, f"run folder {cfg.out}", "wait for that run to end (or stop it), then continue with --resume"):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> RunSummary:
     started = time.monotonic()
     provenance()  # read now, at the code this process imported, not at a checkout changed mid-run
     rundir = RunDir(cfg.out)

@@ -16,9 +16,11 @@ from espl_bench.locks import owned
 
 from tests.test_resume_kill import child_env, command, run, run_alone, state
 
-# What differs between two equal runs: wall-clock times, the folder's own path, and whether the
-# checkout had local changes; training_args.bin is TRL's pickled config, which holds the path.
-VOLATILE = {"seconds", "phase_seconds", "seconds_this_session", "seconds_by_phase", "step_time", "out", "dirty"}
+# What differs between two equal runs: wall-clock times, the folder's own path (and its cell
+# store's), and whether the checkout had local changes; training_args.bin is TRL's pickled
+# config, which holds the path.
+VOLATILE = {"seconds", "phase_seconds", "seconds_this_session", "seconds_by_phase", "step_time", "out", "cell_store",
+            "dirty"}
 PATH_BOUND = {"training_args.bin"}
 
 

@@ -43,8 +43,9 @@ def pool_of():
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The runs a test's grid starts: the fault hook installed (tests/hooked/sitecustomize.py), the
-# faults read from one file per session, the same offline settings as the tests.
+# faults read from one file per session, one hash seed, the same offline settings as the tests.
 HOOKED = {"PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "hooked"), ROOT]),
+          "PYTHONHASHSEED": "0",  # set orders (peft's target modules in adapter_config.json) equal in every run
           **{k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "LITELLM_", "TRL_",
                                                                       "TOKENIZERS_"))}}
 

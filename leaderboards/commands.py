@@ -22,7 +22,7 @@ def add_parsers(sub) -> None:
     bench.add_argument("action", nargs="?", choices=["run", "compare"], default="run")
     bench.add_argument("files", nargs="*", help="with compare: CURRENT.json BASELINE.json")
     bench.add_argument("--suite", default="smoke", help="suite name (see leaderboards/suite.py; smoke: every method "
-                       "once, a few minutes on 2 cores, to check a machine or cluster before the real grid)")
+                       "once at the quickstart's size, to check a machine or cluster before the real grid)")
     bench.add_argument("--out", default="runs/bench", help="folder for the suite's run folders (on a cluster: a "
                        "shared filesystem, or the same path on each node's disk)")
     bench.add_argument("--results", default=None, help="results file to write (default: OUT/results.json)")

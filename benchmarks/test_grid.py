@@ -2,7 +2,9 @@
 --max-parallel 2`` (two at once), on two policies:
 
 * ``cpu``: the tiny random Llama (tests/fakes.py) with a scripted reflector: CPU-bound runs, which
-  on a 2-core machine share the cores (Ray gives each run one CPU, so torch one thread);
+  on a 2-core machine share the cores (Ray gives each run one CPU, so torch one thread); this case
+  also times the local grid again with one torch thread per run (``local_1_thread``), to tell
+  what running two at once buys from what the thread count does;
 * ``api``: a latency-bound stand-in for a hosted policy and reflector (``--sampler litellm`` with
   litellm's ``mock_response`` and a fixed ``mock_delay`` per call, no network): runs that mostly
   wait, where two at once should nearly halve the wall time.
@@ -25,15 +27,15 @@ from espl_bench.running.cli import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-API_DELAY = 1.0  # seconds per policy or reflector call
+API_DELAY = 5.0  # seconds per policy or reflector call: waiting dominates a run (~15 s of start-up)
 METHODS = "evolution,self-reflection"
 SCRIPT = [{"contains": "", "answer": '```json\n[{"op": "add", "text": "Add the numbers left to right."}]\n```'}]
 
 
 def policy_flags(policy: str, tiny_model: Path, tmp: Path) -> list[str]:
     if policy == "api":
-        return ["--sampler", "litellm", "--model", "openai/gpt-4o-mini", "--reflector", "openai/gpt-4o-mini",
-                "--policy-kwargs", json.dumps({"mock_response": "<answer>4</answer>", "mock_delay": API_DELAY})]
+        # the default reflector with an API policy is the policy's own model, with its kwargs (the mock)
+        return ["--sampler", "litellm", "--model", "openai/gpt-4o-mini", "--policy-kwargs", json.dumps({"mock_response": "<answer>4</answer>", "mock_delay": API_DELAY})]
     script = tmp / "script.json"
     script.write_text(json.dumps(SCRIPT))
     return ["--model", str(tiny_model), "--reflector", f"script:{script}"]
@@ -68,10 +70,16 @@ def test_two_runs_at_once_on_ray_against_one_at_a_time(policy, tiny_model, tmp_p
         finally:
             ray.shutdown()
         seconds["ray"] = time.monotonic() - started
+        if policy == "cpu":  # one at a time again, each run on one thread as under Ray: what parallelism alone buys
+            with monkeypatch.context() as one:
+                one.setenv("OMP_NUM_THREADS", "1")
+                started = time.monotonic()
+                assert main([*flags, "--out", str(tmp_path / "local-1-thread")]) == 0
+                seconds["local_1_thread"] = time.monotonic() - started
 
     benchmark.pedantic(grid, rounds=1, iterations=1)
     benchmark.extra_info.update({**{f"{k}_seconds": round(v, 1) for k, v in seconds.items()},
                                  "ratio": round(seconds["ray"] / seconds["local"], 3), "runs": 2,
                                  "cores": os.cpu_count(), "api_delay": API_DELAY if policy == "api" else None})
-    print(f"\n{policy}: local {seconds['local']:.1f} s, ray x2 {seconds['ray']:.1f} s, "
-          f"ratio {seconds['ray'] / seconds['local']:.2f} ({os.cpu_count()} cores)")
+    print(f"\n{policy}: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())
+          + f", ray/local {seconds['ray'] / seconds['local']:.2f} ({os.cpu_count()} cores)")

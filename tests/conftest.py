@@ -23,6 +23,15 @@ def tiny_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def alone(tiny_model, tmp_path_factory):
+    """tests/test_resume_kill.py's run, uninterrupted, once per session (the reference of the
+    resume and ownership tests): ``(script, folder)``."""
+    from tests.test_resume_kill import run_alone
+
+    return run_alone(tiny_model, tmp_path_factory.mktemp("alone"))
+
+
 @pytest.fixture
 def rng():
     return random.Random(1234)

@@ -14,7 +14,7 @@ import pytest
 from espl_bench.errors import FolderBusy
 from espl_bench.locks import owned
 
-from tests.test_resume_kill import child_env, command, run, run_alone, state
+from tests.test_resume_kill import child_env, command, run, state
 
 # What differs between two equal runs: wall-clock times, the folder's own path (and its cell
 # store's), and whether the checkout had local changes; training_args.bin is TRL's pickled
@@ -44,12 +44,6 @@ def files(folder) -> dict:
         else:
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return out
-
-
-@pytest.fixture(scope="module")
-def alone(tiny_model, tmp_path_factory):
-    """The same run alone: the reference both tests end on."""
-    return run_alone(tiny_model, tmp_path_factory.mktemp("alone"))
 
 
 def paused(tiny_model, out, script, at: str, tmp_path) -> tuple[subprocess.Popen, str]:

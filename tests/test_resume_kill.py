@@ -56,8 +56,8 @@ def run_alone(tiny_model, root):
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny_model, tmp_path_factory):
-    script, folder = run_alone(tiny_model, tmp_path_factory.mktemp("baseline"))
+def baseline(alone):
+    script, folder = alone
     return script, state(folder)
 
 

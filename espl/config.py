@@ -9,8 +9,10 @@ std scaling); sampling lengths are sized for a CPU.
 
 from __future__ import annotations
 
+import argparse
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +87,7 @@ class RunConfig(BaseModel):
                                   "the rest); raise it on a GPU with memory to spare")
     gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass: a fraction of "
                                          "the memory on long multi-turn rollouts for about a third more step time")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="the policy's weights and matmuls (trainer, sampler, reference copy): auto = bfloat16 on a GPU that computes it, float16 on an older GPU, on a CPU bfloat16 only where native (AVX512-BF16, AMX), else float32")
     max_new_tokens: int = Field(128, ge=1, description="tokens per policy reply")
     temperature: float = Field(0.7, gt=0, description="policy sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="policy nucleus sampling")
@@ -103,6 +106,8 @@ class RunConfig(BaseModel):
     reflector_retries: int = Field(2, ge=0, description="retries of a reflector call on rate limits, server errors and timeouts (never on bad requests)")
     reflection_deadline: float = Field(1800.0, gt=0, description="seconds for all reflection calls of one iteration; later calls fail and the parent stays")
     preamble: str = Field("You are a careful problem solver.", description="fixed first line of every system prompt")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field("none", description="experiment tracker for the learner's metrics (through TRL's report_to) and the loop's per-iteration metrics, logged to one run named after the run folder, its files under OUT/tracking; keys and modes from the tracker's own environment variables (WANDB_API_KEY, WANDB_MODE=offline, ...)")
+    run_group: str | None = Field(None, description="the tracker's group for this run (espl-bench bench sets it to the grid's suite identity)")
 
     @property
     def selected_programs(self) -> int:
@@ -144,7 +149,8 @@ class RunConfig(BaseModel):
         """The fields that define the run's results (resume refuses a change to them)."""
         # Where a server runs is not part of a run's identity: a resumed run may use a new one.
         return self.model_dump(exclude={"resume", "force", "out", "iterations", "vllm_url", "vllm_python",
-                                        "max_concurrency", "micro_batch_size", "gradient_checkpointing", "cell_store"})
+                                        "max_concurrency", "micro_batch_size", "gradient_checkpointing", "cell_store",
+                                        "report_to", "run_group"})
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
@@ -193,6 +199,33 @@ def field_help() -> dict[str, tuple[Any, str]]:
     """``{name: (default, help)}`` for every field, for the CLI."""
     return {name: (None if f.is_required() else f.get_default(call_default_factory=True), f.description or "")
             for name, f in RunConfig.model_fields.items()}
+
+
+def add_run_flags(parser: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
+    """A ``--flag`` for every field but ``exclude`` (unset flags stay out of the namespace), and ``--config``."""
+    parser.add_argument("--config", help="YAML or TOML file with any of these options (flags override it)")
+    for name, (default, help_text) in field_help().items():
+        if name in exclude:
+            continue
+        flag = "--" + name.replace("_", "-")
+        annotation = RunConfig.model_fields[name].annotation
+        shown = f"{help_text} (default: {default})" if default not in (None, {}, []) else help_text
+        if annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
+        elif typing.get_origin(annotation) is typing.Literal:
+            parser.add_argument(flag, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=shown)
+        elif annotation in (int, float):
+            parser.add_argument(flag, type=annotation, default=argparse.SUPPRESS, help=shown)
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, help=shown)
+
+
+def given_values(args: argparse.Namespace, exclude: frozenset[str] = frozenset()) -> dict:
+    """The run options ``args`` holds: its ``--config`` file's, overridden by the flags given (but
+    ``exclude``: flags of the same name that mean something else there)."""
+    values = load_file(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in RunConfig.model_fields and k not in exclude})
+    return values
 
 
 def load_file(path: str) -> dict:

@@ -38,3 +38,7 @@ class RecordError(EsplError):
 
 class RunDirError(EsplError):
     """A run folder is missing, corrupt, or does not match the requested run."""
+
+
+class FolderBusy(EsplError):
+    """Another live process owns a folder (a run, an evaluation, a conversion); the message names it."""

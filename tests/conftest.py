@@ -23,6 +23,15 @@ def tiny_model(tmp_path_factory):
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def alone(tiny_model, tmp_path_factory):
+    """tests/test_resume_kill.py's run, uninterrupted, once per session (the reference of the
+    resume and ownership tests): ``(script, folder)``."""
+    from tests.test_resume_kill import run_alone
+
+    return run_alone(tiny_model, tmp_path_factory.mktemp("alone"))
+
+
 @pytest.fixture
 def rng():
     return random.Random(1234)
@@ -39,3 +48,47 @@ def pool_of():
         return Pool(programs)
 
     return build
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The runs a test's grid starts: the fault hook installed (tests/hooked/sitecustomize.py), the
+# faults read from one file per session, one hash seed, the same offline settings as the tests.
+HOOKED = {"PYTHONPATH": os.pathsep.join([os.path.join(ROOT, "tests", "hooked"), ROOT]),
+          "PYTHONHASHSEED": "0",  # set orders (peft's target modules in adapter_config.json) equal in every run
+          **{k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_", "LITELLM_", "TRL_",
+                                                                      "TOKENIZERS_"))}}
+
+
+@pytest.fixture(scope="session")
+def faults_file(tmp_path_factory):
+    """The file the fault hook reads in every hooked process (tests/faults.py); empty: no faults."""
+    return tmp_path_factory.mktemp("faults") / "faults.json"
+
+
+@pytest.fixture
+def hooked(monkeypatch, faults_file):
+    """Runs started from this process (bench's local executor) get the fault hook; returns a
+    function that sets the faults (a list of tests/faults.py entries)."""
+    for name, value in {**HOOKED, "ESPL_TEST_FAULTS": str(faults_file)}.items():
+        monkeypatch.setenv(name, value)
+    faults_file.write_text("[]")
+
+    def set_faults(faults: list[dict]) -> None:
+        import json
+
+        faults_file.write_text(json.dumps(faults))
+
+    yield set_faults
+    faults_file.write_text("[]")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(faults_file):
+    """A local Ray instance with 2 CPUs for the session; its workers get the hooked environment.
+    Ray's driver talks to it over TCP on localhost: tests using it need
+    ``@pytest.mark.enable_socket``."""
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {**HOOKED, "ESPL_TEST_FAULTS": str(faults_file)}})
+    yield ray
+    ray.shutdown()

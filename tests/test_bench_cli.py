@@ -148,6 +148,12 @@ def test_finished_runs_are_kept_compactly_and_never_run_again(tmp_path, monkeypa
         raise AssertionError(f"a finished run was started again: {args}")
 
     monkeypatch.setattr(subprocess, "run", no_runs)
+    from espl_bench.config import build_config
+    from espl_bench.leaderboards.identity import node_identity, write_identity
+    from espl_bench.leaderboards.suite import SUITE_VERSION
+
+    # made as this grid would make them (bench checks that before it reuses records)
+    identity = node_identity(build_config({"env": "espl/Arithmetic-v0"}), SUITE_VERSION, {})
     out, keep = tmp_path / "bench", tmp_path / "kept"
     for config in get_suite("smoke").configs:
         sid = config.suite_id
@@ -160,11 +166,12 @@ def test_finished_runs_are_kept_compactly_and_never_run_again(tmp_path, monkeypa
         (folder / "summary.json").write_text(summary(2))
         (folder / "run.json").write_text("{}")
         (folder / "LATEST").write_text("2")
+        write_identity(folder, identity)
     assert main(["bench", "--suite", "smoke", "--out", str(out), "--keep", str(keep)]) == 0
     first = json.loads((out / "results.json").read_text())
     kept = sorted(p.relative_to(keep).as_posix() for p in keep.rglob("*") if p.is_file())
     name = next(keep.iterdir()).name
-    assert f"{name}/iterations/000002/pool.json" in kept and f"{name}/summary.json" in kept
+    assert {f"{name}/iterations/000002/pool.json", f"{name}/summary.json", f"{name}/suite.json"} <= set(kept)
     assert not any("learner" in p or "rollouts" in p for p in kept)
     assert len({p.split("/")[0] for p in kept}) == len(METHODS)
     import shutil

@@ -17,17 +17,27 @@ SCRIPT = [
 VOLATILE = {"seconds", "phase_seconds", "seconds_this_session"}
 
 
-def run(tiny_model, out, script, *extra, kill=None):
+def child_env(kill=None, faults=None) -> dict:
+    """The environment of a run under test: offline, the fault hooks set only as asked."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
-    env.pop("ESPL_TEST_KILL_AT", None)
-    if kill:
-        env["ESPL_TEST_KILL_AT"] = kill
-    args = [sys.executable, "-m", "tests.run_cli", "run", "--env", "espl/Arithmetic-v0", "--method", "espl",
+    for name, value in (("ESPL_TEST_KILL_AT", kill), ("ESPL_TEST_FAULTS", faults)):
+        env.pop(name, None)
+        if value:
+            env[name] = str(value)
+    return env
+
+
+def command(tiny_model, out, script, *extra) -> list[str]:
+    return [sys.executable, "-m", "tests.run_cli", "run", "--env", "espl/Arithmetic-v0", "--method", "espl",
             "--model", str(tiny_model), "--reflector", f"script:{script}", "--iterations", "2", "--programs", "2",
             "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8", "--eval-problems", "2",
             "--crossover-prob", "0.5", "--learning-rate", "0.01", "--micro-batch-size", "4", "--seed", "5",
             "--out", str(out), *extra]
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+
+
+def run(tiny_model, out, script, *extra, kill=None):
+    return subprocess.run(command(tiny_model, out, script, *extra), capture_output=True, text=True,
+                          env=child_env(kill), timeout=600)
 
 
 def state(out):
@@ -36,14 +46,19 @@ def state(out):
     return (out / "iterations" / "000002" / "pool.json").read_text(), metrics, (out / "best_prompt.txt").read_text()
 
 
-@pytest.fixture(scope="module")
-def baseline(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("baseline")
+def run_alone(tiny_model, root):
+    """The run, uninterrupted, in ``root/run``: ``(script, folder)``."""
     script = root / "script.json"
     script.write_text(json.dumps(SCRIPT))
     proc = run(tiny_model, root / "run", script)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return script, state(root / "run")
+    return script, root / "run"
+
+
+@pytest.fixture(scope="module")
+def baseline(alone):
+    script, folder = alone
+    return script, state(folder)
 
 
 @pytest.mark.parametrize("point", ["1:rollouts", "2:learn + reflect", "2:learn (after reflection)", "2:eval",

@@ -9,6 +9,7 @@ evaluation protocol (:mod:`espl_bench.scoring.evaluation`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sys
@@ -246,14 +247,16 @@ class EsplLoop:
         items = items or test_items(self.cfg, self.parts.plan)
         weights = weights if self.cfg.trains_weights else "base"
         params, store = sampling(self.cfg), self.parts.cells if weights == "base" else None
-        found = {i: store.get(p.render(), p.id, items, params) for i, p in enumerate(programs)} if store else {}
-        todo = [i for i in range(len(programs)) if found.get(i) is None]
-        scored = evaluate_prompts(engine, [(programs[i].render(), programs[i].id) for i in todo], items, params,
-                                  weights=weights) if todo else []
-        for i, cell in zip(todo, scored):
-            found[i] = cell
-            if store is not None:
-                store.put(programs[i].render(), cell, params)
+        # claimed: a parallel run that wants one of these cells waits for this one, then reads it
+        with store.claimed([p.render() for p in programs], items, params) if store else contextlib.nullcontext():
+            found = {i: store.get(p.render(), p.id, items, params) for i, p in enumerate(programs)} if store else {}
+            todo = [i for i in range(len(programs)) if found.get(i) is None]
+            scored = evaluate_prompts(engine, [(programs[i].render(), programs[i].id) for i in todo], items, params,
+                                      weights=weights) if todo else []
+            for i, cell in zip(todo, scored):
+                found[i] = cell
+                if store is not None:
+                    store.put(programs[i].render(), cell, params)
         return [found[i] for i in range(len(programs))]
 
     def evaluate(self, engine: RolloutEngine | None = None, program: Program | None = None,

@@ -26,6 +26,7 @@ from espl_bench.envs.contract import require_text
 from espl_bench.envs.registry import make_env
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.errors import ConfigError
+from espl_bench.locks import owned
 from espl_bench.method.edits import ops_token_bound
 from espl_bench.method.loop import Parts
 from espl_bench.method.reflection import Crossover, Mutation
@@ -49,16 +50,18 @@ def open_run(cfg: RunConfig, rundir: RunDir, resume_step: int = 0) -> Iterator[P
 
 @contextlib.contextmanager
 def open_rescoring(run: str):
-    """``(rundir, cfg, plan, weights)`` to score a finished run's folder again; frees the model after."""
+    """``(rundir, cfg, plan, weights)`` to score a finished run's folder again, owning the folder
+    (:mod:`espl_bench.locks`) while it does; frees the model after."""
     from espl_bench.running.posthoc import RunWeights, load_run_config
 
-    rundir, cfg = load_run_config(run)
-    plan = split_plan(cfg)
-    weights = RunWeights(cfg, plan)
-    try:
-        yield rundir, cfg, plan, weights
-    finally:
-        weights.close()
+    rundir, cfg = load_run_config(run)  # first: a folder that holds no run is an error, not created
+    with owned(run, f"run folder {run}", "wait for the process that holds it to end (or stop it), then try again"):
+        plan = split_plan(cfg)
+        weights = RunWeights(cfg, plan)
+        try:
+            yield rundir, cfg, plan, weights
+        finally:
+            weights.close()
 
 
 def split_plan(cfg: RunConfig) -> SplitPlan:

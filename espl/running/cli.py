@@ -6,28 +6,11 @@ import argparse
 import json
 import logging
 import sys
-import typing
 
-from espl_bench.config import RunConfig, build_config, field_help, load_file
+from espl_bench.config import add_run_flags, build_config, given_values
 from espl_bench.errors import EsplError
 
 log = logging.getLogger("espl")
-
-
-def _add_run_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or TOML file with any of these options (flags override it)")
-    for name, (default, help_text) in field_help().items():
-        flag = "--" + name.replace("_", "-")
-        annotation = RunConfig.model_fields[name].annotation
-        shown = f"{help_text} (default: {default})" if default not in (None, {}, []) else help_text
-        if annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
-        elif typing.get_origin(annotation) is typing.Literal:
-            parser.add_argument(flag, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=shown)
-        elif annotation in (int, float):
-            parser.add_argument(flag, type=annotation, default=argparse.SUPPRESS, help=shown)
-        else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, help=shown)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train with E-SPL or a baseline on one environment")
-    _add_run_flags(run)
+    add_run_flags(run)
     envs = sub.add_parser("envs", help="list the environment ids, or check one: espl-bench envs check ID")
     envs.add_argument("action", nargs="?", choices=["list", "check"], default="list")
     envs.add_argument("env_id", nargs="?", help="with check: the id to check (a plugin's too: pkg:Name-v0)")
@@ -96,9 +79,7 @@ def _run(args: argparse.Namespace) -> int:
 def _run_config(args: argparse.Namespace):
     from espl_bench.running.runner import run
 
-    values = load_file(args.config) if args.config else {}
-    values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "verbose", "json")})
-    cfg = build_config(values)
+    cfg = build_config(given_values(args))
     return cfg, run(cfg)
 
 

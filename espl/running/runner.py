@@ -15,6 +15,7 @@ from espl_bench.agents.llm_router import sum_usage
 from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.config import RunConfig
 from espl_bench.errors import RecordError, RunDirError
+from espl_bench.locks import owned
 from espl_bench.method.loop import EsplLoop, IterationResult
 from espl_bench.method.program import Pool
 from espl_bench.method.reflection import template_hashes
@@ -32,6 +33,7 @@ from espl_bench.records import (
 from espl_bench.running.build import open_run
 from espl_bench.running.provenance import provenance
 from espl_bench.running.rundir import RunDir, atomic_write, dump_json
+from espl_bench.running.tracking import Tracker, log_iteration, open_tracker
 from espl_bench.scoring.breakdown import breakdown
 from tqdm.auto import tqdm
 
@@ -167,11 +169,27 @@ def final_breakdown(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetri
 
 
 def run(cfg: RunConfig) -> RunSummary:
-    """Run (or resume) ``cfg`` to completion; returns the summary written to ``summary.json``."""
+    """Run (or resume) ``cfg`` to completion, owning its folder throughout (a second process on it
+    gets one line naming this one); returns the summary written to ``summary.json``."""
+    with owned(cfg.out, f"run folder {cfg.out}", "wait for that run to end (or stop it), then continue with --resume"):
+        return _run(cfg)
+
+
+def _run(cfg: RunConfig) -> RunSummary:
     started = time.monotonic()
     provenance()  # read now, at the code this process imported, not at a checkout changed mid-run
     rundir = RunDir(cfg.out)
     pool, rng, done, history = _prepare(cfg, rundir)
+    tracker = open_tracker(cfg)  # before the learner: TRL's callback joins its run
+    try:
+        return _run_parts(cfg, rundir, pool, rng, done, history, started, tracker)
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+
+def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, done: int,
+               history: list[IterationMetrics], started: float, tracker: Tracker | None) -> RunSummary:
     with open_run(cfg, rundir, resume_step=done if cfg.trains_weights else 0) as parts:
         if not cfg.resume:
             rundir.create(_header(cfg).to_dict())
@@ -180,7 +198,7 @@ def run(cfg: RunConfig) -> RunSummary:
         if planned == done:
             log.info("the run in %s already has %d committed iterations", cfg.out, done)
         extra = _load_breakdown(rundir) if planned == done else None
-        _iterate(cfg, rundir, loop, done, planned, history, started)
+        _iterate(cfg, rundir, loop, done, planned, history, started, tracker)
         if history and extra is None:
             extra = final_breakdown(cfg, loop, history)
             atomic_write(rundir.root / "breakdown.json", dump_json(extra.to_dict()))
@@ -193,7 +211,7 @@ def run(cfg: RunConfig) -> RunSummary:
 
 
 def _iterate(cfg: RunConfig, rundir: RunDir, loop: EsplLoop, done: int, planned: int,
-             history: list[IterationMetrics], started: float) -> None:
+             history: list[IterationMetrics], started: float, tracker: Tracker | None = None) -> None:
     """The iterations still to run, each committed as it ends, with a progress bar."""
     bar = tqdm(total=planned, initial=done, desc=cfg.method, unit="it", dynamic_ncols=True)
     try:
@@ -201,6 +219,7 @@ def _iterate(cfg: RunConfig, rundir: RunDir, loop: EsplLoop, done: int, planned:
             result = loop.iteration(t, progress=lambda name: bar.set_postfix_str(f"iter {t}: {name}"))
             history.append(result.metrics)
             _commit(rundir, cfg, loop, t, result, history, time.monotonic() - started)
+            log_iteration(tracker, result.metrics)
             bar.update(t - bar.n)
             m = result.metrics
             left = f", left out {m.left_out_groups}" if cfg.skip_flat_groups else ""

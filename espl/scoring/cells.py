@@ -9,23 +9,30 @@ the first's cell instead of decoding it again.
 A cell is reused only when everything that makes it is equal: the scope (model, sampler, env and
 its arguments, the code's version and commit, given by the run) and the items, sampling and
 prompt text. Only base weights are stored: trained weights are a run's own. A stored file that
-cannot be read, or holds other items, is a miss (and is overwritten), never an error.
+cannot be read, or holds other items, is a miss (and is overwritten), never an error. A cell being
+scored is claimed (:meth:`CellStore.claimed`, a lock per cell), so that parallel runs score it once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from espl_bench.agents.sampler import SamplingParams
+from espl_bench.errors import FolderBusy
+from espl_bench.locks import waited
 from espl_bench.records import CellResult, EvalItems
 
 log = logging.getLogger(__name__)
+
+CLAIM_WAIT = 3600.0  # seconds: a 300-problem cell decodes in about 2.5 minutes on 2 cores
 
 
 class CellStore:
@@ -43,6 +50,20 @@ class CellStore:
                             "top_p": params.top_p}}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
         return self.root / f"{digest}.json"
+
+    @contextlib.contextmanager
+    def claimed(self, prompts: list[str], items: EvalItems, params: SamplingParams) -> Iterator[None]:
+        """Hold these cells' locks while this run scores them: a run that wants one of them meanwhile
+        (parallel runs of a grid end on the same base/root cell) waits, then reads it with :meth:`get`
+        instead of decoding it again. Locks are taken in one order, so two runs never wait on each
+        other; one not had within :data:`CLAIM_WAIT` seconds is gone without (the cell is scored twice)."""
+        with contextlib.ExitStack() as stack:
+            for path in sorted({self._path(p, items, params) for p in prompts}):
+                try:
+                    stack.enter_context(waited(path.with_suffix(".lock"), f"cell {path.name}", CLAIM_WAIT))
+                except (FolderBusy, OSError) as exc:
+                    log.warning("cell store: %s; scoring the cell here too", exc)
+            yield
 
     def get(self, prompt: str, program: str, items: EvalItems, params: SamplingParams) -> CellResult | None:
         path = self._path(prompt, items, params)

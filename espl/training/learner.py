@@ -26,6 +26,9 @@ from espl_bench.method.learning import TrainingSample
 
 log = logging.getLogger(__name__)
 
+TRACKING_DIR = "tracking"  # RUN/tracking: every tracker's files (espl_bench.running.tracking)
+TRACKER_PROJECT = "espl-bench"
+
 
 @dataclass(frozen=True)
 class LearnerSettings:
@@ -56,6 +59,10 @@ class LearnerSettings:
     # TRL drives vLLM itself (--sampler trl-vllm, CUDA): GRPOConfig's vllm_* options, e.g.
     # {"vllm_mode": "colocate"}. TRL then pushes the whole weights into that engine every step.
     trl_vllm: dict | None = None
+    # --report-to: TRL's own report_to, logging into the run's tracker run (espl_bench.running.tracking)
+    report_to: str = "none"
+    logging_dir: str | None = None  # TensorBoard's event files (RUN/tracking)
+    run_name: str | None = None
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
@@ -119,7 +126,9 @@ class TRLLearner:
             save_total_limit=2,
             save_only_model=False,
             logging_steps=1,
-            report_to=[],
+            report_to=[] if settings.report_to == "none" else [settings.report_to],
+            run_name=settings.run_name,
+            project=TRACKER_PROJECT,
             disable_tqdm=True,
             shuffle_dataset=False,
             seed=settings.seed,
@@ -168,6 +177,8 @@ class TRLLearner:
         from transformers.trainer_callback import PrinterCallback
 
         self.trainer.remove_callback(PrinterCallback)  # metrics go to our logs, not stdout
+        if settings.report_to == "tensorboard" and settings.logging_dir:
+            _log_into(self.trainer, settings.logging_dir)
         if settings.correct_sampler_logprobs:
             _enable_sampler_is_correction(self.trainer)
         self.model = self.trainer.model
@@ -380,6 +391,16 @@ def trl_vllm_options(settings: LearnerSettings) -> dict:
     # TRL's importance-sampling correction (on by default with use_vllm) covers the numeric
     # mismatch between vLLM's sampling logprobs and the trainer's.
     return {"use_vllm": True, **settings.trl_vllm}
+
+
+def _log_into(trainer, folder: str) -> None:
+    # TensorBoardCallback's logging_dir (a public attribute) is where its writer opens: the run's
+    # tracking folder, shared with the loop's writer, instead of OUTPUT_DIR/runs/<time>.
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = folder
 
 
 def _reward_from_rollout(prompts, completions, espl_reward, **kwargs) -> list[float]:

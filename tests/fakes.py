@@ -128,3 +128,113 @@ def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate
         "--num_processes", str(processes), "--main_process_port", str(free_port())]
     return subprocess.run([sys.executable, *launcher, "-m", "tests.run_cli", "run", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=root)
+
+
+class HFEngine:
+    """Stands in for ``vllm.LLM`` and for TRL's ``VLLMClient``: its own Hugging Face copy of the weights,
+    changed only by ``load_weights`` (colocate) or ``update_named_params`` (server), as TRL's
+    ``VLLMGeneration.sync_weights`` calls them. Level-2 ``sleep`` discards the weights (zeroes them),
+    as vLLM's does. With ``record``, every finished sync and every generate call saves the weights
+    it ended with / sampled from as ``rank{RANK}-synced.pt`` / ``rank{RANK}-sampled.pt`` there."""
+
+    def __init__(self, path: str, record: Path | None = None):
+        import os
+        from types import SimpleNamespace
+
+        from espl_bench.agents.sampler import TransformersSampler
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(path).requires_grad_(False)
+        self.sampler = TransformersSampler(self.model, AutoTokenizer.from_pretrained(path))
+        # The attribute path TRL's colocate sync writes through.
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
+            driver_worker=SimpleNamespace(model_runner=SimpleNamespace(model=self))))
+        self.loads, self.record, self.rank = 0, record, os.environ.get("RANK", "0")
+        self.sampled_from: list[dict] = []  # the weights at each generate call
+
+    def load_weights(self, weights) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in weights:
+            params[name].data.copy_(tensor)  # a name vLLM would not know fails here
+            self.loads += 1
+
+    def sleep(self, level: int = 1) -> None:
+        if level == 2:
+            for param in self.model.parameters():
+                param.data.zero_()
+
+    def wake_up(self, tags=None) -> None:
+        return None
+
+    def reset_prefix_cache(self) -> None:  # the last call of every TRL weight sync
+        self._save("synced")
+
+    def _save(self, what: str) -> None:
+        import torch
+
+        if self.record is not None:
+            torch.save(self.model.state_dict(), self.record / f"rank{self.rank}-{what}.pt")
+
+    def _sample(self, prompts: list[list[int]], max_tokens: int, temperature: float, top_p: float):
+        from espl_bench.agents.sampler import SamplingParams
+
+        self.sampled_from.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        self._save("sampled")
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
+        return self.sampler.generate([[]] * len(prompts), params, prompts)
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=False, **request):
+        from types import SimpleNamespace
+
+        if sampling_params is None:  # VLLMClient.generate: token-id prompts, a dict back
+            assert request["n"] == 1 and request["logprobs"] == 0
+            done = self._sample(prompts, request["max_tokens"], request["temperature"], request["top_p"])
+            return {"prompt_ids": prompts, "completion_ids": [c.completion_ids for c in done],
+                    "logprobs": [[[lp] for lp in c.logprobs] for c in done]}
+        done = self._sample([p["prompt_token_ids"] for p in prompts], sampling_params.max_tokens,
+                            sampling_params.temperature, sampling_params.top_p)
+        return [SimpleNamespace(prompt_token_ids=p["prompt_token_ids"], outputs=[SimpleNamespace(
+            token_ids=c.completion_ids,
+            logprobs=[{t: SimpleNamespace(logprob=lp, rank=1)} for t, lp in zip(c.completion_ids, c.logprobs)])])
+            for p, c in zip(prompts, done)]
+
+    # -- the VLLMClient side (server mode) --
+
+    def get_server_info(self) -> dict:
+        return {"model_config": {"logprobs_mode": "processed_logprobs"}}
+
+    def update_named_params(self, metadata, params) -> None:
+        self.load_weights(params)
+
+
+def hf_generation(made: list, server_url: str | None = None, record: Path | None = None):
+    """TRL's ``VLLMGeneration`` with :class:`HFEngine` in place of vLLM (everything else TRL's own)."""
+    from trl.generation.vllm_generation import VLLMGeneration
+
+    class HFGeneration(VLLMGeneration):
+        def _init_vllm(self):
+            engine = HFEngine(self.model.name_or_path, record)
+            if self.mode == "server":
+                assert server_url is None or self.server_base_url == server_url
+                self.vllm_client = engine
+            else:
+                self.llm = engine
+                if self.enable_sleep_mode:  # as TRL puts a fresh colocated engine to sleep
+                    engine.sleep(level=2)
+                self._llm_weights_sleeping = self.enable_sleep_mode
+            made.append(engine)
+
+    return HFGeneration
+
+
+def install_fake_trl_vllm(record: Path) -> None:
+    """In a launched process (tests/run_cli.py): TRL's vLLM is :class:`HFEngine`, recording into ``record``."""
+    from types import SimpleNamespace
+
+    from espl_bench.training import policy
+    from trl.generation import vllm_generation
+    from trl.trainer import grpo_trainer
+
+    grpo_trainer.VLLMGeneration = hf_generation([], record=record)
+    vllm_generation.SamplingParams = SimpleNamespace  # vLLM itself is not installed here
+    policy._require_cuda_vllm = lambda: None  # the CUDA gate is what is faked

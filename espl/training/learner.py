@@ -255,12 +255,25 @@ class TRLLearner:
     def _train(self, checkpoint: str | None) -> None:
         try:
             self.trainer.train(resume_from_checkpoint=checkpoint)
+            self.sync_final_weights()
         except _Stop:
             pass
         except BaseException as exc:  # surfaced to the loop by wait()
             self._error = exc
         finally:
             self._mark_step_done(finished=True)
+
+    def sync_final_weights(self) -> None:
+        """Push the last step's weights into TRL's vLLM engine, as TRL does only before a next step.
+
+        Every process runs this as its trainer ends (the leader before its last ``wait()``
+        returns): gathering sharded weights (FSDP, ZeRO-3) is a collective, so every rank must take
+        part before the followers leave."""
+        trainer = self.trainer
+        # _last_loaded_step: TRL's own (private) record of the step whose weights it last pushed.
+        if self.settings.trl_vllm and trainer._last_loaded_step != trainer.state.global_step:
+            trainer.vllm_generation.sync_weights()
+            trainer._last_loaded_step = trainer.state.global_step
 
     def _mark_step_done(self, finished: bool = False) -> None:
         with self._cond:

@@ -108,11 +108,13 @@ DENSE_PLUGIN = ("import gymnasium as gym\n"
 
 
 def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate_config: Path | None = None,
-                env: dict[str, str] | None = None, timeout: float = 900):
+                env: dict[str, str] | None = None, timeout: float = 900, port: int | None = None,
+                launcher_args: tuple[str, ...] = ()):
     """``espl-bench ARGS`` in a subprocess, under ``accelerate launch`` when ``processes`` > 1.
 
     ``plugin`` is a folder on the subprocess's path (write :data:`DENSE_PLUGIN` there as
-    ``dense_plugin.py`` for the env ``dense_plugin:Short-v0``).
+    ``dense_plugin.py`` for the env ``dense_plugin:Short-v0``). ``port`` is the rendezvous port
+    (default: a free one); ``launcher_args`` go to ``accelerate launch`` (e.g. ``--machine_rank``).
     """
     import os
     import subprocess
@@ -125,7 +127,7 @@ def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate
                 "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0", **(env or {})}
     launcher = [] if processes == 1 else [
         "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config or root / "configs/accelerate/ddp.yaml"),
-        "--num_processes", str(processes), "--main_process_port", str(free_port())]
+        "--num_processes", str(processes), "--main_process_port", str(port or free_port()), *launcher_args]
     return subprocess.run([sys.executable, *launcher, "-m", "tests.run_cli", "run", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=root)
 

@@ -56,6 +56,9 @@ class LearnerSettings:
     # TRL drives vLLM itself (--sampler trl-vllm, CUDA): GRPOConfig's vllm_* options, e.g.
     # {"vllm_mode": "colocate"}. TRL then pushes the whole weights into that engine every step.
     trl_vllm: dict | None = None
+    # The policy's concrete dtype (--dtype resolved on this machine); under accelerate launch it
+    # also decides the mixed precision, whatever the launch config says.
+    dtype: str = "float32"
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
@@ -89,6 +92,7 @@ class TRLLearner:
         from trl import GRPOConfig, GRPOTrainer
 
         self.settings = settings
+        distributed.align_mixed_precision(settings.dtype)
         # Under accelerate launch: rank 0 gets its batches from the loop and forwards them, the
         # other ranks (followers) receive them; see espl_bench.training.distributed.
         self.follower = follower

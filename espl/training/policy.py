@@ -167,7 +167,14 @@ class EngineSync:
 
 def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_step: int,
               correct_sampler_logprobs: bool, trl_vllm: dict | None = None) -> LearnerSettings:
+    from espl_bench.agents.devices import resolve_dtype
+    from espl_bench.training import distributed
+
     m = cfg.selected_programs
+    problems = min(cfg.batch_size, train_size)
+    wrong = distributed.split_error(m, problems, cfg.group_size, distributed.world_size(), train_size)
+    if wrong:  # before any model loads, on the leader (the followers wait for its handshake)
+        raise ConfigError(wrong)
     return LearnerSettings(
         model_path=model_path, output_dir=rundir.learner, rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
         group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size,
@@ -175,7 +182,8 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
-        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm)
+        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm,
+        dtype=resolve_dtype(cfg.dtype))
 
 
 def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:

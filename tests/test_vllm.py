@@ -283,6 +283,17 @@ def test_a_sampler_can_connect_to_a_running_server_by_url(server, caplog):
     assert completion.completion_ids and not remote.server.owned
 
 
+def test_an_adapter_folder_the_server_cannot_read_is_one_clear_error(sampler, tmp_path):
+    """What a server on another machine answers for the run's adapter path (it is not on its
+    filesystem): vLLM's "No adapter found", turned into the fix, and the policy left as it was."""
+    from espl_bench.agents.vllm_sampler import SamplerRequestError
+
+    before = sampler.model_name
+    with pytest.raises(SamplerRequestError, match="No adapter found.*fix: the server cannot read the run folder"):
+        sampler.load_adapter(tmp_path / "not-on-the-servers-filesystem")
+    assert sampler.model_name == before
+
+
 # -- runs with --sampler vllm (weights synced every RL step) ---------------------------------------
 
 def served_adapter_root(server) -> str | None:

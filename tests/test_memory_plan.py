@@ -45,26 +45,46 @@ def test_the_meta_device_counts_are_those_of_the_loaded_model(tiny_model):
 def test_qwen3_8b_from_its_bare_config():
     shape = model_shape(QWEN3_8B)
     assert abs(shape.params - 8.19e9) < 0.01 * 8.19e9  # Qwen3-8B: 8.2B parameters (model card)
-    assert (shape.layers, shape.kv_dim, shape.vocab, shape.context) == (36, 8 * 128, 151936, 40960)
+    config = json.loads(Path(QWEN3_8B).read_text())
+    assert (shape.layers, shape.kv_dim, shape.vocab, shape.context) == (
+        config["num_hidden_layers"], config["num_key_value_heads"] * config["head_dim"], config["vocab_size"],
+        config["max_position_embeddings"])
+
+
+def tenant(plan, name: str):
+    return next(t for d in plan.devices for t in d.tenants if t.name.startswith(name))
 
 
 def test_qwen3_8b_on_one_80gb_gpu_says_what_fits_and_what_to_change():
-    """Colocated with its vLLM server (the default share), the float32 policy does not fit and
-    bfloat16 does; the float32 plan's advice is the dtype, and with it the plan fits."""
+    """Colocated with its vLLM server at the default share, on one 80 GB GPU: the server's float32
+    weights alone overflow its share, bfloat16 ones do not; the plan says so and its advice, applied,
+    gives a plan that fits."""
+    from espl_bench.training.placement import COLOCATED_SHARE
+
+    shape = model_shape(QWEN3_8B)
     fp32 = make_plan(config(model=QWEN3_8B, sampler="vllm", dtype="float32"), H100)
     bf16 = make_plan(config(model=QWEN3_8B, sampler="vllm", dtype="bfloat16"), H100)
-    assert part(fp32, "policy weights") == 2 * part(bf16, "policy weights")
-    assert not fp32.fits and bf16.fits
-    assert "--dtype bfloat16" in fp32.advice and fp32.advice_fits
+    assert (part(fp32, "policy weights"), part(bf16, "policy weights")) == (4 * shape.params, 2 * shape.params)
+    server = tenant(fp32, "vLLM server")
+    assert server.budget == int(COLOCATED_SHARE * H100.gpu_bytes)
+    # What the server cannot do without: its weights, its workspace, one longest sequence's KV cache.
+    least = {width: width * shape.params + memory.VLLM_WORKSPACE + memory.kv_cache(shape, width, 1, shape.context)
+             for width in (4, 2)}
+    assert least[4] > server.budget > least[2]
+    assert server.need > server.budget and not fp32.fits
+    assert all(t.need <= t.budget for d in bf16.devices for t in d.tenants) and bf16.fits
     table = render(fp32)
-    assert "vLLM server" in table and "OVER" in table and "to fit: --dtype bfloat16" in table
-    # Without checkpointing a large micro-batch of long rows does not fit either; the advice fixes it.
-    heavy = make_plan(config(model=QWEN3_8B, dtype="bfloat16", gradient_checkpointing=False, micro_batch_size=16,
-                             max_new_tokens=1024), H100)
-    assert not heavy.fits and heavy.advice_fits and heavy.advice
-    assert part(heavy, "activations") > 4 * part(make_plan(config(model=QWEN3_8B, dtype="bfloat16",
-                                                                  micro_batch_size=16, max_new_tokens=1024), H100),
-                                                 "activations")
+    assert f"{server.name}" in table and "OVER" in table and f"to fit: {' '.join(fp32.advice)}" in table
+    assert fp32.advice[0] == "--dtype bfloat16"
+    assert make_plan(config(model=QWEN3_8B, sampler="vllm", dtype="bfloat16"), H100, advise=False).fits
+    # Without checkpointing, 16 rows of 1,280 tokens keep every layer's activations; the advice fixes it.
+    heavy_flags = {"dtype": "bfloat16", "gradient_checkpointing": False, "micro_batch_size": 16, "max_new_tokens": 1024}
+    heavy = make_plan(config(model=QWEN3_8B, **heavy_flags), H100)
+    checkpointed = make_plan(config(model=QWEN3_8B, **{**heavy_flags, "gradient_checkpointing": True}), H100)
+    assert part(heavy, "activations") > part(checkpointed, "activations")
+    assert not heavy.fits and heavy.advice[0] == "--gradient-checkpointing"
+    fixed = {flag.split()[0].removeprefix("--").replace("-", "_"): (flag.split() + ["true"])[1] for flag in heavy.advice}
+    assert make_plan(config(model=QWEN3_8B, **{**heavy_flags, **fixed}), H100, advise=False).fits
 
 
 def test_two_gpus_give_the_server_its_own():
@@ -98,7 +118,7 @@ def test_a_run_that_clearly_cannot_fit_stops_at_start_with_the_plans_advice(tiny
     assert main(["run", "--env", "espl/Arithmetic-v0", "--method", "rl", "--model", str(tiny_model), "--out", str(out)]) == 2
     (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert error.startswith("this run cannot fit: espl-bench rank 0") and "GiB it has on RAM" in error
-    assert "fix:" in error and not (out / "run.json").exists()
+    assert "fix:" in error and "\n" not in error and not (out / "run.json").exists()
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ Error policy: a model whose config cannot be read raises :class:`~espl_bench.err
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,8 @@ from pathlib import Path
 from espl_bench.agents.devices import resolve_dtype
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError, ModelNotFound
+
+log = logging.getLogger(__name__)
 
 GiB = 1024**3
 CPU_PROCESS = int(0.65 * GiB)  # peak RSS of `python -c "import espl_bench.running.cli, trl, peft, litellm"` (measured)
@@ -388,16 +391,19 @@ def overflow(plan: Plan) -> int:
     return over
 
 
+def _halvings(value: int, low: int) -> list[int]:
+    return [value >> k for k in range(1, 12) if value >> k >= low]
+
+
 def _options(cfg: RunConfig, machine: Machine, prompt_tokens: int) -> list[tuple[str, list]]:
     """The settings advice may change, each with its candidate values, gentlest first."""
-    halvings = lambda value, low: [value >> k for k in range(1, 12) if value >> k >= low]  # noqa: E731
     options: list[tuple[str, list]] = [("dtype", ["bfloat16"]), ("gradient_checkpointing", [True]),
-                                       ("micro_batch_size", halvings(cfg.micro_batch_size, 1))]
+                                       ("micro_batch_size", _halvings(cfg.micro_batch_size, 1))]
     if cfg.sampler == "vllm" and not cfg.vllm_url and machine.gpus:
         options.append(("vllm_gpu_memory", [round(0.05 * k, 2) for k in range(4, 19)]))
     if cfg.sampler in ("vllm", "trl-vllm"):
         options.append(("max_context", [1 << k for k in range(20, 8, -1) if 1 << k >= prompt_tokens + cfg.max_new_tokens]))
-    options += [("max_new_tokens", halvings(cfg.max_new_tokens, 32)), ("lora_rank", halvings(cfg.lora_rank, 4))]
+    options += [("max_new_tokens", _halvings(cfg.max_new_tokens, 32)), ("lora_rank", _halvings(cfg.lora_rank, 4))]
     return [(name, values) for name, values in options if values and not (name == "dtype" and cfg.dtype == "bfloat16")]
 
 
@@ -419,9 +425,12 @@ def advice(cfg: RunConfig, machine: Machine, prompt_tokens: int = PROMPT_TOKENS)
     return list(flags.values()), current
 
 
+def gib(n: int) -> str:
+    return f"{n / GiB:8.2f}"
+
+
 def render(plan: Plan) -> str:
     """The plan as a table: one line per part, each tenant's and device's total against its limit."""
-    gib = lambda n: f"{n / GiB:8.2f}"  # noqa: E731
     if not plan.devices:
         return "\n".join(plan.notes) + "\n"
     lines = [f"memory plan: {plan.model} ({plan.params / 1e9:.2f}B parameters) in {plan.dtype}; rows of {plan.rows}",
@@ -451,8 +460,6 @@ CLEAR_MARGIN = 1.25
 def check_fits(cfg: RunConfig, processes: int = 1) -> Plan | None:
     """Refuse ``cfg`` on this machine when it clearly cannot fit (:data:`CLEAR_MARGIN`), with the
     plan's advice, as one :class:`ConfigError` line; warn when it may not. None for a hosted policy."""
-    import logging
-
     if cfg.sampler == "litellm":
         return None
     machine = Machine.this_one(processes)
@@ -466,5 +473,5 @@ def check_fits(cfg: RunConfig, processes: int = 1) -> Plan | None:
     fix = " ".join(plan.advice) if plan.advice_fits and plan.advice else "a larger device, or more GPUs with fsdp.yaml"
     if tenant.need > CLEAR_MARGIN * tenant.budget:
         raise ConfigError(f"this run cannot fit: {short}; fix: {fix}")
-    logging.getLogger(__name__).warning("this run may not fit: %s; to fit: %s", short, fix)
+    log.warning("this run may not fit: %s; to fit: %s", short, fix)
     return plan

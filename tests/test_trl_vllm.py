@@ -1,20 +1,21 @@
 """``--sampler trl-vllm``: TRL drives the vLLM engine and pushes whole weights into it every step.
 
-vLLM's CUDA engine cannot run on these CPU machines, so these tests replace only the engine:
-:class:`~tests.fakes.HFEngine` stands in for ``vllm.LLM`` (colocate) and for TRL's ``VLLMClient``
-of a ``trl vllm-serve`` process (server). It is a separate Hugging Face copy of the model whose
-weights change *only* through the calls TRL's own ``VLLMGeneration.sync_weights`` makes
-(``load_weights`` in colocate mode, ``update_named_params`` in server mode), and whose level-2
-sleep drops them. Everything else is real: GRPOTrainer with ``use_vllm=True``, TRL's LoRA merge,
-sync and generation code (``VLLMGeneration.generate``: sleep and wake-up), the run loop, the
-sampler. The tests check which weights every generate call sampled from.
+vLLM's CUDA engine cannot run on these CPU machines, so these tests replace only what TRL 1.16's
+``trl.generation.vllm_generation`` imports from vLLM and its NCCL client:
+:class:`~tests.fakes.FakeLLM` stands in for ``vllm.LLM`` (colocate) and
+:class:`~tests.fakes.FakeVLLMClient` for TRL's ``VLLMClient`` of a ``trl vllm-serve`` process
+(server), each with the constructor and methods TRL calls. Each is a separate Hugging Face copy of
+the model whose weights change *only* through the calls TRL's own ``VLLMGeneration.sync_weights``
+makes (``load_weights`` in colocate mode, ``update_named_params`` in server mode), and whose
+level-2 sleep drops them. Everything else is real: GRPOTrainer with ``use_vllm=True``, TRL's
+``VLLMGeneration`` itself (``_init_vllm``, LoRA merge, sync, ``generate`` with sleep and wake-up),
+the run loop, the sampler. The tests check which weights every generate call sampled from.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,7 +28,7 @@ from espl_bench.agents.trl_vllm_sampler import (
 from espl_bench.running.cli import main
 from espl_bench.training import policy
 
-from tests.fakes import DENSE_PLUGIN, HFEngine, hf_generation, launch_espl
+from tests.fakes import DENSE_PLUGIN, HFEngine, fake_vllm, launch_espl
 
 FLAGS = ["run", "--env", "dense_plugin:Short-v0", "--method", "rl", "--sampler", "trl-vllm", "--programs", "1",
          "--batch-size", "2", "--group-size", "4", "--eval-problems", "1", "--eval-samples", "1",
@@ -42,16 +43,26 @@ def dense_plugin(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def engines(monkeypatch, dense_plugin):
-    """Runs in this process use :class:`~tests.fakes.HFEngine` for TRL's vLLM; yields the engines made."""
+def engines(monkeypatch, dense_plugin, tiny_model):
+    """Runs in this process drive :mod:`tests.fakes`' vLLM through TRL's own ``VLLMGeneration``
+    (the server serves the tiny model); yields the engines made."""
     from trl.generation import vllm_generation
-    from trl.trainer import grpo_trainer
 
     made: list[HFEngine] = []
-    monkeypatch.setattr(grpo_trainer, "VLLMGeneration", hf_generation(made, SERVER_URL))
-    monkeypatch.setattr(vllm_generation, "SamplingParams", SimpleNamespace, raising=False)  # no vLLM installed
+    for name, value in fake_vllm(made, served=str(tiny_model)).items():
+        monkeypatch.setattr(vllm_generation, name, value, raising=False)  # vLLM itself is not installed here
     monkeypatch.setattr(policy, "_require_cuda_vllm", lambda: None)  # the CUDA gate is what is faked
+    forget_launcher_variables(monkeypatch)
     return made
+
+
+def forget_launcher_variables(monkeypatch) -> None:
+    """As in a new process: TRL's colocate set-up writes the launcher's variables into os.environ
+    (a later run in this process would read them as a one-process launch); put them back afterwards."""
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MASTER_PORT", "29500")  # else TRL binds a socket to find a free port
 
 
 def merged(model_path: Path, checkpoint: Path | None) -> dict[str, torch.Tensor]:
@@ -78,6 +89,8 @@ def test_rollouts_and_evaluations_sample_the_last_finished_step(engines, tiny_mo
     out = tmp_path / "run"
     assert main([*FLAGS, *MODES[mode], "--iterations", "2", "--model", str(tiny_model), "--out", str(out)]) == 0
     (engine,) = engines
+    if mode == "server":  # TRL's client of the `trl vllm-serve` at --vllm-url, its NCCL group joined
+        assert engine.base_url == SERVER_URL and engine.communicator is not None
     learner = out / "learner"
     base, step1, step2 = merged(tiny_model, None), merged(tiny_model, learner / "checkpoint-1"), merged(tiny_model, learner / "checkpoint-2")
     assert not same(step1, base) and not same(step2, step1)  # the dense reward moved the weights every step
@@ -92,9 +105,11 @@ def test_rollouts_and_evaluations_sample_the_last_finished_step(engines, tiny_mo
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_a_resumed_run_samples_its_committed_weights_from_its_first_rollout(engines, tiny_model, tmp_path, mode):
+def test_a_resumed_run_samples_its_committed_weights_from_its_first_rollout(engines, tiny_model, tmp_path, mode,
+                                                                           monkeypatch):
     out = tmp_path / "run"
     assert main([*FLAGS, *MODES[mode], "--iterations", "1", "--model", str(tiny_model), "--out", str(out)]) == 0
+    forget_launcher_variables(monkeypatch)
     assert main([*FLAGS, *MODES[mode], "--iterations", "2", "--model", str(tiny_model), "--out", str(out), "--resume"]) == 0
     resumed = engines[-1]
     first, last = resumed.sampled_from[0], resumed.sampled_from[-1]
@@ -160,9 +175,12 @@ def test_sleep_mode_goes_through_trls_wake_up_and_weight_push(engines, tiny_mode
     """With vllm_enable_sleep_mode the engine drops its weights after every generation (level 2);
     TRL's generate pushes the current ones back, so every call still samples the right step."""
     out = tmp_path / "run"
-    sleep = ["--trl-vllm-args", json.dumps({"vllm_enable_sleep_mode": True})]
+    sleep = ["--trl-vllm-args", json.dumps({"vllm_enable_sleep_mode": True}), "--max-context", "512"]
     assert main([*FLAGS, *sleep, "--iterations", "2", "--model", str(tiny_model), "--out", str(out)]) == 0
     (engine,) = engines
+    # The engine TRL built from the run's flags: its context is --max-context, its logprobs processed.
+    assert engine.options["enable_sleep_mode"] and engine.options["max_model_len"] == 512
+    assert engine.options["logprobs_mode"] == "processed_logprobs"
     learner = out / "learner"
     expected = [merged(tiny_model, None), *[merged(tiny_model, learner / f"checkpoint-{s}") for s in (1, 1, 2)]]
     assert [same(got, want) for got, want in zip(engine.sampled_from, expected, strict=True)] == [True] * 4
@@ -185,6 +203,35 @@ def test_every_learner_process_pushes_the_last_steps_weights(dense_plugin, tiny_
     assert same(torch.load(record / "rank0-sampled.pt"), final), "the final evaluation sampled other weights"
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["learner"]["synced_step"] for m in metrics] == [1.0, 2.0]
+
+
+@pytest.mark.allow_hosts(["127.0.0.1"])  # the process group's rendezvous, on loopback
+@pytest.mark.parametrize("scheme", ["fsdp2", "zero3"])
+def test_sharded_parameters_reach_vllm_when_every_process_pushes(scheme, tiny_model, tmp_path):
+    """FSDP2 and DeepSpeed ZeRO-3 over two gloo processes (tests/sharded_sync.py): no rank holds a
+    whole weight, and the final push every rank makes as its trainer ends (TRL's own gather, merge
+    and sync) leaves every colocated engine, and the server, with the whole merged weights."""
+    import subprocess
+    import sys
+
+    from espl_bench.agents.vllm_server import free_port
+
+    if scheme == "zero3":
+        pytest.importorskip("deepspeed", reason="ZeRO-3 needs DeepSpeed: pip install --no-build-isolation deepspeed")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(free_port()), "-m", "tests.sharded_sync", scheme, str(tiny_model), str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = torch.load(tmp_path / "expected.pt")
+    assert not same(expected, merged(tiny_model, None)), "the LoRA merges to the base weights: nothing to check"
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["held"]["local"] < report["held"]["full"], f"rank {rank} held a whole weight: not sharded"
+        assert report["pushed"] == {"colocate": 2, "server": 2}
+        assert same(torch.load(tmp_path / "colocate" / f"rank{rank}-synced.pt"), expected), f"rank {rank}'s engine"
+    assert same(torch.load(tmp_path / "server" / "rank0-synced.pt"), expected), "the server's weights"
+    assert not (tmp_path / "server" / "rank1-synced.pt").exists()  # only rank 0 talks to the server
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -86,7 +86,7 @@ def test_a_server_that_dies_at_startup_is_reported_with_its_log(fake_vllm, tmp_p
 def test_a_startup_timeout_kills_the_whole_process_group(fake_vllm, tmp_path):
     server = VLLMServer(tmp_path, python=sys.executable, startup_timeout=3, log_path=tmp_path / "server.log",
                         env={"PYTHONPATH": fake_vllm, "FAKE_CHILD": "1"})
-    with pytest.raises(SamplerUnavailable, match="not ready after 3 s"):
+    with pytest.raises(SamplerUnavailable, match="not ready after 3 s; fix: raise --vllm-startup-timeout"):
         server.start()
     assert group_members(server.pgid) == []  # the stand-in engine child went with it
     server.stop()  # idempotent

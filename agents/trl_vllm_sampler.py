@@ -19,8 +19,12 @@ Error policy:
     A failing engine or server raises (a broken system); a completion that hit the token limit is
     data with ``finish_reason="length"``.
 
-Each engine is one small backend class with ``generate(prompts, params) -> [(ids, logprobs)]``:
-:class:`ServerEngine` wraps TRL's ``VLLMClient``, :class:`ColocateEngine` a ``vllm.LLM``.
+Each engine is one small backend class with ``generate(prompts, params) -> [(ids, logprobs)]``.
+:class:`GenerationEngine` goes through TRL's own ``VLLMGeneration.generate``, which wakes a
+sleeping colocated engine (re-pushing the weights its level-2 sleep dropped) and puts it back to
+sleep. That call is collective in server mode (it gathers every rank's prompts), while only the
+leader samples here; so with several learner processes in server mode :class:`ServerEngine`
+calls TRL's ``VLLMClient`` directly (tensor parallelism then lives in ``trl vllm-serve``).
 """
 
 from __future__ import annotations
@@ -56,39 +60,36 @@ class ServerEngine:
                 for ids, lps in zip(out["completion_ids"], out["logprobs"], strict=True)]
 
 
-class ColocateEngine:
-    """A ``vllm.LLM`` inside the training process (TRL's ``vllm_mode="colocate"``)."""
+class GenerationEngine:
+    """TRL's ``trainer.vllm_generation.generate`` with each call's own sampling settings."""
 
-    def __init__(self, llm, make_params=None):
-        self.llm, self._make_params = llm, make_params
+    def __init__(self, generation):
+        self.generation = generation
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[tuple[list[int], list[float]]]:
         greedy = params.temperature <= 0
-        sampling = (self._make_params or vllm_sampling_params)(n=1, temperature=0.0 if greedy else params.temperature,
-                                    top_p=1.0 if greedy else params.top_p, top_k=0, max_tokens=params.max_new_tokens,
-                                    logprobs=0)
-        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompts], sampling_params=sampling,
-                                    use_tqdm=False)
-        results = []
-        for output in outputs:
-            sample = output.outputs[0]
-            ids = list(sample.token_ids)
-            results.append((ids, [float(step[tok].logprob) for tok, step in zip(ids, sample.logprobs, strict=True)]))
-        return results
+        # TRL reads its sampling settings from these public attributes (set once from GRPOConfig);
+        # the loop samples with other settings (evaluation, turn budgets), restored after the call.
+        wanted = {"temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
+                  "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "max_completion_length": params.max_new_tokens,
+                  "logprobs": 0}  # 0: one entry per token, the sampled token's own logprob
+        kept = {name: getattr(self.generation, name) for name in wanted}
+        try:
+            for name, value in wanted.items():
+                setattr(self.generation, name, value)
+            _, ids, logprobs, _ = self.generation.generate(prompts, None, num_generations=1)
+        finally:
+            for name, value in kept.items():
+                setattr(self.generation, name, value)
+        return [(list(seq), [float(step[0]) if step[0] is not None else 0.0 for step in lps])
+                for seq, lps in zip(ids, logprobs, strict=True)]
 
 
-def vllm_sampling_params(**kwargs):
-    """``vllm.SamplingParams(**kwargs)``; vLLM is imported only where an engine runs."""
-    from vllm import SamplingParams as VLLMSamplingParams
-
-    return VLLMSamplingParams(**kwargs)
-
-
-def engine_of(vllm_generation) -> Engine:
-    """The backend for TRL's ``trainer.vllm_generation`` (its mode decides which)."""
-    if vllm_generation.mode == "server":
-        return ServerEngine(vllm_generation.vllm_client)
-    return ColocateEngine(vllm_generation.llm)
+def engine_of(vllm_generation, processes: int = 1) -> Engine:
+    """The backend for TRL's ``trainer.vllm_generation`` under ``processes`` learner processes."""
+    if vllm_generation.mode == "server" and processes > 1:
+        return ServerEngine(vllm_generation.vllm_client)  # TRL's generate would wait for every rank
+    return GenerationEngine(vllm_generation)
 
 
 class TRLVLLMSampler(ChatTokens):

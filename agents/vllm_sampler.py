@@ -109,13 +109,21 @@ class VLLMSampler(ChatTokens):
     # -- weights --------------------------------------------------------------------------------
 
     def load_adapter(self, path: str | Path, name: str = "policy") -> None:
-        """Load (or reload in place) a peft-saved LoRA adapter; later calls sample from it."""
+        """Load (or reload in place) a peft-saved LoRA adapter; later calls sample from it.
+
+        The server reads the folder itself, so it must see this machine's files (the run's own
+        server, or one on a shared filesystem); one that cannot is a :class:`SamplerRequestError`
+        naming the fix (:func:`adapter_fix`), never a policy left stale."""
         body = {"lora_name": name, "lora_path": str(Path(path).resolve()), "load_inplace": True}
-        self._post_admin("/v1/load_lora_adapter", body, f"load the LoRA adapter {name!r} from {path}",
-                         "check the adapter folder and that its rank is at most the server's --max-lora-rank")
+        self._post_admin("/v1/load_lora_adapter", body, f"load the LoRA adapter {name!r} from {path}", adapter_fix)
         self._adapter_version += 1
         self.model_name = name
         log.debug("sampling from LoRA adapter %s (%s), version %d", name, path, self._adapter_version)
+
+    def adapter_root(self, name: str) -> str | None:
+        """The folder the server says it serves adapter ``name`` from (None when it serves none)."""
+        cards = self._model_cards()
+        return next((card.get("root") for card in cards if card.get("id") == name and card.get("parent")), None)
 
     def use_base(self) -> None:
         """Sample from the base weights again (the adapter stays loaded on the server)."""
@@ -216,14 +224,17 @@ class VLLMSampler(ChatTokens):
         raise SamplerRequestError(f"the vLLM server at {self.url} rejected a request for {payload['model']!r} "
                                   f"(HTTP {response.status_code}: {message}); fix: load the adapter first or check the parameters")
 
-    def _post_admin(self, path: str, body: dict, what: str, fix: str) -> None:
+    def _post_admin(self, path: str, body: dict, what: str, fix) -> None:
+        """POST an admin request; ``fix`` is the fix, or a function of (status, message) giving it."""
         try:
             response = httpx.post(f"{self.url}{path}", json=body, timeout=120)
         except httpx.TransportError:
             raise SamplerUnavailable(self.server.describe_failure()) from None
         if response.status_code != 200:
+            message = _error_message(response)
+            fix = fix(response.status_code, message) if callable(fix) else fix
             raise SamplerRequestError(f"the vLLM server at {self.url} could not {what} (HTTP {response.status_code}: "
-                                      f"{_error_message(response)}); fix: {fix}")
+                                      f"{message}); fix: {fix}")
 
     def _check_logprobs_mode(self) -> None:
         """Warn when a server we did not start reports raw logprobs (temperature not applied)."""
@@ -238,18 +249,35 @@ class VLLMSampler(ChatTokens):
             log.warning("the vLLM server at %s returns raw logprobs, which biases the learner's importance sampling; "
                         "fix: restart it with --logprobs-mode processed_logprobs", self.url)
 
-    def _base_model_card(self) -> dict:
+    def _model_cards(self) -> list[dict]:
         try:
             response = httpx.get(f"{self.url}/v1/models", timeout=30)
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise SamplerUnavailable(f"cannot list the models of the vLLM server at {self.url} ({exc}); "
                                      "fix: check that it is a vLLM server and running") from None
-        cards = response.json().get("data") or []
+        return response.json().get("data") or []
+
+    def _base_model_card(self) -> dict:
+        cards = self._model_cards()
         for card in cards:
             if not card.get("parent"):
                 return card
         raise SamplerUnavailable(f"the vLLM server at {self.url} serves no base model; fix: restart it with --model")
+
+
+def adapter_fix(status: int, message: str) -> str:
+    """The fix for a server's refusal to load an adapter folder, from its answer."""
+    if "No adapter found" in message:  # vLLM's LoRAAdapterNotFoundError: the path is not on its filesystem
+        return ("the server cannot read the run folder (it runs on another machine or filesystem): run it where it "
+                "reads --out (or on a shared filesystem), or use --sampler trl-vllm --trl-vllm-mode server, which "
+                "sends the weights over NCCL")
+    if status == 404:  # no such route: vLLM adds it only with run-time LoRA loading allowed
+        return ("restart the server with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment and --enable-lora "
+                "(README: Scaling out)")
+    if "lora" in message.lower() and "enable" in message.lower():
+        return "restart the server with --enable-lora and --max-lora-rank at least --lora-rank"
+    return "check the adapter folder and that its rank is at most the server's --max-lora-rank"
 
 
 def _error_message(response: httpx.Response) -> str:

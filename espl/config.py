@@ -39,6 +39,11 @@ class RunConfig(BaseModel):
     vllm_args: list[str] = Field(default_factory=list, description="with --sampler vllm: extra arguments for the vLLM server we start (JSON list), e.g. '[\"--tensor-parallel-size\", \"2\"]'")
     trl_vllm_mode: Literal["colocate", "server"] = Field("colocate", description="with --sampler trl-vllm: colocate (vLLM inside the training process, sharing its GPUs) or server (a `trl vllm-serve` process on other GPUs, --vllm-url)")
     trl_vllm_args: dict[str, Any] = Field(default_factory=dict, description="with --sampler trl-vllm: JSON object of TRL GRPOConfig vllm_* options, e.g. '{\"vllm_gpu_memory_utilization\": 0.3}'")
+    # Placement of the vLLM server we start (--sampler vllm); see espl_bench.training.placement.
+    vllm_devices: str | None = Field(None, description="with --sampler vllm: the GPUs of the vLLM server we start, as nvidia-smi numbers them (its CUDA_VISIBLE_DEVICES), e.g. 1,2; default: the GPUs no learner process uses, else the learner's first GPU, shared")
+    vllm_gpu_memory: float | None = Field(None, gt=0, le=1, description="with --sampler vllm: the share of each of its GPUs the vLLM server we start may take (--gpu-memory-utilization: weights and KV cache); default 0.9 on GPUs of its own, 0.4 on a GPU it shares with the learner, which keeps the rest")
+    vllm_tensor_parallel: int | None = Field(None, ge=1, description="with --sampler vllm: GPUs one copy of the served model is split over (--tensor-parallel-size); default: the most of its GPUs that divide the model's attention heads")
+    vllm_startup_timeout: float = Field(300.0, gt=0, description="with --sampler vllm: seconds the vLLM server we start may take to load and answer (a large model on a slow disk takes minutes)")
     max_concurrency: int = Field(64, ge=1, description="requests in flight at once against a vLLM server or API (--sampler vllm/litellm)")
     policy_kwargs: dict[str, Any] = Field(default_factory=dict, description="with --sampler litellm: JSON object of extra litellm arguments for the policy (api_base, ...); keys come from the environment, never from here")
     reflector: str = Field("espl-local/reference", description="litellm model string for reflection (default: the frozen reference policy, in-process); also script:FILE (scripted answers) or replay:RUN_DIR (a recorded run's answers)")
@@ -87,7 +92,8 @@ class RunConfig(BaseModel):
                                   "the rest); raise it on a GPU with memory to spare")
     gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass: a fraction of "
                                          "the memory on long multi-turn rollouts for about a third more step time")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="the policy's weights and matmuls (trainer, sampler, reference copy): auto = bfloat16 on a GPU that computes it, float16 on an older GPU, on a CPU bfloat16 only where native (AVX512-BF16, AMX), else float32")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="the policy's dtype for the trainer, the samplers and the frozen reference copy (auto: bfloat16 on a GPU that computes it, float16 on older GPUs; on a CPU bfloat16 only where native, else float32)")
+    max_context: int | None = Field(None, ge=1, description="the policy's context in tokens, prompt plus reply (default: the model's max_position_embeddings)")
     max_new_tokens: int = Field(128, ge=1, description="tokens per policy reply")
     temperature: float = Field(0.7, gt=0, description="policy sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="policy nucleus sampling")
@@ -150,7 +156,7 @@ class RunConfig(BaseModel):
         # Where a server runs is not part of a run's identity: a resumed run may use a new one.
         return self.model_dump(exclude={"resume", "force", "out", "iterations", "vllm_url", "vllm_python",
                                         "max_concurrency", "micro_batch_size", "gradient_checkpointing", "cell_store",
-                                        "report_to", "run_group"})
+                                        "report_to", "run_group", *SERVER_PLACEMENT})
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
@@ -167,21 +173,31 @@ class RunConfig(BaseModel):
             self._check_trl_vllm()
         elif self.trl_vllm_args or self.trl_vllm_mode != "colocate":
             raise ValueError("--trl-vllm-mode/--trl-vllm-args need --sampler trl-vllm; fix: add --sampler trl-vllm or drop them")
-        elif self.sampler != "vllm" and (self.vllm_url or self.vllm_python or self.vllm_args):
-            raise ValueError("--vllm-url/--vllm-python/--vllm-args need --sampler vllm; fix: add --sampler vllm or drop them")
-        if self.vllm_url and self.vllm_args:
-            raise ValueError("--vllm-args only applies to a server espl-bench starts; fix: drop it with --vllm-url")
+        elif self.sampler != "vllm" and (self.vllm_url or self.vllm_python or self.vllm_args or self._placement_set()):
+            raise ValueError("--vllm-url/--vllm-python/--vllm-args/--vllm-devices/--vllm-gpu-memory/--vllm-tensor-parallel/"
+                             "--vllm-startup-timeout need --sampler vllm; fix: add --sampler vllm or drop them")
+        if self.vllm_url and (self.vllm_args or self._placement_set()):
+            raise ValueError(f"{', '.join(self._placement_set() or ['--vllm-args'])}: for a server espl-bench starts, "
+                             "not one at --vllm-url; fix: drop them (start that server with its own flags)")
+        if self.vllm_devices is not None:
+            _check_devices(self.vllm_devices)
         if any(k.lower().endswith("key") for k in self.policy_kwargs):
             raise ValueError("--policy-kwargs must not hold API keys; fix: set the provider's key variable in the environment")
         return self
+
+    def _placement_set(self) -> list[str]:
+        """The server placement flags given a value other than their default."""
+        fields = type(self).model_fields
+        return ["--" + name.replace("_", "-") for name in SERVER_PLACEMENT if getattr(self, name) != fields[name].default]
 
     def _check_trl_vllm(self) -> None:
         if not self.trains_weights:
             raise ValueError(f"--sampler trl-vllm syncs the weights TRL trains, and method {self.method!r} trains none; "
                              "fix: use --sampler vllm or transformers for frozen-weight methods")
-        if self.vllm_python or self.vllm_args:
-            raise ValueError("--vllm-python/--vllm-args start a server for --sampler vllm; fix: drop them (with "
-                             "--sampler trl-vllm, TRL's options go in --trl-vllm-args)")
+        if self.vllm_python or self.vllm_args or self._placement_set():
+            raise ValueError("--vllm-python/--vllm-args/--vllm-devices/--vllm-gpu-memory/--vllm-tensor-parallel/"
+                             "--vllm-startup-timeout start a server for --sampler vllm; fix: drop them (with --sampler "
+                             "trl-vllm, TRL's options go in --trl-vllm-args, e.g. vllm_gpu_memory_utilization)")
         if (self.trl_vllm_mode == "server") != bool(self.vllm_url):
             raise ValueError("--trl-vllm-mode server needs the `trl vllm-serve` URL in --vllm-url, and colocate takes none; "
                              "fix: add --vllm-url http://HOST:8000 with server mode, or drop --vllm-url")
@@ -189,6 +205,16 @@ class RunConfig(BaseModel):
         if bad:
             raise ValueError(f"--trl-vllm-args may hold TRL's vllm_* options other than {sorted(_TRL_VLLM_OWNED)} "
                              f"(set by the run), not {bad}; fix: remove them")
+
+
+# Where and how the vLLM server we start runs: no part of a run's identity.
+SERVER_PLACEMENT = ("vllm_devices", "vllm_gpu_memory", "vllm_tensor_parallel", "vllm_startup_timeout")
+
+
+def _check_devices(devices: str) -> None:
+    ids = [d.strip() for d in devices.split(",")]
+    if not all(ids) or len(set(ids)) != len(ids):
+        raise ValueError(f"--vllm-devices {devices!r} is not a list of distinct GPU ids; fix: e.g. --vllm-devices 1,2")
 
 
 # GRPOConfig's vllm_* options the run sets itself from its own flags.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from espl_bench.envs.base import TextEnv
@@ -108,11 +109,13 @@ DENSE_PLUGIN = ("import gymnasium as gym\n"
 
 
 def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate_config: Path | None = None,
-                env: dict[str, str] | None = None, timeout: float = 900):
+                env: dict[str, str] | None = None, timeout: float = 900, port: int | None = None,
+                launcher_args: tuple[str, ...] = ()):
     """``espl-bench ARGS`` in a subprocess, under ``accelerate launch`` when ``processes`` > 1.
 
     ``plugin`` is a folder on the subprocess's path (write :data:`DENSE_PLUGIN` there as
-    ``dense_plugin.py`` for the env ``dense_plugin:Short-v0``).
+    ``dense_plugin.py`` for the env ``dense_plugin:Short-v0``). ``port`` is the rendezvous port
+    (default: a free one); ``launcher_args`` go to ``accelerate launch`` (e.g. ``--machine_rank``).
     """
     import os
     import subprocess
@@ -125,6 +128,194 @@ def launch_espl(args: list[str], *, plugin: Path, processes: int = 1, accelerate
                 "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0", **(env or {})}
     launcher = [] if processes == 1 else [
         "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config or root / "configs/accelerate/ddp.yaml"),
-        "--num_processes", str(processes), "--main_process_port", str(free_port())]
+        "--num_processes", str(processes), "--main_process_port", str(port or free_port()), *launcher_args]
     return subprocess.run([sys.executable, *launcher, "-m", "tests.run_cli", "run", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=root)
+
+
+class HFEngine:
+    """A vLLM engine's stand-in: its own Hugging Face copy of the weights, changed only by
+    ``load_weights`` (what TRL's ``VLLMGeneration.sync_weights`` ends in, both modes), sampled by
+    :class:`~espl_bench.agents.sampler.TransformersSampler`. With ``record``, every finished sync and
+    every generate call saves the weights it ended with / sampled from as ``rank{RANK}-synced.pt`` /
+    ``rank{RANK}-sampled.pt`` there. :class:`FakeLLM` and :class:`FakeVLLMClient` give it the two
+    interfaces TRL 1.16 drives (``vllm.LLM`` in colocate mode, its own ``VLLMClient`` in server mode)."""
+
+    def __init__(self, path: str, made: list | None = None, record: Path | None = None):
+        import os
+
+        from espl_bench.agents.sampler import TransformersSampler
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = path
+        self.model = AutoModelForCausalLM.from_pretrained(path).requires_grad_(False)
+        self.sampler = TransformersSampler(self.model, AutoTokenizer.from_pretrained(path))
+        self.loads, self.record, self.rank = 0, record, os.environ.get("RANK", "0")
+        self.sampled_from: list[dict] = []  # the weights at each generate call
+        if made is not None:
+            made.append(self)
+
+    def load_weights(self, weights) -> None:
+        params = dict(self.model.named_parameters())
+        for name, tensor in weights:
+            params[name].data.copy_(tensor)  # a name vLLM would not know fails here
+            self.loads += 1
+
+    def _save(self, what: str) -> None:
+        import torch
+
+        if self.record is not None:
+            torch.save(self.model.state_dict(), self.record / f"rank{self.rank}-{what}.pt")
+
+    def _sample(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float,
+                top_k: int = 0, min_p: float | None = 0.0, repetition_penalty: float = 1.0):
+        """``n`` completions per prompt, prompt-major. Settings the stand-in cannot honour must be off."""
+        from espl_bench.agents.sampler import SamplingParams
+
+        assert top_k in (0, -1) and not min_p and repetition_penalty == 1.0, "the stand-in samples without these"
+        self.sampled_from.append({k: v.clone() for k, v in self.model.state_dict().items()})
+        self._save("sampled")
+        params = SamplingParams(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
+        rows = [p for p in prompts for _ in range(n)]
+        return self.sampler.generate([[]] * len(rows), params, rows)
+
+
+@dataclass
+class FakeSamplingParams:
+    """``vllm.SamplingParams`` with the fields TRL 1.16 sets (an unknown one is a TypeError, as in vLLM)."""
+
+    n: int = 1
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    structured_outputs: object = None
+
+
+class FakeLLM(HFEngine):
+    """``vllm.LLM`` as TRL 1.16's ``VLLMGeneration`` builds it (its keyword arguments, kept in
+    ``options``) and calls it in colocate mode: ``generate`` with token-id prompts and
+    :class:`FakeSamplingParams`, ``llm_engine...model_runner.model.load_weights``, ``sleep``/``wake_up``
+    and ``reset_prefix_cache``. Level-2 sleep discards the weights (zeroes them) and the KV cache, as
+    vLLM's does: generating before waking the KV cache, or loading weights before waking them, fails."""
+
+    def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
+                 max_model_len: int | None = None, max_num_seqs: int | None = None, enable_sleep_mode: bool = False,
+                 model_impl: str = "auto", distributed_executor_backend: str | None = None, seed: int = 0,
+                 max_num_batched_tokens: int | None = None, logprobs_mode: str = "raw_logprobs", quantization=None,
+                 trust_remote_code: bool = False, made: list | None = None, record: Path | None = None):
+        from types import SimpleNamespace
+
+        super().__init__(model, made, record)
+        self.options = {"tensor_parallel_size": tensor_parallel_size, "gpu_memory_utilization": gpu_memory_utilization,
+                        "max_model_len": max_model_len, "max_num_seqs": max_num_seqs,
+                        "enable_sleep_mode": enable_sleep_mode, "distributed_executor_backend": distributed_executor_backend,
+                        "seed": seed, "logprobs_mode": logprobs_mode, "quantization": quantization}
+        self.asleep: set[str] = set()
+        # The attribute paths TRL reads the context from and writes the weights through.
+        context = max_model_len or self.model.config.max_position_embeddings
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=context), model_executor=SimpleNamespace(
+            driver_worker=SimpleNamespace(model_runner=SimpleNamespace(model=self))))
+
+    def load_weights(self, weights) -> None:
+        assert "weights" not in self.asleep, "weights loaded into a sleeping engine (vLLM: unmapped memory)"
+        super().load_weights(weights)
+
+    def sleep(self, level: int = 1) -> None:
+        assert self.options["enable_sleep_mode"], "vLLM refuses sleep() without enable_sleep_mode"
+        self.asleep = {"weights", "kv_cache"}
+        if level == 2:
+            for param in self.model.parameters():
+                param.data.zero_()
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        self.asleep -= set(tags or ("weights", "kv_cache"))
+
+    def reset_prefix_cache(self) -> bool:  # the last call of every TRL weight sync
+        self._save("synced")
+        return True
+
+    def generate(self, prompts, sampling_params: FakeSamplingParams | None = None, use_tqdm: bool = True):
+        from types import SimpleNamespace
+
+        assert "kv_cache" not in self.asleep, "generate() on a sleeping engine"
+        params = sampling_params or FakeSamplingParams()
+        assert params.logprobs == 0, "the stand-in returns only the sampled token's logprob (logprobs=0)"
+        ids = [p["prompt_token_ids"] for p in prompts]
+        done = self._sample(ids, params.n, params.max_tokens, params.temperature, params.top_p, params.top_k,
+                            params.min_p, params.repetition_penalty)
+        # RequestOutput: per prompt, its n CompletionOutputs; logprobs per token {token id: Logprob}.
+        return [SimpleNamespace(prompt_token_ids=prompt, outputs=[
+            SimpleNamespace(token_ids=c.completion_ids, logprobs=[{t: SimpleNamespace(logprob=lp, rank=1, decoded_token=None)}
+                                                                  for t, lp in zip(c.completion_ids, c.logprobs)])
+            for c in done[i * params.n:(i + 1) * params.n]]) for i, prompt in enumerate(ids)]
+
+
+class FakeVLLMClient(HFEngine):
+    """TRL 1.16's ``VLLMClient`` (its constructor and the methods ``VLLMGeneration`` and
+    ``GRPOTrainer`` call) talking to a ``trl vllm-serve --model served`` process: ``generate``
+    returns its dict (unique prompts in, ``n`` completions each, per-token ``[logprob]``),
+    ``update_named_params`` receives the tensors its ``metadata`` announced, in order (what the
+    NCCL stream would carry), and needs ``init_communicator`` first."""
+
+    def __init__(self, base_url: str | None = None, host: str = "0.0.0.0", server_port: int = 8000,
+                 group_port: int = 51216, connection_timeout: float = 0.0, *, served: str = "",
+                 made: list | None = None, record: Path | None = None):
+        super().__init__(served, made, record)
+        self.base_url = base_url or f"http://{host}:{server_port}"
+        self.communicator = None
+
+    def get_server_info(self) -> dict:
+        return {"model_config": {"logprobs_mode": "processed_logprobs"}, "weight_transfer_config": {"backend": "nccl"}}
+
+    def init_communicator(self, device=0) -> None:
+        self.communicator = device  # the real one joins the server's NCCL group: what cannot run here
+
+    def close_communicator(self) -> None:
+        self.communicator = None
+
+    def update_named_params(self, metadata, named_params) -> None:
+        assert self.communicator is not None, "update_named_params before init_communicator"
+        # Copied as they stream (as the broadcast would): TRL unmerges the LoRA in place afterwards.
+        sent = [(name, tensor.detach().clone()) for name, tensor in named_params]
+        announced = [(n, d, list(s)) for n, d, s in metadata]
+        assert [(n, str(t.dtype).removeprefix("torch."), list(t.shape)) for n, t in sent] == announced, \
+            "the stream does not match its metadata"
+        self.load_weights(sent)
+
+    def reset_prefix_cache(self) -> None:
+        self._save("synced")
+
+    def generate(self, prompts, features=None, n: int = 1, repetition_penalty: float = 1.0, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, min_p: float = 0.0, max_tokens: int = 16, logprobs: int | None = 0,
+                 structured_outputs_regex: str | None = None, generation_kwargs: dict | None = None) -> dict:
+        assert features is None and structured_outputs_regex is None and not generation_kwargs and logprobs == 0
+        done = self._sample(prompts, n, max_tokens, temperature, top_p, top_k, min_p, repetition_penalty)
+        return {"prompt_ids": list(prompts), "completion_ids": [c.completion_ids for c in done],
+                "logprobs": [[[lp] for lp in c.logprobs] for c in done],
+                "logprob_token_ids": [[[t] for t in c.completion_ids] for c in done]}
+
+
+def fake_vllm(made: list, served: str | None = None, record: Path | None = None) -> dict:
+    """What to put in ``trl.generation.vllm_generation`` so that TRL's own ``VLLMGeneration`` (its
+    ``_init_vllm``, sync and generate code, unchanged) drives :class:`FakeLLM` / :class:`FakeVLLMClient`
+    (serving ``served``) instead of vLLM. Engines made are appended to ``made``."""
+    from functools import partial
+
+    return {"LLM": partial(FakeLLM, made=made, record=record),
+            "VLLMClient": partial(FakeVLLMClient, served=served or "", made=made, record=record),
+            "SamplingParams": FakeSamplingParams, "is_vllm_available": lambda: True}
+
+
+def install_fake_trl_vllm(record: Path) -> None:
+    """In a launched process (tests/run_cli.py): TRL's vLLM is :class:`FakeLLM`, recording into ``record``."""
+    from espl_bench.training import policy
+    from trl.generation import vllm_generation
+
+    for name, value in fake_vllm([], record=record).items():
+        setattr(vllm_generation, name, value)
+    policy._require_cuda_vllm = lambda: None  # the CUDA gate is what is faked

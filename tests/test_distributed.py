@@ -78,6 +78,48 @@ def test_two_processes_train_like_one(one_process, two_processes):
         assert b["learner"]["grad_norm"] == pytest.approx(a["learner"]["grad_norm"], rel=1e-3)
 
 
+def test_two_machines_train_like_two_processes_on_one(plugin, tiny_model, two_processes, tmp_path):
+    """configs/accelerate/multinode.yaml with its documented command, as two machines of one process
+    each meeting on loopback: the same updates as two processes on one machine."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from espl_bench.agents.vllm_server import free_port
+
+    out, port = tmp_path / "run", free_port()
+    config = Path(__file__).resolve().parents[1] / "configs/accelerate/multinode.yaml"
+
+    def machine(rank: int):
+        return launch_espl([*FLAGS, "--model", str(tiny_model), "--out", str(out)], plugin=plugin, processes=2,
+                           accelerate_config=config, port=port,
+                           launcher_args=("--machine_rank", str(rank), "--num_machines", "2", "--main_process_ip", "127.0.0.1"))
+
+    with ThreadPoolExecutor(2) as pool:
+        leader, follower = pool.map(machine, [0, 1])
+    assert leader.returncode == 0 and follower.returncode == 0, (leader.stderr + follower.stderr)[-3000:]
+    assert "learner: 2 processes (MULTI_CPU), 4 rows each per step" in leader.stderr
+    for step in (1, 2):
+        one_machine, two_machines = adapter(two_processes[0], step), adapter(out, step)
+        assert max((one_machine[k] - two_machines[k]).abs().max().item() for k in one_machine) < 1e-6
+
+
+def test_the_launch_configs_run_in_bfloat16_unless_the_policys_dtype_says_otherwise(monkeypatch):
+    """Every config asks for bf16; the policy's --dtype decides what the trainer gets (float32 on a
+    CPU without native bf16), and the multi-node config spans machines."""
+    import yaml
+    from espl_bench.training.distributed import align_mixed_precision
+
+    configs = {p.name: yaml.safe_load(p.read_text()) for p in (Path(__file__).resolve().parents[1] / "configs/accelerate").glob("*.yaml")}
+    assert {"ddp.yaml", "fsdp.yaml", "deepspeed_zero2.yaml", "deepspeed_zero3.yaml", "multinode.yaml"} <= set(configs)
+    assert {name: c["mixed_precision"] for name, c in configs.items()} == dict.fromkeys(configs, "bf16")
+    assert configs["multinode.yaml"]["num_machines"] > 1
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    for dtype, expected in [("float32", "no"), ("bfloat16", "bf16"), ("float16", "fp16")]:
+        align_mixed_precision(dtype)
+        from transformers import TrainingArguments
+
+        assert TrainingArguments(output_dir="unused", use_cpu=True, report_to=[]).mixed_precision == expected
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_run_killed_mid_step_resumes_exactly(processes, plugin, tiny_model, one_process, two_processes, tmp_path):
     """SIGKILL of rank 0 while its second step trains (the launcher then stops rank 1), and
@@ -98,7 +140,7 @@ def test_a_run_killed_mid_step_resumes_exactly(processes, plugin, tiny_model, on
 def test_a_batch_the_processes_cannot_share_is_one_clear_error(plugin, tiny_model, tmp_path):
     proc = espl_run(plugin, tiny_model, tmp_path / "run", "--batch-size", "3", "--group-size", "3", processes=2)
     assert proc.returncode != 0
-    assert "a step has 9 rows" in proc.stderr and "fix: launch a divisor of 9 processes" in proc.stderr
+    assert "a step has 9 rows" in proc.stderr and "fix: --batch-size 2 (6 rows) or --batch-size 4 (12 rows)" in proc.stderr
     assert "Traceback" not in proc.stderr.split("a step has 9 rows")[0], "the error is not the first thing reported"
 
 
@@ -110,6 +152,21 @@ def test_a_run_with_nothing_to_train_releases_the_other_ranks(plugin, tiny_model
                     processes=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["iterations_completed"] == 2
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4, 8])
+def test_the_rule_for_sharing_a_step_and_the_fix_it_names(processes):
+    """A step's rows split evenly or the run stops before any model loads, naming the nearest
+    batch sizes that do split; the paper's default step (150 rows) splits over neither 4 nor 8."""
+    from espl_bench.training.distributed import split_error
+
+    default = split_error(3, 10, 5, processes, max_batch=100)
+    assert (default is None) == (150 % processes == 0)
+    if default:
+        named = [int(word) for word in default.split("--batch-size ")[1:] for word in [word.split()[0]]]
+        assert named and all(3 * b * 5 % processes == 0 for b in named)
+        assert split_error(3, named[0], 5, processes, max_batch=100) is None
+    assert split_error(3, 8, 5, processes, max_batch=100) is None  # --batch-size 8 splits over 1, 2, 4 and 8
 
 
 def test_sharded_parameters_need_the_vllm_sampler(monkeypatch, tiny_model, tmp_path):

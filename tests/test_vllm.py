@@ -86,7 +86,7 @@ def test_a_server_that_dies_at_startup_is_reported_with_its_log(fake_vllm, tmp_p
 def test_a_startup_timeout_kills_the_whole_process_group(fake_vllm, tmp_path):
     server = VLLMServer(tmp_path, python=sys.executable, startup_timeout=3, log_path=tmp_path / "server.log",
                         env={"PYTHONPATH": fake_vllm, "FAKE_CHILD": "1"})
-    with pytest.raises(SamplerUnavailable, match="not ready after 3 s"):
+    with pytest.raises(SamplerUnavailable, match="not ready after 3 s; fix: raise --vllm-startup-timeout"):
         server.start()
     assert group_members(server.pgid) == []  # the stand-in engine child went with it
     server.stop()  # idempotent
@@ -281,6 +281,17 @@ def test_a_sampler_can_connect_to_a_running_server_by_url(server, caplog):
     assert "raw logprobs" not in caplog.text  # the probe recognises --logprobs-mode processed_logprobs
     [completion] = remote.generate([conversation(QUESTIONS[2])], SamplingParams(max_new_tokens=8))
     assert completion.completion_ids and not remote.server.owned
+
+
+def test_an_adapter_folder_the_server_cannot_read_is_one_clear_error(sampler, tmp_path):
+    """What a server on another machine answers for the run's adapter path (it is not on its
+    filesystem): vLLM's "No adapter found", turned into the fix, and the policy left as it was."""
+    from espl_bench.agents.vllm_sampler import SamplerRequestError
+
+    before = sampler.model_name
+    with pytest.raises(SamplerRequestError, match="No adapter found.*fix: the server cannot read the run folder"):
+        sampler.load_adapter(tmp_path / "not-on-the-servers-filesystem")
+    assert sampler.model_name == before
 
 
 # -- runs with --sampler vllm (weights synced every RL step) ---------------------------------------

@@ -78,6 +78,7 @@ def split_plan(cfg: RunConfig) -> SplitPlan:
 
 def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
     plan = split_plan(cfg)
+    fits_memory(cfg)
     policy = build_policy(cfg, rundir, plan.train.size, resume_step)
     try:
         reflector, meters = _reflector(cfg, policy)
@@ -99,6 +100,14 @@ def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
                  plan=plan, eos_id=policy.eos_id, reflector=reflector, meters={**policy.meters, **meters},
                  closers=policy.closers, base_engine=(lambda: engine(base())) if base else None,
                  admit=policy.admit)
+
+
+def fits_memory(cfg: RunConfig) -> None:
+    """Refuse a run that clearly cannot fit this machine's memory (:func:`espl_bench.training.memory.check_fits`)."""
+    from espl_bench.training.memory import check_fits
+    from espl_bench.training.placement import local_learner_processes
+
+    check_fits(cfg, local_learner_processes())
 
 
 def cell_store(cfg: RunConfig) -> CellStore | None:

@@ -19,6 +19,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train with E-SPL or a baseline on one environment")
     add_run_flags(run)
+    plan = sub.add_parser("plan", help="the memory a run needs on each device, whether it fits, and the flags that "
+                          "make it fit (from the model's config; no weights are read)")
+    add_run_flags(plan)
+    plan.add_argument("--gpus", type=int, default=None, help="GPUs of the machine planned for (default: this one's; 0: CPU)")
+    plan.add_argument("--gpu-memory", type=float, default=None, help="GiB per GPU (default: this machine's, else 80)")
+    plan.add_argument("--processes", type=int, default=1, help="learner processes (accelerate launch --num_processes)")
+    plan.add_argument("--prompt-tokens", type=int, default=None, help="prompt tokens per row, earlier turns included "
+                      "(default: 256)")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
     envs = sub.add_parser("envs", help="list the environment ids, or check one: espl-bench envs check ID")
     envs.add_argument("action", nargs="?", choices=["list", "check"], default="list")
     envs.add_argument("env_id", nargs="?", help="with check: the id to check (a plugin's too: pkg:Name-v0)")
@@ -81,6 +90,27 @@ def _run_config(args: argparse.Namespace):
 
     cfg = build_config(given_values(args))
     return cfg, run(cfg)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from espl_bench.errors import ConfigError
+    from espl_bench.training.memory import GiB, PROMPT_TOKENS, Machine, make_plan, render
+
+    for flag in ("gpus", "gpu_memory", "processes", "prompt_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < (0 if flag == "gpus" else 1):
+            raise ConfigError(f"--{flag.replace('_', '-')}={value} is invalid; fix: pass a positive number")
+    cfg = build_config({"env": "espl/Arithmetic-v0", **given_values(args)})  # the env only shapes prompts: --prompt-tokens stands for it
+    machine = Machine.this_one(args.processes)
+    if args.gpus is not None:
+        machine = replace(machine, gpus=args.gpus, gpu_bf16=True if args.gpus else machine.gpu_bf16)
+    if args.gpu_memory is not None:
+        machine = replace(machine, gpu_bytes=int(args.gpu_memory * GiB))
+    plan = make_plan(cfg, machine, args.prompt_tokens or PROMPT_TOKENS)
+    sys.stdout.write(json.dumps(plan.to_dict(), indent=1) + "\n" if args.json else render(plan))
+    return 0 if plan.fits else 1
 
 
 def _screen(s, out: str) -> str:
@@ -219,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from espl_bench.leaderboards.commands import bench, leaderboard
 
-        handlers = {"run": _run, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,
+        handlers = {"run": _run, "plan": _plan, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,
                     "select-best": _select_best, "evaluate": _evaluate, "calibrate": _calibrate}
         return handlers[args.command](args)
     except EsplError as exc:

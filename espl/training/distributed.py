@@ -65,6 +65,41 @@ def sharded_parameters() -> bool:
             and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
 
 
+def split_error(programs: int, batch: int, group: int, processes: int, max_batch: int) -> str | None:
+    """Why a step's rows (programs x batch x group) cannot be shared by ``processes``, with the fix
+    (None when they can): the nearest ``--batch-size`` values (at most ``max_batch``, the train
+    split) that divide, else the most processes that do.
+
+    The paper's default step (3 x 10 x 5 = 150 rows) splits over 1, 2, 3, 5 and 6 processes, not 4
+    or 8; ``--batch-size 8`` (120 rows) splits over 1, 2, 4 and 8."""
+    rows = programs * batch * group
+    if rows % processes == 0:
+        return None
+    fits = [b for b in range(1, max_batch + 1) if programs * b * group % processes == 0]
+    below, above = max((b for b in fits if b < batch), default=None), min((b for b in fits if b > batch), default=None)
+    near = [b for b in (below, above) if b is not None]
+    most = max(d for d in range(1, processes) if rows % d == 0)
+    sizes = " or ".join(f"--batch-size {b} ({programs * b * group} rows)" for b in near)
+    return (f"a step has {rows} rows ({programs} programs x {batch} problems x {group} samples), which {processes} "
+            f"processes cannot share evenly; fix: {sizes + ', or ' if sizes else ''}launch {most} processes "
+            f"(a divisor of {rows})")
+
+
+# accelerate's mixed_precision for each policy dtype.
+MIXED_PRECISION = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
+
+
+def align_mixed_precision(dtype: str) -> None:
+    """Make the mixed precision the trainer reads (``ACCELERATE_MIXED_PRECISION``, which ``accelerate
+    launch`` sets from its config) follow the policy's ``dtype``: ``--dtype`` decides, so a float32
+    run on a CPU without native bfloat16 stays float32 under the repository's bf16 configs."""
+    wanted = MIXED_PRECISION[dtype]
+    given = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if given not in (None, wanted):
+        log.info("the accelerate config's mixed_precision %s gives way to the policy's dtype %s (%s)", given, dtype, wanted)
+    os.environ["ACCELERATE_MIXED_PRECISION"] = wanted
+
+
 def init() -> None:
     """Join the process group (gloo on CPU, NCCL on GPUs) before any other collective."""
     import torch

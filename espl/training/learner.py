@@ -63,6 +63,9 @@ class LearnerSettings:
     report_to: str = "none"
     logging_dir: str | None = None  # TensorBoard's event files (RUN/tracking)
     run_name: str | None = None
+    # The policy's concrete dtype (--dtype resolved on this machine); under accelerate launch it
+    # also decides the mixed precision, whatever the launch config says.
+    dtype: str = "float32"
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
@@ -96,6 +99,7 @@ class TRLLearner:
         from trl import GRPOConfig, GRPOTrainer
 
         self.settings = settings
+        distributed.align_mixed_precision(settings.dtype)
         # Under accelerate launch: rank 0 gets its batches from the loop and forwards them, the
         # other ranks (followers) receive them; see espl_bench.training.distributed.
         self.follower = follower
@@ -266,12 +270,25 @@ class TRLLearner:
     def _train(self, checkpoint: str | None) -> None:
         try:
             self.trainer.train(resume_from_checkpoint=checkpoint)
+            self.sync_final_weights()
         except _Stop:
             pass
         except BaseException as exc:  # surfaced to the loop by wait()
             self._error = exc
         finally:
             self._mark_step_done(finished=True)
+
+    def sync_final_weights(self) -> None:
+        """Push the last step's weights into TRL's vLLM engine, as TRL does only before a next step.
+
+        Every process runs this as its trainer ends (the leader before its last ``wait()``
+        returns): gathering sharded weights (FSDP, ZeRO-3) is a collective, so every rank must take
+        part before the followers leave."""
+        trainer = self.trainer
+        # _last_loaded_step: TRL's own (private) record of the step whose weights it last pushed.
+        if self.settings.trl_vllm and trainer._last_loaded_step != trainer.state.global_step:
+            trainer.vllm_generation.sync_weights()
+            trainer._last_loaded_step = trainer.state.global_step
 
     def _mark_step_done(self, finished: bool = False) -> None:
         with self._cond:

@@ -18,6 +18,8 @@ One builder per ``--sampler`` value (:data:`BUILDERS`), each returning a :class:
 from __future__ import annotations
 
 import logging
+import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +89,8 @@ class AdapterSync:
         self.learner, self.sampler, self.step, self.name = learner, sampler, step, name
         if step:  # a resumed run samples from its last committed weights from the first rollout on
             self._load(step)
+        else:
+            check_adapter_sync(sampler, learner.model, learner.settings.output_dir, name)
 
     def submit(self, batch: list[TrainingSample]) -> None:
         self.learner.submit(batch)
@@ -109,13 +113,39 @@ class AdapterSync:
         log.info("vLLM now samples from the step-%d adapter", step)
 
 
+def check_adapter_sync(sampler, model, folder: Path, name: str = "policy") -> None:
+    """Load the learner's initial (step-0) adapter into the server once, before any rollout.
+
+    The per-step sync posts folder paths, so the server must read this machine's files and load
+    adapters at run time. A server that cannot (on another machine, started without
+    ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``) fails here, in one line naming the fix, instead of after
+    the first step. The folder's name is new, so no other filesystem can hold it by chance; the
+    server must then list the adapter from exactly that folder.
+    """
+    from espl_bench.agents.vllm_sampler import SamplerRequestError
+
+    probe = Path(folder) / f"sync-check-{uuid.uuid4().hex[:12]}"
+    model.save_pretrained(probe)
+    try:
+        sampler.load_adapter(probe, name)
+        served = sampler.adapter_root(name)
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+    if served is None or Path(served).resolve() != probe.resolve():
+        raise SamplerRequestError(f"the vLLM server at {sampler.url} accepted the adapter {probe} but serves "
+                                  f"{name!r} from {served}; fix: use a vLLM server (>= 0.10) started with --enable-lora")
+    sampler.use_base()  # the step-0 adapter is the base policy: sample the base weights until step 1
+    log.info("vLLM server at %s loads this run's adapters from %s", sampler.url, folder)
+
+
 class EngineSync:
     """A learner whose TRL-driven vLLM engine samples from every finished step (``--sampler trl-vllm``).
 
     Same contract as :class:`~espl_bench.training.learner.Learner`; ``metrics["synced_step"]`` says which step's
-    weights the engine holds. TRL pushes the weights when it requests the next step's batch,
-    which it never does after its last step: that push is made here, so the final evaluation
-    samples from the final weights.
+    weights the engine holds. TRL pushes the weights when it requests the next step's batch; the
+    last step's push is made by every learner process as its trainer ends
+    (:meth:`~espl_bench.training.learner.TRLLearner.sync_final_weights`), so the final evaluation
+    samples from the final weights under FSDP and ZeRO-3 too.
     """
 
     trainable = True
@@ -127,19 +157,9 @@ class EngineSync:
         self.learner.submit(batch)
 
     def wait(self) -> dict[str, float]:
-        from espl_bench.training import distributed
-
         stats = self.learner.wait()
-        trainer = self.learner.trainer
-        if trainer._last_loaded_step != trainer.state.global_step:
-            if distributed.world_size() > 1 and distributed.sharded_parameters():
-                # Gathering sharded weights needs every rank, and the followers have finished.
-                log.warning("the final step's weights are not in vLLM (sharded over processes that have finished); "
-                            "the final evaluation samples from step %d", trainer._last_loaded_step)
-            else:
-                trainer.vllm_generation.sync_weights()
-                trainer._last_loaded_step = trainer.state.global_step
-        return {**stats, "synced_step": float(trainer._last_loaded_step)}
+        # TRL's own record of the step whose weights it last pushed (a private attribute).
+        return {**stats, "synced_step": float(self.learner.trainer._last_loaded_step)}
 
     def close(self) -> None:
         self.learner.close()
@@ -147,7 +167,14 @@ class EngineSync:
 
 def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_step: int,
               correct_sampler_logprobs: bool, trl_vllm: dict | None = None) -> LearnerSettings:
+    from espl_bench.agents.devices import resolve_dtype
+    from espl_bench.training import distributed
+
     m = cfg.selected_programs
+    problems = min(cfg.batch_size, train_size)
+    wrong = distributed.split_error(m, problems, cfg.group_size, distributed.world_size(), train_size)
+    if wrong:  # before any model loads, on the leader (the followers wait for its handshake)
+        raise ConfigError(wrong)
     return LearnerSettings(
         model_path=model_path, output_dir=rundir.learner, rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
         group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size,
@@ -156,7 +183,8 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
         resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm,
-        report_to=cfg.report_to, logging_dir=str(rundir.root / TRACKING_DIR), run_name=rundir.root.resolve().name)
+        report_to=cfg.report_to, logging_dir=str(rundir.root / TRACKING_DIR), run_name=rundir.root.resolve().name,
+        dtype=resolve_dtype(cfg.dtype))
 
 
 def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
@@ -266,12 +294,7 @@ def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Po
     from espl_bench.agents.vllm_server import VLLMServer
 
     model_path = resolve_model(cfg.model)
-    if cfg.vllm_url:
-        server = VLLMServer.connect(cfg.vllm_url)
-    else:
-        server = VLLMServer(model_path, python=cfg.vllm_python, max_lora_rank=_lora_slot(cfg.lora_rank),
-                            log_path=Path(rundir.root) / "vllm-server.log", extra_args=tuple(cfg.vllm_args))
-        server.start()
+    server = VLLMServer.connect(cfg.vllm_url) if cfg.vllm_url else own_server(cfg, model_path, rundir).start()
     try:
         sampler = VLLMSampler(server, model_path, max_concurrency=cfg.max_concurrency)
         if not server.owned and Path(sampler.base_model_name).name != Path(model_path).name:
@@ -292,6 +315,28 @@ def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Po
                   base_sampler=sampler.base_view if cfg.trains_weights else None)
 
 
+def own_server(cfg: RunConfig, model_path: str, rundir):
+    """The vLLM server a ``--sampler vllm`` run starts, placed by :func:`~espl_bench.training.placement.place_vllm`."""
+    from espl_bench.agents.vllm_server import VLLMServer
+    from espl_bench.training.placement import local_learner_processes, place_vllm, visible_gpus
+
+    gpus = visible_gpus()
+    heads = _attention_heads(model_path) if gpus else 1
+    placed = place_vllm(cfg, gpus, local_learner_processes() if cfg.trains_weights else 0, heads)
+    log.info("%s", placed.describe())
+    return VLLMServer(model_path, python=cfg.vllm_python, max_lora_rank=_lora_slot(cfg.lora_rank), dtype=placed.dtype,
+                      max_model_len=placed.max_model_len, devices=placed.devices, gpu_memory=placed.gpu_memory,
+                      tensor_parallel=placed.tensor_parallel, startup_timeout=cfg.vllm_startup_timeout,
+                      log_path=Path(rundir.root) / "vllm-server.log", extra_args=tuple(cfg.vllm_args))
+
+
+def _attention_heads(model_path: str) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    return int(getattr(config.get_text_config(), "num_attention_heads", 1))
+
+
 def litellm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
     from espl_bench.agents.litellm_sampler import LiteLLMSampler
 
@@ -306,16 +351,20 @@ def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -
     from espl_bench.agents.sampler import eos_ids
     from espl_bench.agents.trl_vllm_sampler import TRLVLLMSampler, engine_of
 
+    from espl_bench.training import distributed
+
     _check_trl_vllm_options(cfg.trl_vllm_args)
+    _check_trl_generation(cfg, distributed.world_size(), distributed.sharded_parameters())
     _require_cuda_vllm()
     model_path = resolve_model(cfg.model)
-    options = {"vllm_mode": cfg.trl_vllm_mode, **cfg.trl_vllm_args}
+    context = {"vllm_max_model_length": cfg.max_context} if cfg.max_context else {}
+    options = {"vllm_mode": cfg.trl_vllm_mode, **context, **cfg.trl_vllm_args}
     if cfg.vllm_url:
         options["vllm_server_base_url"] = cfg.vllm_url
     # TRL's own importance-sampling correction is on with its vLLM (correct_sampler_logprobs
     # is for samples from an engine TRL does not know about).
     learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False, trl_vllm=options))
-    sampler = TRLVLLMSampler(engine_of(learner.trainer.vllm_generation), learner.tokenizer,
+    sampler = TRLVLLMSampler(engine_of(learner.trainer.vllm_generation, distributed.world_size()), learner.tokenizer,
                              eos_ids(learner.model, learner.tokenizer))
     # The engine holds the trained weights, so reflection gets its own frozen reference copy.
     reference, closers = _local_reference(model_path, dtype=cfg.reflector_dtype)
@@ -332,6 +381,20 @@ def _check_trl_vllm_options(options: dict) -> None:
     if unknown:
         raise ConfigError(f"--trl-vllm-args has options TRL's GRPOConfig does not know: {unknown}; fix: use its "
                           "vllm_* field names (e.g. vllm_gpu_memory_utilization, vllm_tensor_parallel_size)")
+
+
+def _check_trl_generation(cfg: RunConfig, processes: int, sharded: bool) -> None:
+    """Refuse the TRL vLLM settings whose generation needs every learner process: only the leader
+    samples here (the other processes wait inside their trainer for its batch)."""
+    options = cfg.trl_vllm_args
+    if cfg.trl_vllm_mode == "colocate" and int(options.get("vllm_tensor_parallel_size", 1)) > 1:
+        raise ConfigError("vllm_tensor_parallel_size > 1 in colocate mode splits each engine over a group of learner "
+                          "processes that must all generate together, and only rank 0 samples here; fix: --trl-vllm-mode "
+                          "server with `trl vllm-serve --tensor-parallel-size N` on GPUs of its own")
+    if options.get("vllm_enable_sleep_mode") and processes > 1 and sharded:
+        raise ConfigError("vllm_enable_sleep_mode with sharded parameters (FSDP, ZeRO-3) re-gathers the weights on "
+                          "every wake-up, which needs every learner process, and only rank 0 samples here; fix: drop "
+                          "vllm_enable_sleep_mode or launch with ddp.yaml or deepspeed_zero2.yaml")
 
 
 def _require_cuda_vllm() -> None:

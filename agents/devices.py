@@ -57,9 +57,6 @@ def resolve_dtype(setting: str, device: str | None = None, *, cpu_auto: str | No
     return "bfloat16" if native_bf16_cpu() else "float32"
 
 
-ATTENTION: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2")
-
-
 def model_kwargs(dtype: str, attn_implementation: str | None = None) -> dict:
     """``from_pretrained`` keyword arguments for a policy copy in ``dtype`` (a concrete name) with
     ``attn_implementation`` (None: transformers' own choice, sdpa where the model supports it)."""

@@ -119,8 +119,7 @@ class TransformersSampler(ChatTokens):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        # prompt plus reply, in tokens (--max-context; default: the model's positions)
-        self.max_context = max_context or model_context(model)
+        self.max_context = max_context  # prompt plus reply, in tokens; None: not checked
         self._torch = torch
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSampler
+from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSampler, model_context
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError, ModelNotFound, RunDirError
 from espl_bench.method.learning import FrozenLearner, Learner, TrainingSample
@@ -200,12 +200,10 @@ def load_frozen(model_path: str, dtype: str | None = None, attn_implementation: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_attention(attn_implementation)
-    kwargs = model_kwargs(dtype, attn_implementation) if dtype else {}
-    if dtype:
-        kwargs["dtype"] = getattr(torch, dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        # no dtype: the checkpoint's own (transformers' "auto")
+        model = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs(dtype or "auto", attn_implementation))
     except OSError as exc:
         raise _cannot_load(model_path, exc) from None
     model.requires_grad_(False)
@@ -242,7 +240,9 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
     else:
         model, tokenizer = load_frozen(model_path, resolve_dtype(cfg.dtype), cfg.attn_implementation)
         learner = FrozenLearner()
-    sampler = TransformersSampler(model, tokenizer, max_context=cfg.max_context)
+    # The policy's prompts are checked against its context (frozen reflector copies are not: a
+    # too-long reflection prompt is the reflection's own failure).
+    sampler = TransformersSampler(model, tokenizer, max_context=cfg.max_context or model_context(model))
     frozen = None if cfg.trains_weights else sampler  # frozen weights: the policy is the reference policy
 
     cores = _core_share(cfg, learner)

@@ -131,3 +131,14 @@ def test_a_run_whose_prompts_do_not_fit_the_context_stops_with_one_line_and_exit
     assert "plus its reply budget of 8 exceeds the policy's context of 24 tokens" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len([line for line in proc.stderr.splitlines() if "ERROR" in line]) == 1
+
+
+def test_a_folder_without_its_suite_identity_reads_the_dtype_from_run_json(tmp_path):
+    from espl_bench.leaderboards.identity import read_identity
+
+    header = {"config": {"env": "espl/Arithmetic-v0", "model": "m"}}
+    (tmp_path / "run.json").write_text(json.dumps(header))
+    assert read_identity(tmp_path).dtype == "float32"  # made before runs recorded it: float32 then
+    header["precision"] = {"dtype": "auto", "resolved": "bfloat16", "attn_implementation": None}
+    (tmp_path / "run.json").write_text(json.dumps(header))
+    assert read_identity(tmp_path).dtype == "bfloat16"

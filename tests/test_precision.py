@@ -74,10 +74,10 @@ def test_a_bfloat16_step_on_cpu_trains_and_the_sampler_agrees_with_the_trainer(t
     learner.close()
     assert math.isfinite(stats["loss"])
     assert any(not torch.equal(before[name], after[name]) for name in before)
-    # bfloat16 keeps 8 significant bits: log-probabilities of one set of weights agree to a few
-    # hundredths (the trainer autocasts, the sampler runs the bf16 weights as they are).
-    assert stats["sampling/sampling_logp_difference/max"] < 0.1
-    assert stats["sampling/importance_sampling_ratio/min"] == pytest.approx(1.0, abs=0.1)
+    # bfloat16 keeps 8 significant bits: log-probabilities of one set of weights agree to about
+    # a hundredth (the trainer autocasts, the sampler runs the bf16 weights as they are).
+    assert stats["sampling/sampling_logp_difference/max"] < 0.02
+    assert stats["sampling/importance_sampling_ratio/min"] == pytest.approx(1.0, abs=0.02)
 
 
 def test_a_bfloat16_run_records_its_precision_in_run_json_and_summary_json(tiny_model, tmp_path):

@@ -55,3 +55,24 @@ def resolve_dtype(setting: str, device: str | None = None, *, cpu_auto: str | No
     if cpu_auto is not None:
         return cpu_auto
     return "bfloat16" if native_bf16_cpu() else "float32"
+
+
+def model_kwargs(dtype: str, attn_implementation: str | None = None) -> dict:
+    """``from_pretrained`` keyword arguments for a policy copy in ``dtype`` (a concrete name) with
+    ``attn_implementation`` (None: transformers' own choice, sdpa where the model supports it)."""
+    kwargs: dict = {"dtype": dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    return kwargs
+
+
+def check_attention(attn_implementation: str | None) -> None:
+    """Refuse, in one line, an attention implementation this machine cannot run (before any load:
+    transformers would fail deep inside ``from_pretrained`` with a traceback)."""
+    import importlib.util
+
+    from espl_bench.errors import ConfigError
+
+    if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError("--attn-implementation flash_attention_2 needs the flash-attn package (CUDA only); fix: "
+                          "pip install flash-attn, or use --attn-implementation sdpa")

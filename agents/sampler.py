@@ -113,12 +113,13 @@ class TransformersSampler(ChatTokens):
     object (LoRA in place) every call already uses the current policy: no weight sync needed.
     """
 
-    def __init__(self, model, tokenizer, *, max_batch_size: int = 32):
+    def __init__(self, model, tokenizer, *, max_batch_size: int = 32, max_context: int | None = None):
         import torch
 
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.max_context = max_context  # prompt plus reply, in tokens; None: not checked
         self._torch = torch
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -146,6 +147,7 @@ class TransformersSampler(ChatTokens):
         if not (len(row_seeds) == len(row_schemas) == len(row_budgets) == len(encoded)):
             raise ValueError(f"{len(row_seeds)} seeds, {len(row_schemas)} schemas and {len(row_budgets)} budgets for "
                              f"{len(encoded)} conversations")
+        self._check_context(encoded, row_budgets)
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         results: list[Completion | None] = [None] * len(encoded)
         torch = self._torch
@@ -162,6 +164,20 @@ class TransformersSampler(ChatTokens):
                 for i, completion in zip(chunk, batch):
                     results[i] = completion
         return [r for r in results if r is not None]
+
+    def _check_context(self, prompts: list[list[int]], budgets: list[int]) -> None:
+        """One clear error for a prompt that leaves its reply budget no room: past its positions a
+        model's replies are garbage, not an error of their own."""
+        if self.max_context is None:
+            return
+        longest = max(range(len(prompts)), key=lambda i: len(prompts[i]) + budgets[i], default=None)
+        if longest is not None and len(prompts[longest]) + budgets[longest] > self.max_context:
+            from espl_bench.errors import ConfigError
+
+            raise ConfigError(f"a prompt of {len(prompts[longest])} tokens plus its reply budget of {budgets[longest]} "
+                              f"exceeds the policy's context of {self.max_context} tokens; fix: raise --max-context "
+                              "(at most the model's max_position_embeddings), lower --max-new-tokens, or shorten the "
+                              "env's prompts")
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int],
                         schemas: list[dict | None], budgets: list[int]) -> list[Completion]:
@@ -188,6 +204,9 @@ class TransformersSampler(ChatTokens):
             processors.insert(0, GrammarMask(self._matchers(schemas), self._eos_ids))
         if min(budgets) < params.max_new_tokens:
             processors.append(RowBudget(budgets, width, min(self._eos_ids)))
+        # First: it keeps the very scores generate hands on, before any of ours replaces them.
+        chosen = ChosenLogprobs(params.temperature)
+        processors.insert(0, chosen)
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
@@ -203,14 +222,9 @@ class TransformersSampler(ChatTokens):
             # Training with gradient checkpointing sets the model's use_cache to False; generating
             # without the KV cache recomputes the whole sequence at every step (3x slower here).
             use_cache=True,
-            return_dict_in_generate=True,
-            output_logits=True,
         )
-        new_tokens = out.sequences[:, width:]
-        logits = torch.stack(out.logits, dim=1).float()
-        if sampling:
-            logits = logits / params.temperature
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+        new_tokens = out[:, width:]
+        logps = chosen.finish(out)
         completions = []
         for row, prompt in enumerate(prompts):
             ids = new_tokens[row].tolist()[: budgets[row]]  # the EOS RowBudget forced past a budget goes
@@ -302,6 +316,41 @@ class RowSeededSampling:
         return out.scatter_(-1, picked, 0.0)
 
 
+class ChosenLogprobs:
+    """A ``transformers`` logits processor (the first) that keeps one log-probability per row and
+    step: the chosen token's under the model's scores at the sampling temperature.
+
+    A processor sees a step's scores before its token is chosen, so it holds on to them (the one
+    rows x vocabulary tensor generate made for that step) until the next call, whose ``input_ids``
+    end with the token chosen from them; :meth:`finish` settles the last step from the sequences.
+    At most one step's scores are ever kept, instead of every step's (``output_logits``).
+    """
+
+    def __init__(self, temperature: float):
+        import torch
+
+        self._torch = torch
+        self.scale = temperature if temperature > 0 else 1.0  # greedy: the model's own distribution
+        self.pending = None
+        self.steps: list = []
+
+    def __call__(self, input_ids, scores):
+        self._settle(input_ids[:, -1])
+        self.pending = scores
+        return scores
+
+    def _settle(self, chosen) -> None:
+        if self.pending is not None:
+            logps = self._torch.log_softmax(self.pending.float() / self.scale, dim=-1)
+            self.steps.append(logps.gather(-1, chosen.unsqueeze(-1)).squeeze(-1))
+            self.pending = None
+
+    def finish(self, sequences):
+        """The (rows x steps) log-probabilities of the tokens ``sequences`` ends with."""
+        self._settle(sequences[:, -1])
+        return self._torch.stack(self.steps, dim=1)
+
+
 class RowBudget:
     """A ``transformers`` logits processor (the last one) that ends row ``i`` after ``budgets[i]``
     new tokens by forcing an EOS, which the sampler then cuts off: the row stops costing draws
@@ -375,6 +424,13 @@ def _trim(ids: list[int], eos_ids: set[int], pad: int) -> tuple[int, str]:
         if tok in eos_ids:
             return i + 1, "stop"
     return len(ids), "length"
+
+
+def model_context(model) -> int | None:
+    """The positions ``model`` was built for (None when its config does not say)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None) or None
 
 
 def eos_ids(model, tokenizer) -> set[int]:

@@ -93,7 +93,8 @@ class RunConfig(BaseModel):
     gradient_checkpointing: bool = Field(True, description="recompute activations in the backward pass: a fraction of "
                                          "the memory on long multi-turn rollouts for about a third more step time")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("auto", description="the policy's dtype for the trainer, the samplers and the frozen reference copy (auto: bfloat16 on a GPU that computes it, float16 on older GPUs; on a CPU bfloat16 only where native, else float32)")
-    max_context: int | None = Field(None, ge=1, description="the policy's context in tokens, prompt plus reply (default: the model's max_position_embeddings)")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(None, description="the policy's attention kernels in the trainer, the in-process sampler and the frozen copies (default: transformers' choice, sdpa where the model has it; flash_attention_2 needs the flash-attn package and a GPU)")
+    max_context: int | None = Field(None, ge=16, description="the policy's context in tokens, prompt plus reply: a prompt that leaves no room for its reply budget stops the run with one error (default: the model's max_position_embeddings)")
     max_new_tokens: int = Field(128, ge=1, description="tokens per policy reply")
     temperature: float = Field(0.7, gt=0, description="policy sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="policy nucleus sampling")
@@ -156,7 +157,7 @@ class RunConfig(BaseModel):
         # Where a server runs is not part of a run's identity: a resumed run may use a new one.
         return self.model_dump(exclude={"resume", "force", "out", "iterations", "vllm_url", "vllm_python",
                                         "max_concurrency", "micro_batch_size", "gradient_checkpointing", "cell_store",
-                                        "report_to", "run_group", *SERVER_PLACEMENT})
+                                        "report_to", "run_group", "attn_implementation", *SERVER_PLACEMENT})
 
     @model_validator(mode="after")
     def _check_combinations(self) -> RunConfig:
@@ -181,6 +182,9 @@ class RunConfig(BaseModel):
                              "not one at --vllm-url; fix: drop them (start that server with its own flags)")
         if self.vllm_devices is not None:
             _check_devices(self.vllm_devices)
+        if self.max_context is not None and self.max_context <= self.max_new_tokens:
+            raise ValueError(f"--max-context {self.max_context} leaves no room for a prompt beside the reply budget "
+                             f"(--max-new-tokens {self.max_new_tokens}); fix: raise --max-context or lower --max-new-tokens")
         if any(k.lower().endswith("key") for k in self.policy_kwargs):
             raise ValueError("--policy-kwargs must not hold API keys; fix: set the provider's key variable in the environment")
         return self
@@ -238,12 +242,20 @@ def add_run_flags(parser: argparse.ArgumentParser, exclude: frozenset[str] = fro
         shown = f"{help_text} (default: {default})" if default not in (None, {}, []) else help_text
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
-        elif typing.get_origin(annotation) is typing.Literal:
-            parser.add_argument(flag, choices=typing.get_args(annotation), default=argparse.SUPPRESS, help=shown)
+        elif _choices(annotation):
+            parser.add_argument(flag, choices=_choices(annotation), default=argparse.SUPPRESS, help=shown)
         elif annotation in (int, float):
             parser.add_argument(flag, type=annotation, default=argparse.SUPPRESS, help=shown)
         else:
             parser.add_argument(flag, default=argparse.SUPPRESS, help=shown)
+
+
+def _choices(annotation) -> tuple:
+    """The values of a Literal field, optional ones too (``Literal[...] | None``: unset means None)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    literals = [a for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal]
+    return typing.get_args(literals[0]) if literals else ()
 
 
 def given_values(args: argparse.Namespace, exclude: frozenset[str] = frozenset()) -> dict:

@@ -12,7 +12,7 @@ A file this version cannot read (an older schema, a missing field) raises
   ``metrics.jsonl``).
 * :class:`ReflectionRecord`: one mutation or crossover (a line of ``reflections.jsonl``).
 * :class:`RunSummary`: the run at a glance (``summary.json``), with the budget ledger.
-* :class:`RunHeader`: the config and template hashes a run started with (``run.json``).
+* :class:`RunHeader`: the config, template hashes and precision a run started with (``run.json``).
 """
 
 from __future__ import annotations
@@ -352,6 +352,16 @@ class Budget(BaseModel):
         return sum(self.seconds_by_phase.values())
 
 
+class Precision(BaseModel):
+    """The policy's precision: ``--dtype`` as given, the dtype it meant on the machine that wrote the
+    record (None for a hosted policy, whose precision is its provider's), the attention kernels."""
+
+    model_config = ConfigDict(extra="forbid")
+    dtype: str
+    resolved: str | None = None
+    attn_implementation: str | None = None  # None: transformers' own choice
+
+
 class RunSummary(Record):
     """The run at a glance (``summary.json``)."""
 
@@ -376,6 +386,7 @@ class RunSummary(Record):
     usage: dict[str, Usage] = Field(default_factory=dict)  # by model: reflector, policy
     seconds_this_session: float = 0.0
     provenance: Provenance | None = None  # None: made before runs recorded their code
+    precision: Precision | None = None  # None: made before runs recorded it
 
     @field_validator("test", mode="before")
     @classmethod
@@ -413,6 +424,7 @@ class RunHeader(Record):
 
     config: dict[str, Any]
     templates: dict[str, str] = Field(default_factory=dict)
+    precision: Precision | None = None  # None: made before runs recorded it
 
     @property
     def env_kwargs(self) -> dict[str, Any]:

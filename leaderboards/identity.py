@@ -111,8 +111,10 @@ def read_identity(folder: Path) -> SuiteIdentity:
     header, summary = (_json(folder / name) if (folder / name).is_file() else {} for name in ("run.json", "summary.json"))
     config = header.get("config") or {}
     reflector = config.get("reflector", DEFAULT_REFLECTOR)
+    # run.json's precision where the run recorded it; before that every policy ran in float32
+    dtype = (header.get("precision") or {}).get("resolved") or "float32"
     return SuiteIdentity(suite_version=None, code=(summary.get("provenance") or {}).get("espl_bench"),
-                         model=config.get("model", summary.get("model", "")), device="cpu", dtype="float32",
+                         model=config.get("model", summary.get("model", "")), device="cpu", dtype=dtype,
                          sampler=config.get("sampler", "transformers"), reflector=reflector,
                          reflector_dtype="float32" if reflector == DEFAULT_REFLECTOR else None)
 

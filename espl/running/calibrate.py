@@ -165,11 +165,13 @@ def run_calibration(cfg: RunConfig, grid: Sequence[dict[str, Any]], *, problems:
     from espl_bench.running.provenance import provenance
 
     if sampler is None:
+        from espl_bench.agents.devices import resolve_dtype
         from espl_bench.agents.sampler import TransformersSampler
         from espl_bench.training.models import resolve_model
         from espl_bench.training.policy import load_frozen
 
-        sampler = TransformersSampler(*load_frozen(resolve_model(cfg.model)))
+        sampler = TransformersSampler(*load_frozen(resolve_model(cfg.model), resolve_dtype(cfg.dtype),
+                                                   cfg.attn_implementation))
 
     def engine_for(factory, plan: SplitPlan):
         return RolloutEngine(factory, sampler, reset_args=plan.reset_args)

@@ -46,10 +46,12 @@ class RunWeights:
     """The policy of one iteration: base weights plus, for trained runs, that iteration's adapter."""
 
     def __init__(self, cfg: RunConfig, plan):
+        from espl_bench.agents.devices import resolve_dtype
         from espl_bench.training.policy import load_frozen
 
         self.cfg, self.plan = cfg, plan
-        self.model, self.tokenizer = load_frozen(resolve_model(cfg.model))
+        # the precision the run trained and sampled in (its --dtype on this machine)
+        self.model, self.tokenizer = load_frozen(resolve_model(cfg.model), resolve_dtype(cfg.dtype), cfg.attn_implementation)
         self.peft = None
 
     def close(self) -> None:

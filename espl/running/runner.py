@@ -24,6 +24,7 @@ from espl_bench.records import (
     Budget,
     CellResult,
     IterationMetrics,
+    Precision,
     Provenance,
     ReflectionCounts,
     RunHeader,
@@ -55,7 +56,16 @@ def _restore_rng(state: list) -> random.Random:
 
 
 def _header(cfg: RunConfig) -> RunHeader:
-    return RunHeader(config=cfg.model_dump(exclude={"resume", "force"}), templates=template_hashes())
+    return RunHeader(config=cfg.model_dump(exclude={"resume", "force"}), templates=template_hashes(),
+                     precision=precision(cfg))
+
+
+def precision(cfg: RunConfig) -> Precision:
+    """The policy's precision in this process: ``--dtype`` and what it resolves to on this machine."""
+    from espl_bench.agents.devices import resolve_dtype
+
+    resolved = None if cfg.sampler == "litellm" else resolve_dtype(cfg.dtype)
+    return Precision(dtype=cfg.dtype, resolved=resolved, attn_implementation=cfg.attn_implementation)
 
 
 def _prepare(cfg: RunConfig, rundir: RunDir) -> tuple[Pool, random.Random, int, list[IterationMetrics]]:
@@ -139,6 +149,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
                for name in sorted({n for m in history for n in m.usage})},
         seconds_this_session=round(elapsed, 1),
         provenance=provenance(),
+        precision=precision(cfg),
     )
 
 
@@ -241,7 +252,7 @@ def _load_breakdown(rundir: RunDir) -> Breakdown | None:
 
 
 def _keep_session_record(final: RunSummary, path: Path) -> RunSummary:
-    """A session that ran nothing keeps the code and time of the one that committed the last
+    """A session that ran nothing keeps the code, precision and time of the one that committed the last
     iteration (or none, for a run made before provenance was recorded): a finished run that a
     suite resumes must not claim the current checkout made it."""
     try:
@@ -250,12 +261,17 @@ def _keep_session_record(final: RunSummary, path: Path) -> RunSummary:
         return final
     if not isinstance(previous, dict):
         return final
-    try:
-        kept = Provenance.model_validate(previous["provenance"]) if previous.get("provenance") else None
-    except ValueError:  # pydantic's ValidationError: an unreadable record is no record
-        kept = None
     return final.model_copy(update={"seconds_this_session": float(previous.get("seconds_this_session", 0.0)),
-                                    "provenance": kept})
+                                    "provenance": _kept(Provenance, previous.get("provenance")),
+                                    "precision": _kept(Precision, previous.get("precision"))})
+
+
+def _kept(record, value):
+    """``value`` read as ``record`` (None when absent or unreadable: an unreadable record is no record)."""
+    try:
+        return record.model_validate(value) if value else None
+    except ValueError:  # pydantic's ValidationError
+        return None
 
 
 def _commit(rundir: RunDir, cfg: RunConfig, loop: EsplLoop, t: int, result: IterationResult,

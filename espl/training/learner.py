@@ -66,6 +66,7 @@ class LearnerSettings:
     # The policy's concrete dtype (--dtype resolved on this machine); under accelerate launch it
     # also decides the mixed precision, whatever the launch config says.
     dtype: str = "float32"
+    attn_implementation: str | None = None  # None: transformers' choice (sdpa where supported)
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
@@ -80,6 +81,17 @@ class LearnerSettings:
                               f"{world} processes cannot share evenly; fix: launch a divisor of {self.rows_per_step} "
                               "processes or change --batch-size/--group-size")
         return self.rows_per_step // world
+
+
+def grpo_precision(dtype: str, attn_implementation: str | None = None) -> dict:
+    """GRPOConfig's precision options for a policy in ``dtype`` (concrete): TRL loads the model in
+    that dtype (``model_init_kwargs``; TRL's own default is float32) and the trainer autocasts to it
+    (``bf16``/``fp16``), so the trainer computes in the same precision as the sampler that shares
+    its model."""
+    from espl_bench.agents.devices import model_kwargs
+
+    return {"bf16": dtype == "bfloat16", "fp16": dtype == "float16",
+            "model_init_kwargs": model_kwargs(dtype, attn_implementation)}
 
 
 class _Stop(Exception):
@@ -124,7 +136,7 @@ class TRLLearner:
             max_completion_length=settings.max_completion_length,
             activation_checkpointing=settings.gradient_checkpointing,
             use_cpu=not _cuda_available(),
-            bf16=False,
+            **grpo_precision(settings.dtype, settings.attn_implementation),
             save_strategy="steps",
             save_steps=1,
             save_total_limit=2,

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSampler
+from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSampler, model_context
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError, ModelNotFound, RunDirError
 from espl_bench.method.learning import FrozenLearner, Learner, TrainingSample
@@ -184,7 +184,7 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
         resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm,
         report_to=cfg.report_to, logging_dir=str(rundir.root / TRACKING_DIR), run_name=rundir.root.resolve().name,
-        dtype=resolve_dtype(cfg.dtype))
+        dtype=resolve_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation)
 
 
 def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
@@ -192,14 +192,18 @@ def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
                          "model folder or a hub id already in the local cache")
 
 
-def load_frozen(model_path: str, dtype: str | None = None):
-    """The model at ``model_path`` with its gradients off (in ``dtype`` when given), and its tokenizer."""
+def load_frozen(model_path: str, dtype: str | None = None, attn_implementation: str | None = None):
+    """The model at ``model_path`` with its gradients off (in ``dtype`` when given, with
+    ``attn_implementation``), and its tokenizer."""
     import torch
+    from espl_bench.agents.devices import check_attention, model_kwargs
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_attention(attn_implementation)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path, **({"dtype": getattr(torch, dtype)} if dtype else {}))
+        # no dtype: the checkpoint's own (transformers' "auto")
+        model = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs(dtype or "auto", attn_implementation))
     except OSError as exc:
         raise _cannot_load(model_path, exc) from None
     model.requires_grad_(False)
@@ -209,9 +213,11 @@ def load_frozen(model_path: str, dtype: str | None = None):
 
 
 def _trl_learner(settings: LearnerSettings) -> TRLLearner:
+    from espl_bench.agents.devices import check_attention
     from espl_bench.training import distributed
 
     settings.rows_per_device()  # a layout the processes cannot share fails before they start
+    check_attention(settings.attn_implementation)
     distributed.announce(settings)
     try:
         return TRLLearner(settings)
@@ -220,6 +226,7 @@ def _trl_learner(settings: LearnerSettings) -> TRLLearner:
 
 
 def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
+    from espl_bench.agents.devices import resolve_dtype
     from espl_bench.training import distributed
 
     model_path = resolve_model(cfg.model)
@@ -229,12 +236,14 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
                           "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
     if cfg.trains_weights:
         learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False))
-        sampler, tokenizer = TransformersSampler(learner.model, learner.tokenizer), learner.tokenizer
-        frozen = None
+        model, tokenizer = learner.model, learner.tokenizer
     else:
-        model, tokenizer = load_frozen(model_path)
-        learner, sampler = FrozenLearner(), TransformersSampler(model, tokenizer)
-        frozen = sampler  # frozen weights: the policy is the reference policy
+        model, tokenizer = load_frozen(model_path, resolve_dtype(cfg.dtype), cfg.attn_implementation)
+        learner = FrozenLearner()
+    # The policy's prompts are checked against its context (frozen reflector copies are not: a
+    # too-long reflection prompt is the reflection's own failure).
+    sampler = TransformersSampler(model, tokenizer, max_context=cfg.max_context or model_context(model))
+    frozen = None if cfg.trains_weights else sampler  # frozen weights: the policy is the reference policy
 
     cores = _core_share(cfg, learner)
     reference, closers = _local_reference(model_path, frozen, cfg.reflector_dtype, cores)
@@ -369,7 +378,8 @@ def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -
     # The engine holds the trained weights, so reflection gets its own frozen reference copy.
     reference, closers = _local_reference(model_path, dtype=cfg.reflector_dtype)
     return Policy(sampler, EngineSync(learner), int(learner.tokenizer.eos_token_id), reference, closers=closers,
-                  base_sampler=lambda: TransformersSampler(*load_frozen(model_path)))
+                  base_sampler=lambda: TransformersSampler(*load_frozen(model_path, learner.settings.dtype,
+                                                                        cfg.attn_implementation)))
 
 
 def _check_trl_vllm_options(options: dict) -> None:

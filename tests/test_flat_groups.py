@@ -2,14 +2,14 @@
 
 import pytest
 import torch
-from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.advantage import training_batch
 from espl_bench.method.learning import TrainingSample, is_flat
 from espl_bench.training.learner import LearnerSettings, TRLLearner
 
 
 def rollout(slot: int, problem: int, sample: int, reward: float) -> Rollout:
-    spec = EpisodeSpec("p", "train", problem, {"slot": slot, "problem": problem, "sample": sample})
+    spec = EpisodeSpec("p", "train", problem, EpisodeId(slot=slot, problem=problem, sample=sample))
     return Rollout(spec=spec, prompt_ids=[1, 2, 3], completion_ids=[4, 5], logprobs=[-1.0, -1.0], reward=reward,
                    success=reward > 0)
 

@@ -33,13 +33,31 @@ USER_PLACEMENT = "{observation}\n\nBefore you answer, read these principles care
 
 
 @dataclass(frozen=True)
+class EpisodeId:
+    """Where an episode sits in its caller's batch, carried through the engine into the rollout
+    untouched (the engine never reads it); a caller fills the coordinates it has.
+
+    ``program`` and ``slot``: the program's id and its place among the iteration's selected
+    programs (a program selected twice has two slots); ``problem``: the problem's position in the
+    caller's batch (the iteration's problems, or the item index in evaluation and GEPA);
+    ``sample``: the sample's number on that problem; ``cell``: which prompt of an evaluation batch.
+    """
+
+    program: str | None = None
+    slot: int | None = None
+    problem: int | None = None
+    sample: int | None = None
+    cell: int | None = None
+
+
+@dataclass(frozen=True)
 class EpisodeSpec:
     """What to run: a system prompt on one problem of a split, seeded by ``seed`` alone."""
 
     system_prompt: str
     split: str
     index: int
-    tags: dict = field(default_factory=dict)  # carried into the record untouched (program id, slot...)
+    id: EpisodeId = EpisodeId()  # written to rollouts.jsonl as the record's spec.id dict
     seed: int = 0
     placement: str = "system"  # system | user (see the module docstring)
 

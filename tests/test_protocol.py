@@ -5,7 +5,7 @@ import random
 
 import pytest
 from espl_bench.agents.offline_reflectors import offline_reflector
-from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.config import RunConfig
@@ -38,8 +38,8 @@ def test_an_episode_depends_on_its_coordinates_not_on_its_batch(tiny_model):
     # the same episodes inside a bigger batch, in another order, next to another prompt's
     others = item_specs(EvalItems("test", (7, 3), 3, seed=9), "Be careful.")
     mixed = engine.run([*others, *reversed(item_specs(items, "Be brief."))], params)
-    replies = {(r.spec.index, r.spec.tags["sample"]): r.response for r in mixed if r.spec.system_prompt == "Be brief."}
-    again = {(r.spec.index, r.spec.tags["sample"]): r.response for r in engine.run(item_specs(items, "Be brief."), params)}
+    replies = {(r.spec.index, r.spec.id.sample): r.response for r in mixed if r.spec.system_prompt == "Be brief."}
+    again = {(r.spec.index, r.spec.id.sample): r.response for r in engine.run(item_specs(items, "Be brief."), params)}
     assert replies == again and len(again) == 6
     assert evaluate(engine, "Be brief.", "p", items, params) == alone
     assert len(set(again.values())) > 1  # the samples of one problem differ: each has its own seed
@@ -78,7 +78,7 @@ class PrincipleEngine:
         out = []
         for s in specs:
             n = s.system_prompt.count("[G")
-            reward = min(1.0, 0.2 * n + (0.1 if s.tags.get("sample", 0) % 2 else 0.0))
+            reward = min(1.0, 0.2 * n + (0.1 if (s.id.sample or 0) % 2 else 0.0))
             out.append(Rollout(spec=s, problem_id=f"{s.split}/{s.index}", observation=f"problem {s.index}",
                                messages=[*s.first_messages(f"problem {s.index}"), {"role": "assistant", "content": "x"}],
                                reward=reward, success=reward >= 0.5, valid=True, answer="1", turns=1, generated_tokens=1))
@@ -208,7 +208,7 @@ def test_crossover_runs_only_when_the_best_program_won_a_problem_outright():
     loop = EsplLoop(cfg, parts, Pool([a, b]), random.Random(0))
 
     def rollouts(scores):
-        return [Rollout(spec=EpisodeSpec("s", "train", q, {"program": pid, "slot": slot, "problem": q, "sample": 0}),
+        return [Rollout(spec=EpisodeSpec("s", "train", q, EpisodeId(program=pid, slot=slot, problem=q, sample=0)),
                         problem_id=f"q{q}", observation=f"problem {q}", reward=r)
                 for slot, (pid, row) in enumerate(scores.items()) for q, r in enumerate(row)]
 

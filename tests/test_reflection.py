@@ -2,7 +2,7 @@ import json
 
 import pytest
 from espl_bench.agents.reflector import ReflectorCallError
-from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
 
@@ -14,7 +14,7 @@ LONG_REASONING = "I lined up the digits, added the units, carried the ten and we
 
 
 def rollout(program, problem, reward, slot=0, sample=0):
-    r = Rollout(spec=EpisodeSpec("sys", "train", 0, {"program": program, "slot": slot, "problem": problem, "sample": sample}))
+    r = Rollout(spec=EpisodeSpec("sys", "train", 0, EpisodeId(program=program, slot=slot, problem=problem, sample=sample)))
     r.problem_id = f"q{problem}"
     r.messages = [{"role": "system", "content": "sys"}, {"role": "user", "content": f"problem {problem}"},
                   {"role": "assistant", "content": f"answer {reward}. " + LONG_REASONING}]

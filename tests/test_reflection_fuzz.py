@@ -9,7 +9,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.learning import FrozenLearner
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
@@ -46,7 +46,7 @@ ADMIT = Policy(sampler=_Tokens(), learner=FrozenLearner(), eos_id=0, reference=l
 
 
 def _rollout(program: str, slot: int, problem: int, sample: int, reward: float) -> Rollout:
-    spec = EpisodeSpec("sys", "train", problem, {"program": program, "slot": slot, "problem": problem, "sample": sample})
+    spec = EpisodeSpec("sys", "train", problem, EpisodeId(program=program, slot=slot, problem=problem, sample=sample))
     return Rollout(spec=spec, problem_id=f"q{problem}", observation=f"problem {problem}",
                    messages=[*spec.first_messages(f"problem {problem}"), {"role": "assistant", "content": "x"}],
                    reward=reward, success=reward >= 1, answer="42", turns=1)

@@ -1,7 +1,7 @@
 """The rollout engine and the baseline grouping, with a scripted sampler (no model)."""
 
 import gymnasium as gym
-from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import Completion, SamplingParams
 from espl_bench.envs.base import TextEnv
 from espl_bench.method.advantage import group_size, training_batch
@@ -49,13 +49,13 @@ class CountdownEnv(TextEnv):
 def test_multi_turn_episodes_advance_together_and_batch_each_turn():
     sampler = EchoSampler()
     engine = RolloutEngine(lambda: CountdownEnv(turns=3), sampler)
-    specs = [EpisodeSpec("sys", "train", i, {"k": i}) for i in range(4)]
+    specs = [EpisodeSpec("sys", "train", i, EpisodeId(sample=i)) for i in range(4)]
     rollouts = engine.run(specs, SamplingParams())
     assert sampler.batches == [4, 4, 4]  # one batched call per turn, all episodes in it
     assert [r.turns for r in rollouts] == [3, 3, 3, 3]
     assert all(r.reward == 1.0 for r in rollouts)  # 6 messages in the history at the third reply
     assert [m["role"] for m in rollouts[0].messages] == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
-    assert rollouts[2].spec.tags == {"k": 2}
+    assert rollouts[2].spec.id == EpisodeId(sample=2)
 
 
 def test_env_exception_is_a_failed_episode_not_a_crash():
@@ -73,7 +73,7 @@ def test_turn_limit_truncates():
 
 def make_rollouts():
     engine = RolloutEngine(lambda: CountdownEnv(turns=1), EchoSampler())
-    specs = [EpisodeSpec("s", "train", q, {"program": f"p{s}", "slot": s, "problem": j, "sample": n})
+    specs = [EpisodeSpec("s", "train", q, EpisodeId(program=f"p{s}", slot=s, problem=j, sample=n))
              for s in range(2) for j, q in enumerate([0, 1]) for n in range(2)]
     rollouts = engine.run(specs, SamplingParams())
     for i, r in enumerate(rollouts):
@@ -163,3 +163,51 @@ def test_hanging_env_step_is_timed_out_as_a_failed_episode():
     assert time.monotonic() - started < 5
     assert rollouts[0].error == "step: TimeoutError: env.step did not return within 0.5 s"
     assert rollouts[1].error is None and rollouts[1].turns == 1
+
+
+class RecordingEngine(RolloutEngine):
+    """The real engine, keeping every call's specs and the rollouts it gave back."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = []
+
+    def run(self, specs, params):
+        rollouts = super().run(specs, params)
+        self.calls.append((list(specs), rollouts))
+        return rollouts
+
+
+def test_an_episodes_id_crosses_from_the_loop_through_the_engine_and_back_unchanged():
+    import random
+
+    from espl_bench.config import RunConfig
+    from espl_bench.envs.splits import SplitPlan
+    from espl_bench.method.learning import FrozenLearner
+    from espl_bench.method.loop import EsplLoop, Parts
+    from espl_bench.method.program import Pool, Program
+    from espl_bench.method.selection import make_selector
+
+    cfg = RunConfig(env="espl/Arithmetic-v0", method="rl", iterations=1, programs=2, batch_size=2, group_size=3,
+                    eval_problems=2, eval_samples=2)
+    engine = RecordingEngine(lambda: CountdownEnv(turns=2), EchoSampler())
+    parts = Parts(engine=engine, learner=FrozenLearner(), selector=make_selector("uniform"), mutation=None,
+                  crossover=None, plan=SplitPlan.of_sizes(5, 5), eos_id=0)
+    loop = EsplLoop(cfg, parts, Pool([Program("p0", {"G0": "a"})]), random.Random(0))
+    result = loop.iteration(1)
+    (train_specs, train_rollouts), (test_specs, test_rollouts) = engine.calls
+    # training: every (program, slot, problem, sample) of the iteration, each once, with no cell
+    assert {s.id for s in train_specs} == {EpisodeId(program="p0", slot=s, problem=j, sample=n)
+                                            for s in range(2) for j in range(2) for n in range(3)}
+    assert len(train_specs) == 12 and result.rollouts is train_rollouts
+    # evaluation: the item index as the problem, the prompt's cell, no program or slot
+    assert {s.id for s in test_specs} == {EpisodeId(problem=q, sample=n, cell=0) for q in range(2) for n in range(2)}
+    assert all(r.spec.id.problem == r.spec.index for r in test_rollouts)
+    for specs, rollouts in engine.calls:
+        assert [r.spec.id for r in rollouts] == [s.id for s in specs]  # each rollout comes back with its own id
+    # the record keeps the id as a dict (rollouts.jsonl)
+    record = train_rollouts[5].to_record()
+    assert record["spec"]["id"] == {"program": "p0", "slot": train_rollouts[5].spec.id.slot,
+                                    "problem": train_rollouts[5].spec.id.problem,
+                                    "sample": train_rollouts[5].spec.id.sample, "cell": None}
+    assert "tags" not in record["spec"]

@@ -8,7 +8,7 @@ import jsonschema
 import litellm
 import pytest
 from espl_bench.agents.reflector import LiteLLMReflector, LocalModels
-from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.edits import CHARS_PER_WORD, ops_schema, ops_token_bound, parse_ops
 from espl_bench.method.program import Program
 from espl_bench.method.reflection import SUMMARY_STOP, SUMMARY_TOKENS, Mutation
@@ -16,7 +16,7 @@ from espl_bench.method.reflection import SUMMARY_STOP, SUMMARY_TOKENS, Mutation
 
 def rollouts():
     def one(problem, sample, reward):
-        spec = EpisodeSpec("sys", "train", problem, {"program": "p0", "slot": 0, "problem": problem, "sample": sample})
+        spec = EpisodeSpec("sys", "train", problem, EpisodeId(program="p0", slot=0, problem=problem, sample=sample))
         return Rollout(spec=spec, problem_id=f"q{problem}", observation=f"What is {problem} + 2?", reward=reward,
                        messages=[*spec.first_messages(f"What is {problem} + 2?"), {"role": "assistant", "content": "5. " + "I added the units first and then the tens, carrying one. " * 6}],
                        success=reward >= 1, answer=str(problem + 2), turns=1)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 
 from espl_bench.agents.llm_router import usage_delta
 from espl_bench.agents.reflector import ReflectorCallError
-from espl_bench.agents.rollout import EpisodeSpec, Rollout
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
 from espl_bench.method.loop import (
@@ -85,7 +85,7 @@ class EnvAdapter:
         if not batch:
             return []
         start = len(self.rollouts)
-        specs = [EpisodeSpec(candidate[COMPONENT], split, index, {"problem": index},
+        specs = [EpisodeSpec(candidate[COMPONENT], split, index, EpisodeId(problem=index),
                              seed=derive_seed("gepa", self.cfg.seed, start + n), placement=self.cfg.prompt_placement)
                  for n, (split, index) in enumerate(batch)]
         rollouts = self.parts.engine.run(specs, sampling(self.cfg))

@@ -35,7 +35,7 @@ def training_batch(rollouts: list[Rollout], baseline: str, eos_id: int, size: in
                    skip_flat: bool = False) -> TrainingBatch:
     """Order rollouts into baseline groups of ``size`` rows (see module docstring) as TRL samples.
 
-    ``rollouts`` carry ``slot`` and ``problem`` tags; an episode that failed before any token was
+    ``rollouts`` carry ``slot``, ``problem`` and ``sample`` in their ``spec.id``; an episode that failed before any token was
     generated still fills its row (one EOS token, reward 0) so every group keeps its size. With
     ``skip_flat`` a flat group's rows become one-token placeholders marked ``left_out``: TRL's
     step keeps its shape (rows per step are fixed), but those rows carry no loss, no tokens into
@@ -43,9 +43,9 @@ def training_batch(rollouts: list[Rollout], baseline: str, eos_id: int, size: in
     new groups instead; this does not, so the batch shrinks).
     """
     if baseline == "normal":
-        key = lambda r: (r.spec.tags["slot"], r.spec.tags["problem"], r.spec.tags["sample"])  # noqa: E731
+        key = lambda r: (r.spec.id.slot, r.spec.id.problem, r.spec.id.sample)  # noqa: E731
     else:
-        key = lambda r: (r.spec.tags["problem"], r.spec.tags["slot"], r.spec.tags["sample"])  # noqa: E731
+        key = lambda r: (r.spec.id.problem, r.spec.id.slot, r.spec.id.sample)  # noqa: E731
     ordered = sorted(rollouts, key=key)
     samples, flat, left_out = [], 0, 0
     for start in range(0, len(ordered), size):

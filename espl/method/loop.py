@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from espl_bench.agents.llm_router import usage_delta
-from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, derive_seed
 from espl_bench.config import RunConfig
 from espl_bench.envs.splits import SplitPlan
@@ -148,12 +148,12 @@ class EsplLoop:
         # each seeded from its coordinates in the run (seed, iteration, slot, problem, sample)
         phase("rollouts")
         split = parts.plan.train.split
-        specs = [EpisodeSpec(p.render(), split, q, {"program": p.id, "slot": s, "problem": j, "sample": n},
+        specs = [EpisodeSpec(p.render(), split, q, EpisodeId(program=p.id, slot=s, problem=j, sample=n),
                              seed=derive_seed("train", cfg.seed, t, s, split, q, n), placement=cfg.prompt_placement)
                  for s, p in enumerate(programs) for j, q in enumerate(problems) for n in range(cfg.group_size)]
         rollouts = parts.engine.run(specs, sampling(cfg))
         # 6. rank programs by mean reward and update their TrueSkill ratings
-        scores = _mean_by(rollouts, "program")
+        scores = _mean_by_program(rollouts)
         rated = update_ratings(programs, scores, tolerance=cfg.tie_tolerance) if spec.rated else {}
         # 4-5. the RL step on r - V (grouped by the chosen baseline); runs while we reflect
         phase("learn + reflect")
@@ -215,7 +215,7 @@ class EsplLoop:
             return []
         unique = list({p.id: p for p in programs}.values())
         best = max(unique, key=lambda p: (scores.get(p.id, 0.0), p.mu))
-        mine = [r for r in rollouts if r.spec.tags["program"] == best.id and r.spec.tags["slot"] == programs.index(best)]
+        mine = [r for r in rollouts if r.spec.id.program == best.id and r.spec.id.slot == programs.index(best)]
         crossing = (spec.crosses and self.parts.crossover is not None and len(unique) > 1
                     and self.rng.random() < self.cfg.crossover_prob)  # drawn first: the rng's order is fixed
         # Mutation and crossover are independent: their calls are in flight together (with a
@@ -265,10 +265,10 @@ class EsplLoop:
         return self.evaluate_prompts(engine or self.parts.engine, [program or self.test_program()], weights, items)[0]
 
 
-def _mean_by(rollouts: list[Rollout], tag: str) -> dict[str, float]:
+def _mean_by_program(rollouts: list[Rollout]) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     for r in rollouts:
-        sums.setdefault(r.spec.tags[tag], []).append(r.reward)
+        sums.setdefault(r.spec.id.program, []).append(r.reward)
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
@@ -287,7 +287,7 @@ def _problem_success(rollouts: list[Rollout], problems: list[int]) -> list[float
     (the unit a learning curve's interval resamples: samples of one problem are not independent)."""
     by_problem: dict[int, list[bool]] = {}
     for r in rollouts:
-        by_problem.setdefault(r.spec.tags["problem"], []).append(bool(r.success))
+        by_problem.setdefault(r.spec.id.problem, []).append(bool(r.success))
     return [round(sum(v) / len(v), 6) for j in range(len(problems)) if (v := by_problem.get(j))]
 
 

@@ -397,7 +397,7 @@ def win_matrix(rollouts: list[Rollout]) -> tuple[dict[str, dict[str, float]], di
     """Per-program, per-problem mean reward (the paper's Phi) and the problems each program won outright."""
     sums: dict[str, dict[str, list[float]]] = {}
     for r in rollouts:
-        sums.setdefault(r.spec.tags["program"], {}).setdefault(r.problem_id, []).append(r.reward)
+        sums.setdefault(r.spec.id.program, {}).setdefault(r.problem_id, []).append(r.reward)
     phi = {p: {q: sum(v) / len(v) for q, v in row.items()} for p, row in sums.items()}
     problems = sorted({q for row in phi.values() for q in row})
     wins: dict[str, list[str]] = {p: [] for p in phi}

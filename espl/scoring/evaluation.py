@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from espl_bench.agents.rollout import EpisodeSpec, Rollout, RolloutEngine
+from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, derive_seed
 from espl_bench.records import CellResult, EvalItems
 
@@ -26,7 +26,7 @@ from espl_bench.records import CellResult, EvalItems
 def item_specs(items: EvalItems, prompt: str, cell: int = 0) -> list[EpisodeSpec]:
     """The episodes of ``items`` under ``prompt``, each seeded from its coordinates (``cell`` only
     tells apart prompts scored in one batch; it is not a coordinate of the seed)."""
-    return [EpisodeSpec(prompt, items.split, index, {"problem": index, "sample": n, "cell": cell},
+    return [EpisodeSpec(prompt, items.split, index, EpisodeId(problem=index, sample=n, cell=cell),
                         seed=derive_seed("eval", items.seed, items.split, index, n), placement=items.placement)
             for index in items.indices for n in range(items.samples)]
 
@@ -44,7 +44,7 @@ def evaluate_prompts(engine: RolloutEngine, prompts: Sequence[tuple[str, str]], 
     is its own, so the results are those of separate calls."""
     specs = [spec for cell, (prompt, _) in enumerate(prompts) for spec in item_specs(items, prompt, cell)]
     rollouts = engine.run(specs, params)
-    return [cell_from_rollouts([r for r in rollouts if r.spec.tags["cell"] == cell], items, program, weights=weights)
+    return [cell_from_rollouts([r for r in rollouts if r.spec.id.cell == cell], items, program, weights=weights)
             for cell, (_, program) in enumerate(prompts)]
 
 
@@ -52,7 +52,7 @@ def cell_from_rollouts(rollouts: Sequence[Rollout], items: EvalItems, program: s
     by_index: dict[int, list[Rollout]] = {index: [] for index in items.indices}
     for r in rollouts:
         by_index[r.spec.index].append(r)
-    ordered = [sorted(by_index[i], key=lambda r: r.spec.tags["sample"]) for i in items.indices]
+    ordered = [sorted(by_index[i], key=lambda r: r.spec.id.sample) for i in items.indices]
     return CellResult(
         items, program,
         successes=tuple(tuple(int(r.success) for r in row) for row in ordered),

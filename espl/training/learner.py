@@ -102,6 +102,9 @@ class TRLLearner:
     """GRPO weight updates through TRL with a LoRA adapter; see the module docstring."""
 
     trainable = True
+    # A step whose rows are all left out skips its forward and backward (one process only); off,
+    # it computes them as any step does (the tests compare the two).
+    skips_left_out_steps = True
 
     def __init__(self, settings: LearnerSettings, follower: bool = False):
         from datasets import Dataset
@@ -171,6 +174,7 @@ class TRLLearner:
         self._error: BaseException | None = None
         self._last_logs: dict[str, float] = {}
         self._left_out_step = False
+        self._skip_compute = False  # this step's rows are all left out: no forward, no backward
         learner = self
 
         class _Logs(TrainerCallback):
@@ -197,6 +201,7 @@ class TRLLearner:
             _log_into(self.trainer, settings.logging_dir)
         if settings.correct_sampler_logprobs:
             _enable_sampler_is_correction(self.trainer)
+        self._skip_compute_of_left_out_steps()
         self.model = self.trainer.model
         self._load_committed_adapter()
         if settings.trl_vllm and settings.resume_step:
@@ -235,8 +240,14 @@ class TRLLearner:
         if len(batch) != len(prompts) * self.world:
             raise RuntimeError(f"the trainer asked for {len(prompts)} rows on each of {self.world} processes, "
                                f"the iteration produced {len(batch)}")
-        if batch and all(s.left_out for s in batch):
+        left_out = bool(batch) and all(s.left_out for s in batch)
+        if left_out:
             batch = self._no_update(batch)
+        # Read by _skip_compute_of_left_out_steps for each micro-batch of this step. Only a single
+        # process skips: several processes all-reduce (DDP) or gather and reduce-scatter (FSDP,
+        # ZeRO-3) parameters and gradients from hooks on the forward and backward, and every rank
+        # must enter the same collectives; a step with no forward is not one those engines expect.
+        self._skip_compute = left_out and self.world == 1 and self.skips_left_out_steps
         mine = batch[self.rank * len(prompts):(self.rank + 1) * len(prompts)]
         return self._rollout_func_output(mine)
 
@@ -245,7 +256,8 @@ class TRLLearner:
 
         TRL's loop takes a step per batch, and Adam moves the weights on a zero gradient too (its
         first moment remembers the last step), so this step runs at learning rate 0 (the
-        scheduler sets the rate again after it; Adam's moments decay by one step). The rows are
+        scheduler sets the rate again after it; Adam's moments decay by one step), and a single
+        process skips its forward and backward (:meth:`_skip_compute_of_left_out_steps`). The rows are
         unmasked: a loss over no tokens at all divides by zero in the token-normalised losses,
         and their rewards are equal, so their gradient is zero anyway. Every process sees the
         whole batch, so all of them take the same decision."""
@@ -253,6 +265,26 @@ class TRLLearner:
             group["lr"] = 0.0
         self._left_out_step = True
         return [TrainingSample(s.prompt_ids, s.completion_ids, s.logprobs, 0.0, None, left_out=True) for s in batch]
+
+    def _skip_compute_of_left_out_steps(self) -> None:
+        """A step of left-out rows only gets a zero loss from no model call (Trainer.compute_loss,
+        its documented override point, wrapped on this trainer).
+
+        Everything else of the step stays: its backward gives every trainable weight an exact
+        zero gradient, as the full pass did (zero advantages times anything), so the optimizer
+        step at learning rate 0 (:meth:`_no_update`) updates Adam's moments and step count as
+        before, and the scheduler, ``global_step``, logging and the checkpoint run as usual. The
+        step logs no loss-side metrics (entropy, clip ratios): nothing computed them. With the
+        sampler-logprob correction (a vLLM sampler) TRL still runs its no-grad forward for the old
+        log-probabilities while it prepares the batch, over one-token placeholder rows."""
+        full = self.trainer.compute_loss
+
+        def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self._skip_compute and not return_outputs:
+                return _zero_loss(model)
+            return full(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+        self.trainer.compute_loss = compute_loss
 
     def _next_batch(self) -> list[TrainingSample] | None:
         if self.world == 1:
@@ -430,6 +462,11 @@ def _log_into(trainer, folder: str) -> None:
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback):
             callback.logging_dir = folder
+
+
+def _zero_loss(model):
+    """0 with a zero gradient for every trainable weight, without running ``model``."""
+    return sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
 
 
 def _reward_from_rollout(prompts, completions, espl_reward, **kwargs) -> list[float]:

@@ -85,3 +85,14 @@ def test_the_cli_refuses_at_start_with_one_line_and_exit_2(monkeypatch, caplog, 
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].startswith("trl 1.0.0 is installed") and "fix: python -m pip install" in errors[0]
     assert capsys.readouterr().out == ""  # refused before the command ran
+
+
+def test_the_floors_list_names_tests_that_exist():
+    root = PYPROJECT.parent
+    entries = [line.strip() for line in (root / "tests" / "floors.txt").read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")]
+    assert entries and "tests/test_versions.py" in entries
+    for entry in entries:
+        path, _, test = entry.partition("::")
+        assert (root / path).is_file(), entry
+        assert not test or f"def {test}(" in (root / path).read_text(), entry

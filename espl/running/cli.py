@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        from espl_bench.running.versions import check
+
+        check()  # an untested torch/transformers/trl/peft/accelerate: one line now, not a traceback later
         from espl_bench.leaderboards.commands import bench, leaderboard
 
         handlers = {"run": _run, "plan": _plan, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,

@@ -137,7 +137,7 @@ class TRLLearner:
             loss_type=settings.loss_type,
             scale_rewards=settings.scale_rewards,
             max_completion_length=settings.max_completion_length,
-            activation_checkpointing=settings.gradient_checkpointing,
+            **checkpointing_option(GRPOConfig, settings.gradient_checkpointing),
             use_cpu=not _cuda_available(),
             **grpo_precision(settings.dtype, settings.attn_implementation),
             save_strategy="steps",
@@ -443,6 +443,19 @@ def _enable_sampler_is_correction(trainer) -> None:
     trainer.use_vllm = True
     trainer.vllm_generation = _WeightsSyncedElsewhere()
     trainer._last_loaded_step = -1
+
+
+def checkpointing_option(config_class: type, enabled: bool) -> dict:
+    """The ``TrainingArguments`` field that switches activation checkpointing in this transformers.
+
+    transformers 5.17 (the floor, and the GPU machines') knows only ``gradient_checkpointing``;
+    later 5.x add ``activation_checkpointing`` and keep the old name as a deprecated alias. TRL's
+    config defaults the old one to True, so whichever field exists must be set explicitly.
+    """
+    from dataclasses import fields
+
+    names = {f.name for f in fields(config_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def trl_vllm_options(settings: LearnerSettings) -> dict:

@@ -45,7 +45,7 @@ from espl_bench.method.copies import CopyGuard
 
 MIN_ZIPF = 2.0  # a word is at least this frequent (Zipf 2: once per ten million words)
 WORD_SHARE = 0.75  # this share of the lettered tokens must be words of the language
-MIN_WORDS = 3  # distinct words of the language in one principle
+MIN_WORDS = 2  # distinct words of the language in one principle ("Be careful.")
 MIN_LETTERS = 5  # distinct letters ("aa aaa aaaa" is not a sentence)
 LANGUAGE = "en"
 

@@ -21,9 +21,11 @@ names the :class:`Reason`:
 7. ``talks about edits or attempts``: the words of the reflection exchange (edit, principle,
    JSON, revision, reviewer, a principle id such as ``G1``, "the previous attempt", "your answer")
    or the model talking about itself or to its user ("I will", "please provide").
-8. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words, fewer than
+8. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words (one of them not
+   short, see below), fewer than
    :data:`MIN_LETTERS` distinct letters, or under :data:`WORD_SHARE` of its lettered tokens with a
-   ``wordfreq`` Zipf frequency of at least :data:`MIN_ZIPF` in the run's language.
+   ``wordfreq`` Zipf frequency of at least :data:`MIN_ZIPF` in the run's language (higher for
+   tokens of one to three letters, :data:`SHORT_ZIPF`, which are mostly abbreviations).
 
 The rule is a pure function of the text, the language and the templates. It judges one edit's
 text (a principle), not a whole system prompt: GEPA's candidates are whole prompts written by the
@@ -43,7 +45,11 @@ import wordfreq
 
 from espl_bench.method.copies import CopyGuard
 
-MIN_ZIPF = 2.0  # a word is at least this frequent (Zipf 2: once per ten million words)
+MIN_ZIPF = 2.5  # a word is at least this frequent (Zipf 2.5: 3 per ten million words; "numerator" is 2.3)
+# Short strings of an alphabet are mostly abbreviations ("bc", "mr", "cdl" have Zipf 3 to 5.7): a
+# token of one or two letters counts as a word at Zipf 6 (to, of, be, if, us, a), of three at 4
+# (sum, add, odd). Random strings of 3 letters pass 4.0 about 2% of the time, of 4 pass 2.5 about 1%.
+SHORT_ZIPF = {1: 6.0, 2: 6.0, 3: 4.0}
 WORD_SHARE = 0.75  # this share of the lettered tokens must be words of the language
 MIN_WORDS = 2  # distinct words of the language in one principle ("Be careful.")
 MIN_LETTERS = 5  # distinct letters ("aa aaa aaaa" is not a sentence)
@@ -147,17 +153,26 @@ def _first(patterns: tuple[re.Pattern, ...], text: str) -> str:
 
 def _words(text: str, stripped: str, language: str) -> Verdict:
     tokens = [t for t in wordfreq.tokenize(stripped, language) if any(c.isalpha() for c in t)]
-    known = [t for t in tokens if wordfreq.zipf_frequency(t, language) >= MIN_ZIPF]
+    known = [t for t in tokens if wordfreq.zipf_frequency(t, language) >= _least_zipf(t)]
     letters = {c for c in stripped.lower() if c.isalpha()}
-    if len(set(known)) < MIN_WORDS or len(letters) < MIN_LETTERS:
-        return Verdict(text, Reason.NOT_WORDS, f"{len(set(known))} distinct words of {language!r}, "
-                                               f"{len(letters)} distinct letters")
+    long = [t for t in known if _least_zipf(t) == MIN_ZIPF]
+    if len(set(known)) < MIN_WORDS or len(letters) < MIN_LETTERS or not long:
+        return Verdict(text, Reason.NOT_WORDS, f"{len(set(known))} distinct words of {language!r}, {len(long)} of "
+                                               f"four letters or more, {len(letters)} distinct letters")
     share = len(known) / len(tokens)
     if share < WORD_SHARE:
         unknown = [t for t in tokens if t not in known][:3]
         return Verdict(text, Reason.NOT_WORDS, f"{share:.0%} of its tokens are words of {language!r} "
                                                f"(not: {', '.join(unknown)})")
     return Verdict(text)
+
+
+def _least_zipf(token: str) -> float:
+    # only alphabets (Latin, Greek, Cyrillic, Armenian): in Chinese or Japanese a word of one or
+    # two characters is the rule
+    if len(token) in SHORT_ZIPF and all(ord(c) < 0x0590 for c in token):
+        return SHORT_ZIPF[len(token)]
+    return MIN_ZIPF
 
 
 @functools.cache

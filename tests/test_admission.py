@@ -62,6 +62,8 @@ ADVICE = [
     "If a number is negative, keep its minus sign when you subtract.",
     "Write the final number alone on the last line.",
     "Carry the tens digit before adding the next column.",
+    "Solve for x, then check that x times y gives the product.",
+    "Count how many times the letter r appears in the word.",
 ]
 
 

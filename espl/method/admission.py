@@ -23,7 +23,8 @@ names the :class:`Reason`:
    or the model talking about itself or to its user ("I will", "please provide").
 8. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words (one of them not
    short, see below), fewer than
-   :data:`MIN_LETTERS` distinct letters, or under :data:`WORD_SHARE` of its lettered tokens with a
+   :data:`MIN_LETTERS` distinct letters, or under :data:`WORD_SHARE` of its lettered tokens (a lone
+   letter, a symbol such as "x" or "the letter r", is not counted) with a
    ``wordfreq`` Zipf frequency of at least :data:`MIN_ZIPF` in the run's language (higher for
    tokens of one to three letters, :data:`SHORT_ZIPF`, which are mostly abbreviations).
 
@@ -49,7 +50,7 @@ MIN_ZIPF = 2.5  # a word is at least this frequent (Zipf 2.5: 3 per ten million 
 # Short strings of an alphabet are mostly abbreviations ("bc", "mr", "cdl" have Zipf 3 to 5.7): a
 # token of one or two letters counts as a word at Zipf 6 (to, of, be, if, us, a), of three at 4
 # (sum, add, odd). Random strings of 3 letters pass 4.0 about 2% of the time, of 4 pass 2.5 about 1%.
-SHORT_ZIPF = {1: 6.0, 2: 6.0, 3: 4.0}
+SHORT_ZIPF = {1: 6.0, 2: 6.0, 3: 4.0}  # one letter: only outside alphabets (a lone letter is a symbol)
 WORD_SHARE = 0.75  # this share of the lettered tokens must be words of the language
 MIN_WORDS = 2  # distinct words of the language in one principle ("Be careful.")
 MIN_LETTERS = 5  # distinct letters ("aa aaa aaaa" is not a sentence)
@@ -152,7 +153,9 @@ def _first(patterns: tuple[re.Pattern, ...], text: str) -> str:
 
 
 def _words(text: str, stripped: str, language: str) -> Verdict:
-    tokens = [t for t in wordfreq.tokenize(stripped, language) if any(c.isalpha() for c in t)]
+    # a lone letter of an alphabet is a symbol ("solve for x", "the letter r"), neither word nor junk
+    tokens = [t for t in wordfreq.tokenize(stripped, language)
+              if any(c.isalpha() for c in t) and not (len(t) == 1 and ord(t) < 0x0590)]
     known = [t for t in tokens if wordfreq.zipf_frequency(t, language) >= _least_zipf(t)]
     letters = {c for c in stripped.lower() if c.isalpha()}
     long = [t for t in known if _least_zipf(t) == MIN_ZIPF]

@@ -196,6 +196,7 @@ def test_a_text_cut_at_the_word_cap_is_judged_again():
     outcome = Mutation(scripted(critique=CRITIQUE, revision=long), max_words=2)(parent, rollouts, iteration=1)
     assert outcome.child is None and "not admitted" in outcome.reason
     assert outcome.rejected == {"not words of the language": 1}
+    assert outcome.log[-1]["purpose"] == "child" and outcome.log[-1]["refused"][0]["text"] == "Qwxzv: count"
 
 
 def test_the_fallback_applies_only_admitted_critique_edits():

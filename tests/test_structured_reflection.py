@@ -117,7 +117,7 @@ def test_the_local_reflector_writes_schema_valid_json_even_from_a_random_model(t
         # refuse them (counted by reason), never the parser
         assert edit_calls and all(e["path"] == "schema" and (e["valid"] or e.get("refused")) for e in edit_calls)
         assert outcome.paths == {"schema": len(edit_calls)}
-        assert sum(outcome.rejected.values()) == sum(len(e.get("refused", [])) for e in edit_calls)
+        assert sum(outcome.rejected.values()) == sum(len(e.get("refused", [])) for e in outcome.log)
     finally:
         models.close()
 

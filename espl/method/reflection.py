@@ -270,6 +270,8 @@ class _Session:
         for text in principles.values():
             verdict = self.admit(text) if text not in old else None
             if verdict is not None and not verdict.admitted:
+                self.record({"purpose": "child", "refused": [
+                    {"text": text, "reason": verdict.reason.value, "detail": verdict.detail}]})
                 with self._lock:
                     self.outcome.refuse(verdict)
                 return f"a principle of the child is not admitted ({verdict.describe()}): {text!r}"

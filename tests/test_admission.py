@@ -2,6 +2,7 @@
 ``espl-bench principles check``."""
 
 import json
+import random
 import re
 import string
 from pathlib import Path
@@ -210,3 +211,40 @@ def test_the_fallback_applies_only_admitted_critique_edits():
     assert outcome.label == "fallback"
     assert list(outcome.child.principles.values()) == ["Be careful.", "Evaluate parentheses first."]
     assert outcome.rejected == {"placeholder": 1}
+
+
+def test_the_iteration_metrics_count_refusals_by_reason_and_only_admitted_children():
+    from espl_bench.config import RunConfig
+    from espl_bench.envs.splits import SplitPlan
+    from espl_bench.method.learning import FrozenLearner
+    from espl_bench.method.loop import EsplLoop, Parts
+    from espl_bench.method.program import Pool
+    from espl_bench.method.selection import make_selector
+    from espl_bench.records import IterationMetrics
+
+    from tests.test_protocol import PrincipleEngine
+
+    answers = iter([json.dumps({"ops": [{"op": "add", "text": "<p>The answer is 12"},
+                                       {"op": "add", "text": "Count each letter separately before giving the total."}]}),
+                    _junk_edit("{{[Your edit text]}}")])
+
+    def respond(messages):
+        text = messages[-1]["content"]
+        return "summary" if "Summarise" in text else next(answers, _junk_edit("[Your text here]"))
+
+    cfg = RunConfig(env="espl/Arithmetic-v0", method="self-reflection", iterations=2, programs=1, batch_size=1,
+                    group_size=2, eval_problems=1, eval_samples=1)
+    parts = Parts(engine=PrincipleEngine(), learner=FrozenLearner(), selector=make_selector("uniform"),
+                  mutation=Mutation(ScriptedReflector(respond)), crossover=None, plan=SplitPlan.of_sizes(20, 5), eos_id=0)
+    loop = EsplLoop(cfg, parts, Pool.with_root(), random.Random(0))
+    first, second = (loop.iteration(t).metrics for t in (1, 2))
+    # 1: the critique's markup is refused and its advice kept; the revision answers only
+    # placeholders (refused), so the fallback applies the critique's admitted edit
+    assert first.reflection_counts.rejected_edits == {"markup or code": 1, "placeholder": 2}
+    assert first.children == ["p1"] and first.reflection_counts.children["fallback"] == 1
+    assert list(loop.pool["p1"].principles.values()) == ["Count each letter separately before giving the total."]
+    # 2: nothing but placeholders: no child, every refusal counted
+    assert second.children == [] and second.reflection_counts.rejected_edits == {"placeholder": 2}
+    assert sum(second.reflection_counts.children.values()) == 0 and second.reflection_failures == 1
+    again = IterationMetrics.model_validate_json(second.model_dump_json())
+    assert again.reflection_counts.rejected_edits == {"placeholder": 2}

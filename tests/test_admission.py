@@ -65,6 +65,10 @@ ADVICE = [
     "Carry the tens digit before adding the next column.",
     "Solve for x, then check that x times y gives the product.",
     "Count how many times the letter r appears in the word.",
+    "Write your answer as a single number on the last line.",
+    "Count the letters of the original text one by one.",
+    "The answer is one whole number, so round only at the end.",
+    "Re-read your attempt before you answer.",
 ]
 
 

@@ -19,7 +19,7 @@ names the :class:`Reason`:
    marker, emphasis (``*...*``), or any of ``[]{}\\|^~`` left over.
 6. ``answers one problem``: "the answer is 12", or a worked equation (``7 + 6 = 13``).
 7. ``talks about edits or attempts``: the words of the reflection exchange (edit, principle,
-   JSON, revision, reviewer, a principle id such as ``G1``, "the previous attempt", "your answer")
+   JSON, revision, reviewer, a principle id such as ``G1``, "the previous attempt", "my answer")
    or the model talking about itself or to its user ("I will", "please provide").
 8. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words (one of them not
    short, see below), fewer than
@@ -108,13 +108,13 @@ _MARKUP = (
     re.compile(r"(?<![\s\d])[<>]|[<>](?![\s\d])"),  # angle brackets that are not comparisons
 )
 _ANSWER = (
-    re.compile(r"\banswer\s*(?:is|was|should be|would be|=|:)\s*['\"]?-?(\d|one\b|two\b|three\b|zero\b)", re.I),
+    re.compile(r"\banswer\s*(?:is|was|should be|would be|=|:)\s*(?:-?\d|['\"]\w)", re.I),  # a number or a quoted value
     re.compile(r"\d\s*[-+*/×x÷]\s*-?\d[\d.]*\s*=\s*-?\d"),  # 7 + 6 = 13
 )
 _META = re.compile(
     r"\b(edit(s|ed|ing)?|principles?|json|revisions?|reviewers?|G\d+)\b"
-    r"|\b(the|this|that|these|previous|last|your|my)\s+attempts?\b"
-    r"|\b(previous|last|your|my|original)\s+(answer|response|reply|edit|text)\b"
+    r"|\b(the|this|that|these|previous|last|my)\s+attempts?\b"  # "your answer/attempt" is advice's own wording
+    r"|\b(previous|last|my)\s+(answer|response|reply)\b"
     r"|\bI(\s+(will|am|have|would)|'(m|ll|ve|d))\b|\bplease\s+provide\b", re.I)
 
 

@@ -26,7 +26,8 @@ names the :class:`Reason`:
    :data:`MIN_LETTERS` distinct letters, or under :data:`WORD_SHARE` of its lettered tokens (a lone
    letter, a symbol such as "x" or "the letter r", is not counted) with a
    ``wordfreq`` Zipf frequency of at least :data:`MIN_ZIPF` in the run's language (higher for
-   tokens of one to three letters, :data:`SHORT_ZIPF`, which are mostly abbreviations).
+   tokens of one to three letters, :data:`SHORT_ZIPF`, which are mostly abbreviations), or, in an
+   alphabet, words not separated by spaces (``NO;TEXT``).
 
 The rule is a pure function of the text, the language and the templates. It judges one edit's
 text (a principle), not a whole system prompt: GEPA's candidates are whole prompts written by the
@@ -162,6 +163,10 @@ def _words(text: str, stripped: str, language: str) -> Verdict:
     if len(set(known)) < MIN_WORDS or len(letters) < MIN_LETTERS or not long:
         return Verdict(text, Reason.NOT_WORDS, f"{len(set(known))} distinct words of {language!r}, {len(long)} of "
                                                f"four letters or more, {len(letters)} distinct letters")
+    if all(ord(c) < 0x0590 for t in known for c in t):  # an alphabet's words are separated by spaces ("NO;TEXT")
+        spaced = [chunk for chunk in stripped.split() if set(wordfreq.tokenize(chunk, language)) & set(known)]
+        if len(spaced) < MIN_WORDS:
+            return Verdict(text, Reason.NOT_WORDS, f"its words are not separated by spaces: {stripped[:40]!r}")
     share = len(known) / len(tokens)
     if share < WORD_SHARE:
         unknown = [t for t in tokens if t not in known][:3]

@@ -65,6 +65,7 @@ class RunConfig(BaseModel):
     max_ops: int = Field(2, ge=1, description="at most this many edits per critique (K_ops)")
     revision_fallback: bool = Field(True, description="when the batch revision is unusable after one repair, apply the critiques' validated edits instead of keeping the parent (small reflectors need this)")
     max_words: int = Field(32, ge=4, description="word cap per principle")
+    principle_language: str = Field("en", description="the language of the principles (a wordfreq code: en, de, fr, zh, ...): an edit's text is admitted only when most of its words are words of it (espl-bench principles check shows the rule)")
     sigma_inflation: float = Field(1.0, ge=0, description="delta sigma added (in quadrature) to a child's sigma")
     tie_tolerance: float = Field(0.01, ge=0, description="mean rewards this close rank as a tie")
     test_program: Literal["auto", "lcb", "latest", "root"] = Field("auto", description="program scored at test time: auto = the method's rule (espl/evolution lcb, self-reflection latest, rl root, gepa its validation best); lcb = best mu - 2 sigma (ratings from training rollouts only); latest = newest program (the reference code's choice); root = the root program")
@@ -185,6 +186,11 @@ class RunConfig(BaseModel):
         if self.max_context is not None and self.max_context <= self.max_new_tokens:
             raise ValueError(f"--max-context {self.max_context} leaves no room for a prompt beside the reply budget "
                              f"(--max-new-tokens {self.max_new_tokens}); fix: raise --max-context or lower --max-new-tokens")
+        import wordfreq  # 0.7 s to import: only where a config is checked
+
+        if self.principle_language not in wordfreq.available_languages():
+            raise ValueError(f"--principle-language {self.principle_language!r} has no wordfreq word list; fix: one of "
+                             f"{', '.join(sorted(wordfreq.available_languages()))}")
         if any(k.lower().endswith("key") for k in self.policy_kwargs):
             raise ValueError("--policy-kwargs must not hold API keys; fix: set the provider's key variable in the environment")
         return self

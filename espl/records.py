@@ -224,7 +224,9 @@ class ReflectionCounts(BaseModel):
     children: dict[str, int] = Field(default_factory=lambda: {"revision": 0, "fallback": 0, "crossover": 0})
     failed: int = 0
     skipped: int = 0
-    copied_edits_rejected: int = 0
+    copied_edits_rejected: int = 0  # edits refused as a copy of the templates or a placeholder
+    # every edit the admission rule refused (espl_bench.method.admission), by reason; copies included
+    rejected_edits: dict[str, int] = Field(default_factory=dict)
     edit_calls: dict[str, int] = Field(default_factory=dict)  # by path: schema (structured output) | fallback
 
 
@@ -279,7 +281,8 @@ class ReflectionRecord(Record):
     calls: int = 0
     repairs: int = 0
     fallback: bool = False
-    copies: int = 0
+    copies: int = 0  # edits refused as a copy of the templates or a placeholder
+    rejected: dict[str, int] = Field(default_factory=dict)  # edits the admission rule refused, by reason
     paths: dict[str, int] = Field(default_factory=dict)  # edit calls by path: schema | fallback
     log: list[dict[str, Any]] = Field(default_factory=list)
 

@@ -8,9 +8,9 @@ Runs ``espl-bench run`` (method espl on espl/Arithmetic-v0 at the quickstart's s
 flags given) and reads the run folder. An edit-operation call is a critique, a batch revision or
 a crossover call (repairs included); it is valid when its answer parses into at least one edit
 (:func:`espl_bench.method.edits.parse_ops`, ids checked against the principles shown in its
-prompt) and not every edit copies an example of the templates, today's or the earlier ones
-("Check the sign of every term before adding."). The same rule scores a run of any version, so
-before and after are measured alike. Prints one JSON object.
+prompt) and at least one edit passes the admission rule (:mod:`espl_bench.method.admission`),
+whose copy guard also knows the templates' earlier examples ("Check the sign of every term
+before adding."). The same rule scores a run of any version, so before and after are measured alike. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from espl_bench.method.admission import admit
 from espl_bench.method.copies import CopyGuard
 from espl_bench.method.edits import ReflectionParseError, parse_ops
 from espl_bench.method.reflection import load_templates
@@ -44,7 +45,7 @@ def valid(purpose: str, prompt: str, answer: str) -> bool:
         ops = parse_ops(answer, allowed=KINDS[kind], valid_ids=_ids(prompt), max_ops=8)
     except ReflectionParseError:
         return False
-    return any(op.op == "remove" or not GUARD.copies(op.text) for op in ops)
+    return any(op.op == "remove" or admit(op.text, guard=GUARD).admitted for op in ops)
 
 
 def measure(out: Path) -> dict:

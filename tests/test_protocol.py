@@ -96,7 +96,7 @@ def _improving_reflector():
         text = messages[-1]["content"]
         if "Summarise" in text:
             return "summary"
-        return f'```json\n[{{"op": "add", "text": "Principle number {next(counter)} about carrying digits."}}]\n```'
+        return f'```json\n[{{"op": "add", "text": "Carry the digits of column {next(counter)} before moving to the next one."}}]\n```'
 
     return ScriptedReflector(respond)
 

@@ -102,15 +102,23 @@ def test_items(cfg: RunConfig, plan: SplitPlan, problems: int | None = None, sam
 
 
 def reflection_counts(outcomes: list[ReflectionOutcome]) -> ReflectionCounts:
-    """How many children an iteration really produced, by source, and how many attempts did not."""
+    """How many children an iteration really produced, by source, how many attempts did not, and
+    the edits the admission rule refused, by reason (a child exists only when its edits passed)."""
     labels = [o.label for o in outcomes]
-    paths: dict[str, int] = {}
-    for o in outcomes:
-        for path, n in o.paths.items():
-            paths[path] = paths.get(path, 0) + n
+    paths = _sum_counts(o.paths for o in outcomes)
     return ReflectionCounts(children={source: labels.count(source) for source in SOURCES},
                             failed=labels.count("failed"), skipped=labels.count("skipped"),
-                            copied_edits_rejected=sum(o.copies for o in outcomes), edit_calls=paths)
+                            copied_edits_rejected=sum(o.copies for o in outcomes),
+                            rejected_edits=dict(sorted(_sum_counts(o.rejected for o in outcomes).items())),
+                            edit_calls=paths)
+
+
+def _sum_counts(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for count in counts:
+        for key, n in count.items():
+            total[key] = total.get(key, 0) + n
+    return total
 
 
 class EsplLoop:

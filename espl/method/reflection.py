@@ -7,10 +7,13 @@ Crossover (step 8): from the per-problem win matrix, the best program is edited 
 principles of programs that alone solved some problems.
 
 Any malformed answer gets one repair attempt that quotes the error; if that fails too the
-reflection is recorded as failed, no child is made, and the run goes on. An edit that copies the
-templates' examples or placeholders is dropped and counted (:mod:`espl_bench.method.copies`); an answer left
-with no edit is malformed. A child whose principles equal its parent's is no child. Operators
-never touch the pool: a child gets its id when the loop admits it.
+reflection is recorded as failed, no child is made, and the run goes on. An edit whose text the
+admission rule refuses (:mod:`espl_bench.method.admission`: a placeholder, an echo of the
+templates, markup or code, talk about the edits, an answer to one problem, not words) is dropped
+and counted by reason; an answer left with no edit is malformed. Every principle a child adds or
+changes is admitted (the fallback's edits passed the rule in their critique; a text cut at
+``max_words`` is judged again), else there is no child. A child whose principles equal its
+parent's is no child. Operators never touch the pool: a child gets its id when the loop admits it.
 
 Outcomes are counted apart (:attr:`ReflectionOutcome.label`): a child from the batch revision
 (``revision``), from the critiques' edits when the revision was unusable (``fallback``), from
@@ -31,6 +34,7 @@ from string import Template
 
 from espl_bench.agents.reflector import Reflector, ReflectorCallError
 from espl_bench.agents.rollout import Rollout
+from espl_bench.method.admission import LANGUAGE, Reason, Verdict, admit
 from espl_bench.method.copies import CopyGuard
 from espl_bench.method.edits import ReflectionParseError, ops_schema, ops_token_bound, parse_ops
 from espl_bench.method.program import EditOp, Program, apply_edits
@@ -68,7 +72,7 @@ class ReflectionOutcome:
     calls: int = 0
     repairs: int = 0
     fallback: bool = False  # the batch revision failed and the critiques' edits were applied
-    copies: int = 0  # edits dropped for copying the templates' examples or placeholders
+    rejected: dict[str, int] = field(default_factory=dict)  # edits the admission rule refused, by reason
     paths: dict[str, int] = field(default_factory=dict)  # edit calls by path: schema | fallback
     log: list[dict] = field(default_factory=list)  # every prompt and answer, for audit and replay
 
@@ -79,6 +83,15 @@ class ReflectionOutcome:
             return self.status
         return "crossover" if self.kind == "crossover" else "fallback" if self.fallback else "revision"
 
+    @property
+    def copies(self) -> int:
+        """Edits refused for copying the templates' text or a placeholder (the copy guard's share)."""
+        return self.rejected.get(Reason.ECHO.value, 0) + self.rejected.get(Reason.PLACEHOLDER.value, 0)
+
+    def refuse(self, verdict: Verdict) -> None:
+        """Count an edit the admission rule refused."""
+        self.rejected[verdict.reason.value] = self.rejected.get(verdict.reason.value, 0) + 1
+
     def reject(self, reason: str) -> None:
         """No child after all (the loop refused it): the outcome becomes a failure."""
         self.status, self.reason, self.child = "failed", reason, None
@@ -86,7 +99,8 @@ class ReflectionOutcome:
     def to_record(self) -> ReflectionRecord:
         return ReflectionRecord(kind=self.kind, status=self.status, label=self.label, reason=self.reason,
                                 child=self.child.id if self.child else None, calls=self.calls, repairs=self.repairs,
-                                fallback=self.fallback, copies=self.copies, paths=self.paths, log=self.log)
+                                fallback=self.fallback, copies=self.copies, rejected=self.rejected, paths=self.paths,
+                                log=self.log)
 
 
 def _clip(text: str) -> str:
@@ -158,8 +172,9 @@ class _Session:
     """
 
     def __init__(self, reflector: Reflector, templates: dict[str, Template], outcome: ReflectionOutcome,
-                 deadline: float | None = None, max_words: int = 32):
+                 deadline: float | None = None, max_words: int = 32, language: str = LANGUAGE):
         self.reflector = reflector
+        self.language = language
         self.templates = templates
         self.outcome = outcome
         self.deadline = deadline
@@ -220,22 +235,47 @@ class _Session:
             return self._usable(answer, allowed, valid_ids, max_ops)
 
     def _usable(self, answer: str, allowed: set[str], valid_ids: set[str], max_ops: int) -> list[EditOp]:
-        """The answer's valid edits minus those that copy the templates (at least one must remain);
-        the log entry of the call says whether it was usable."""
+        """The answer's valid edits minus those the admission rule refuses (at least one must
+        remain); the log entry of the call says whether it was usable and why edits were refused."""
         entry = next((e for e in reversed(self.outcome.log) if e.get("answer") is answer), {})
         try:
             ops = parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
-            kept = [op for op in ops if op.op == "remove" or not self.guard.copies(op.text)]
-            with self._lock:
-                self.outcome.copies += len(ops) - len(kept)
+            verdicts = [None if op.op == "remove" else self.admit(op.text) for op in ops]
+            refused = [v for v in verdicts if v is not None and not v.admitted]
+            kept = [op for op, v in zip(ops, verdicts) if v is None or v.admitted]
+            if refused:
+                entry["refused"] = [{"text": v.text, "reason": v.reason.value, "detail": v.detail} for v in refused]
+                with self._lock:
+                    for verdict in refused:
+                        self.outcome.refuse(verdict)
             if not kept:
-                raise ReflectionParseError("every edit copies the example or placeholder of the instructions; write "
-                                           "principles of your own, drawn from the attempts")
+                echo = all(v.reason in (Reason.ECHO, Reason.PLACEHOLDER) for v in refused)
+                raise ReflectionParseError(
+                    ("every edit copies the example or placeholder of the instructions" if echo else
+                     "no edit is plain advice (" + "; ".join(sorted({v.reason.value for v in refused})) + ")")
+                    + "; write principles of your own, drawn from the attempts, as plain sentences")
         except ReflectionParseError as exc:
             entry["valid"], entry["parse_error"] = False, str(exc)
             raise
         entry["valid"] = True
         return kept
+
+    def admit(self, text: str) -> Verdict:
+        return admit(text, language=self.language, guard=self.guard)
+
+    def refused_principle(self, parent: dict[str, str], principles: dict[str, str]) -> str:
+        """Why a child's principles cannot stand ('' when every new or changed text is admitted):
+        the edits were admitted before :func:`apply_edits` cut them at ``max_words``."""
+        old = set(parent.values())
+        for text in principles.values():
+            verdict = self.admit(text) if text not in old else None
+            if verdict is not None and not verdict.admitted:
+                self.record({"purpose": "child", "refused": [
+                    {"text": text, "reason": verdict.reason.value, "detail": verdict.detail}]})
+                with self._lock:
+                    self.outcome.refuse(verdict)
+                return f"a principle of the child is not admitted ({verdict.describe()}): {text!r}"
+        return ""
 
 
 class Mutation:
@@ -243,7 +283,9 @@ class Mutation:
 
     def __init__(self, reflector: Reflector, *, max_ops: int = 2, max_words: int = 32, inflation: float = 1.0,
                  max_revision_ops: int = 4, concurrency: int = 16, revision_fallback: bool = True,
-                 deadline_s: float | None = None, templates: dict[str, Template] | None = None):
+                 deadline_s: float | None = None, templates: dict[str, Template] | None = None,
+                 language: str = LANGUAGE):
+        self.language = language
         self.revision_fallback = revision_fallback
         self.deadline_s = deadline_s
         self.reflector = reflector
@@ -265,7 +307,8 @@ class Mutation:
         if not chosen:
             outcome.status, outcome.reason = "skipped", "every rollout succeeded: nothing to learn from"
             return outcome
-        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words)
+        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words,
+                           self.language)
         valid_ids = set(parent.principles)
         try:
             summaries = self._summaries(session, parent, chosen)
@@ -295,6 +338,9 @@ class Mutation:
         principles = apply_edits(parent.principles, ops, max_words=self.max_words)
         if principles == apply_edits(parent.principles, [], max_words=self.max_words):
             outcome.status, outcome.reason = "failed", "the edits leave the program unchanged"
+            return outcome
+        if refused := session.refused_principle(parent.principles, principles):
+            outcome.status, outcome.reason = "failed", refused
             return outcome
         mu, sigma = mutation_prior(parent, self.inflation)
         outcome.child = Program(
@@ -351,7 +397,9 @@ class Crossover:
     """Recombination of the best program with programs that alone won some problems (step 8)."""
 
     def __init__(self, reflector: Reflector, *, max_ops: int = 4, max_words: int = 32, inflation: float = 1.0,
-                 deadline_s: float | None = None, templates: dict[str, Template] | None = None):
+                 deadline_s: float | None = None, templates: dict[str, Template] | None = None,
+                 language: str = LANGUAGE):
+        self.language = language
         self.deadline_s = deadline_s
         self.reflector = reflector
         self.max_ops = max_ops
@@ -370,7 +418,8 @@ class Crossover:
             f"### Prompt {p.id}\n{_principles_text(p)}\nSolved only by it:\n"
             + "\n".join(f"- {_clip(problems.get(q, q))}" for q in wins[p.id])
             for p in others)
-        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words)
+        session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words,
+                           self.language)
         try:
             ops = session.ask_ops("crossover", "crossover", allowed={"add", "modify", "remove"},
                                   valid_ids=set(best.principles), max_ops=self.max_ops,
@@ -384,6 +433,9 @@ class Crossover:
         principles = apply_edits(best.principles, ops, max_words=self.max_words)
         if principles == apply_edits(best.principles, [], max_words=self.max_words):
             outcome.status, outcome.reason = "failed", "the edits leave the program unchanged"
+            return outcome
+        if refused := session.refused_principle(best.principles, principles):
+            outcome.status, outcome.reason = "failed", refused
             return outcome
         parents = [best, *others]
         mu, sigma = crossover_prior(parents, self.inflation)

@@ -146,11 +146,12 @@ def _operators(cfg: RunConfig, reflector) -> tuple[Mutation | None, Crossover | 
     if not cfg.spec.mutates:
         return None, None
     mutation = Mutation(reflector, max_ops=cfg.max_ops, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
-                        revision_fallback=cfg.revision_fallback, deadline_s=cfg.reflection_deadline)
+                        revision_fallback=cfg.revision_fallback, deadline_s=cfg.reflection_deadline,
+                        language=cfg.principle_language)
     crossover = None
     if cfg.spec.crosses and cfg.crossover_prob > 0:
         crossover = Crossover(reflector, max_words=cfg.max_words, inflation=cfg.sigma_inflation,
-                              deadline_s=cfg.reflection_deadline)
+                              deadline_s=cfg.reflection_deadline, language=cfg.principle_language)
     # A cap below what an edit call's schema admits cuts long but valid answers off mid-string.
     widest = max(mutation.max_ops, mutation.max_revision_ops, crossover.max_ops if crossover else 0)
     needed = ops_token_bound(widest, cfg.max_words)

@@ -58,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
                      "time and a prompt has room to help)")
     cal.add_argument("--seed", type=int, default=0, help="seed of the calibration samples")
     cal.add_argument("--out", default=None, help="folder for calibration.json and config.yaml (default: calibration/<env>)")
+    principles = sub.add_parser("principles", help="check texts against the admission rule for principles: "
+                                "espl-bench principles check TEXT... | --file F")
+    principles.add_argument("action", choices=["check"])
+    principles.add_argument("texts", nargs="*", help="texts to check (or --file)")
+    principles.add_argument("--file", default=None, help="a JSON list of strings, or one text per line")
+    principles.add_argument("--language", default="en", help="the principles' language (a wordfreq code)")
+    principles.add_argument("--json", action="store_true", help="machine-readable output")
     from espl_bench.leaderboards.commands import add_parsers
 
     add_parsers(sub)
@@ -177,6 +184,47 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _principles(args: argparse.Namespace) -> int:
+    """Each text's verdict under the admission rule; 0 when all are admitted, 1 when any is not."""
+    from espl_bench.errors import ConfigError
+    from espl_bench.method.admission import admit, languages
+
+    texts = list(args.texts) + (_texts_in(args.file) if args.file else [])
+    if not texts:
+        raise ConfigError("principles check needs texts; fix: espl-bench principles check 'Count each letter.' "
+                          "or --file principles.json")
+    if args.language not in languages():
+        raise ConfigError(f"--language {args.language!r} has no wordfreq word list; fix: one of {', '.join(languages())}")
+    verdicts = [admit(text, language=args.language) for text in texts]
+    if args.json:
+        sys.stdout.write(json.dumps([{"text": v.text, "admitted": v.admitted, "reason": v.reason and v.reason.value,
+                                      "detail": v.detail} for v in verdicts], indent=1, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write("".join(f"{'admitted' if v.admitted else 'rejected'}: {json.dumps(v.text, ensure_ascii=False)}"
+                                 + ("" if v.admitted else f"\n  {v.describe()}") + "\n" for v in verdicts))
+    return 0 if all(v.admitted for v in verdicts) else 1
+
+
+def _texts_in(path: str) -> list[str]:
+    """A file's texts: a JSON list of strings, else one text per non-empty line."""
+    from espl_bench.errors import ConfigError
+
+    try:
+        content = open(path, encoding="utf-8").read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}; fix: give a UTF-8 text or JSON file") from None
+    if content.lstrip().startswith("["):
+        try:
+            texts = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix: a JSON list of "
+                              "strings, or one text per line") from None
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ConfigError(f"{path} is not a JSON list of strings; fix: [\"first text\", \"second text\"]")
+        return texts
+    return [line for line in content.splitlines() if line.strip()]
+
+
 def _init_env(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -253,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         from espl_bench.leaderboards.commands import bench, leaderboard
 
         handlers = {"run": _run, "plan": _plan, "envs": _envs, "init-env": _init_env, "leaderboard": leaderboard, "bench": bench,
-                    "select-best": _select_best, "evaluate": _evaluate, "calibrate": _calibrate}
+                    "select-best": _select_best, "evaluate": _evaluate, "calibrate": _calibrate,
+                    "principles": _principles}
         return handlers[args.command](args)
     except EsplError as exc:
         log.error("%s", exc)

@@ -139,6 +139,8 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
             children={k: sum(c.children.get(k, 0) for c in counts) for k in ("revision", "fallback", "crossover")},
             failed=sum(c.failed for c in counts), skipped=sum(c.skipped for c in counts),
             copied_edits_rejected=sum(c.copied_edits_rejected for c in counts),
+            rejected_edits={k: sum(c.rejected_edits.get(k, 0) for c in counts)
+                            for k in sorted({k for c in counts for k in c.rejected_edits})},
             edit_calls={k: sum(c.edit_calls.get(k, 0) for c in counts) for k in sorted({k for c in counts for k in c.edit_calls})}),
         reflection_failures=sum(m.reflection_failures for m in history),
         rollouts=sum(m.rollouts for m in history),

@@ -33,6 +33,7 @@ def report(text: str) -> dict[str, list[str]]:
 
 
 @pytest.mark.enable_socket
+@pytest.mark.slow
 def test_ray_gives_the_local_results_retries_a_killed_run_and_reports_a_failed_one(
         ray_cluster, hooked, tiny_model, tmp_path, monkeypatch, capsys):
     fail = {"at": "1:rollouts", "action": "fail", "method": "self-reflection"}

@@ -61,6 +61,7 @@ def two_processes(plugin, tiny_model, tmp_path_factory) -> tuple[Path, str]:
     return out, proc.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(one_process, two_processes):
     """Rank 0 samples the same batch, each rank trains on half of it, and DDP's averaged
     gradient gives the one-process update: same adapters after every step, up to float noise."""
@@ -78,6 +79,7 @@ def test_two_processes_train_like_one(one_process, two_processes):
         assert b["learner"]["grad_norm"] == pytest.approx(a["learner"]["grad_norm"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_two_machines_train_like_two_processes_on_one(plugin, tiny_model, two_processes, tmp_path):
     """configs/accelerate/multinode.yaml with its documented command, as two machines of one process
     each meeting on loopback: the same updates as two processes on one machine."""
@@ -120,6 +122,7 @@ def test_the_launch_configs_run_in_bfloat16_unless_the_policys_dtype_says_otherw
         assert TrainingArguments(output_dir="unused", use_cpu=True, report_to=[]).mixed_precision == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_run_killed_mid_step_resumes_exactly(processes, plugin, tiny_model, one_process, two_processes, tmp_path):
     """SIGKILL of rank 0 while its second step trains (the launcher then stops rank 1), and
@@ -144,6 +147,7 @@ def test_a_batch_the_processes_cannot_share_is_one_clear_error(plugin, tiny_mode
     assert "Traceback" not in proc.stderr.split("a step has 9 rows")[0], "the error is not the first thing reported"
 
 
+@pytest.mark.slow
 def test_a_run_with_nothing_to_train_releases_the_other_ranks(plugin, tiny_model, tmp_path):
     """Frozen-weight methods need no learner: rank 1 is told so and exits at once."""
     script = tmp_path / "script.json"

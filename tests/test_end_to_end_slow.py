@@ -9,7 +9,8 @@ from espl_bench.running.cli import main
 @pytest.mark.slow
 def test_quickstart_run_on_embedded_model(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "--env", "espl/Arithmetic-v0", "--iterations", "2", "--programs", "2", "--batch-size", "2",
+    code = main(["run", "--env", "espl/Arithmetic-v0", "--env-kwargs", '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}',
+                 "--iterations", "2", "--programs", "2", "--batch-size", "2",
                  "--group-size", "2", "--max-new-tokens", "64", "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())

@@ -29,7 +29,7 @@ from espl_bench.agents.vllm_server import (
 from tests.fakes import ShortReplies, vllm_python_or_skip
 
 # Sockets stay blocked for the rest of the suite; these tests may reach the local server only.
-pytestmark = [pytest.mark.vllm, pytest.mark.allow_hosts(["127.0.0.1"])]
+pytestmark = [pytest.mark.slow, pytest.mark.vllm, pytest.mark.allow_hosts(["127.0.0.1"])]
 
 QUESTIONS = ["What is 17+25?", "Name a prime number larger than 10.", "Say hello in French."]
 

@@ -44,7 +44,7 @@ class FirstVowel(gym.Env):
 ENV = "espl-test/FirstVowel-v0"
 gym.register(id=ENV, entry_point=FirstVowel, disable_env_checker=True)
 
-ITERATIONS, K = 20, 5  # the rise compared: the mean of the last K steps against the first K
+ITERATIONS, K = 14, 4  # the rise compared: the mean of the last K steps against the first K
 ALPHA = 0.01  # one-sided level of the rise
 
 

@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu-check: torch sees no CUDA device; fix: run it on the GPU machine (or pass --allow-cpu to test it)",
               file=sys.stderr)
         return 2
+    from espl_bench.running.versions import UnsupportedVersion, check
+
+    try:  # the machine's own torch/transformers/accelerate must be ones the project tested
+        check()
+    except UnsupportedVersion as err:
+        print(f"gpu-check: {err}", file=sys.stderr)
+        return 2
     if not (args.model_config / "config.json").exists():
         print(f"gpu-check: no config.json in {args.model_config}; fix: run scripts/prepare-gpu-check.sh first",
               file=sys.stderr)

@@ -35,3 +35,19 @@ def test_the_gpu_check_refuses_to_run_without_cuda_unless_told(tmp_path, monkeyp
     except SystemExit as stop:
         assert stop.code == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_the_gpu_check_refuses_a_machine_whose_packages_are_outside_the_declared_bounds(tmp_path, monkeypatch, capsys):
+    """The borrowed machine's own torch/transformers/accelerate are used as they are: one outside
+    the bounds pyproject.toml declares is one line and exit 2 before any model loads."""
+    from espl_bench.running import versions
+
+    real = versions.metadata.version
+    monkeypatch.setattr(versions.metadata, "version", lambda name: "5.0.0" if name == "transformers" else real(name))
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--model-config", str(tmp_path), "--allow-cpu"])
+    try:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    except SystemExit as stop:
+        assert stop.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpu-check: ") and "transformers" in err and "5.0.0" in err and err.count("\n") == 1

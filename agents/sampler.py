@@ -320,8 +320,8 @@ class ChosenLogprobs:
     """A ``transformers`` logits processor (the first) that keeps one log-probability per row and
     step: the chosen token's under the model's scores at the sampling temperature.
 
-    A processor sees a step's scores before its token is chosen, so it holds on to them (the one
-    rows x vocabulary tensor generate made for that step) until the next call, whose ``input_ids``
+    A processor sees a step's scores before its token is chosen, so it holds a copy of them (one
+    rows x vocabulary tensor) until the next call, whose ``input_ids``
     end with the token chosen from them; :meth:`finish` settles the last step from the sequences.
     At most one step's scores are ever kept, instead of every step's (``output_logits``).
     """
@@ -336,7 +336,9 @@ class ChosenLogprobs:
 
     def __call__(self, input_ids, scores):
         self._settle(input_ids[:, -1])
-        self.pending = scores
+        # A copy: the grammar and budget processors after this one write into ``scores`` in place,
+        # and the log-probability wanted is the model's own (what the trainer recomputes).
+        self.pending = scores.clone()
         return scores
 
     def _settle(self, chosen) -> None:

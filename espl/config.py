@@ -165,9 +165,9 @@ class RunConfig(BaseModel):
         if self.trains_weights and self.group_size < 2:
             raise ValueError(f"--group-size {self.group_size} gives every RL group one sample, so no advantage "
                              f"(r - group mean is 0) and TRL refuses it; fix: --group-size 2 or more for {self.method}")
-        if self.method == "gepa" and self.test_program not in ("auto",):
-            raise ValueError(f"--test-program {self.test_program} does not apply to gepa (its programs are scored on "
-                             "the validation split, not rated); fix: drop --test-program")
+        if self.spec.test_rule == "validation" and self.test_program != "auto":
+            raise ValueError(f"--test-program {self.test_program} does not apply to {self.method} (its programs are "
+                             "scored on the validation split, not rated); fix: drop --test-program")
         if self.sampler == "litellm" and self.trains_weights:
             raise ValueError(f"--sampler litellm cannot train weights (method {self.method!r}); fix: use --method "
                              "evolution or self-reflection, or --sampler vllm/transformers for rl and espl")

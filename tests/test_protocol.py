@@ -217,3 +217,12 @@ def test_crossover_runs_only_when_the_best_program_won_a_problem_outright():
     assert [o.label for o in outcomes if o.kind == "crossover"] == ["skipped"] and not calls
     outcomes = loop.evolve([a, b], {"p0": 0.6, "p1": 0.45}, rollouts({"p0": [1, 0, 0.8], "p1": [1, 0.35, 0]}), 1)
     assert any(o.kind == "crossover" and o.label != "skipped" for o in outcomes) and calls
+
+
+def test_the_config_offers_exactly_the_method_table():
+    """`--method`'s choices are the table's names: a method added to one and not the other fails here."""
+    from typing import get_args
+
+    from espl_bench.config import Method
+
+    assert set(get_args(Method)) == set(METHODS)

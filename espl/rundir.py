@@ -179,10 +179,6 @@ class RunDir:
         return self.learner / f"checkpoint-{t}"
 
     @property
-    def tracking(self) -> Path:
-        return self.root / TRACKING
-
-    @property
     def vllm_log(self) -> Path:
         return self.root / VLLM_LOG
 

@@ -37,8 +37,10 @@ from espl_bench import stats
 from espl_bench.errors import RecordError, RunDirError
 from espl_bench.method.program import Pool
 from espl_bench.records import (
+    Budget,
     CellResult,
     IterationMetrics,
+    Provenance,
 )
 from espl_bench.rundir import RunDir, find_runs
 
@@ -78,11 +80,11 @@ class RunRecord:
     cost_usd: float  # reflector and API policy dollars (0 for local models)
     test_program_id: str | None
     best_prompt: str
-    budget: dict = field(default_factory=dict)  # the run's ledger (espl_bench.running.runner.budget)
+    budget: Budget = field(default_factory=Budget)  # the run's ledger (espl_bench.running.runner.budget)
     cells: dict[str, CellResult] = field(default_factory=dict)  # the weights x prompt breakdown
     children: dict[str, int] = field(default_factory=dict)  # by source: revision, fallback, crossover
     points: list[IterationPoint] = field(default_factory=list)
-    provenance: dict = field(default_factory=dict)  # code version and libraries (espl_bench.running.provenance); {} if unrecorded
+    provenance: Provenance | None = None  # code version and libraries (espl_bench.running.provenance); None if unrecorded
 
     @property
     def test_success(self) -> float | None:

@@ -24,9 +24,10 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from espl_bench.agents.llm_router import Usage, retrying_router
+from espl_bench.agents.llm_router import charge, retrying_router
 from espl_bench.agents.sampler import Completion, Message, SamplingParams
 from espl_bench.errors import EsplError
+from espl_bench.records import Usage
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class LiteLLMSampler:
                                       metadata={"error": kind, "completion_tokens": 0})
                 raise PolicyUnavailable(f"policy {self.model!r} failed ({kind}); fix: set its API key in the environment, "
                                         "check the model name and --policy-kwargs, then resume the run") from None
-        self.usage.add(response)
+        charge(self.usage, response)
         choice = response.choices[0]
         content = choice.message.content if isinstance(choice.message.content, str) else ""
         tokens = int(getattr(getattr(response, "usage", None), "completion_tokens", 0) or 0)

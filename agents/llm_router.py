@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from dataclasses import dataclass, field
+
+from espl_bench.records import Usage
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-list fetch at import
 
@@ -30,40 +30,11 @@ def retrying_router(model: str, *, num_retries: int, timeout: float, params: dic
                   retry_policy=policy, num_retries=num_retries, timeout=timeout)
 
 
-@dataclass
-class Usage:
-    """Cumulative calls, tokens and dollars of one model; ``cost_usd`` is 0 where litellm has no price.
-
-    Thread-safe: calls run from many threads at once, and each update takes the lock.
-    """
-
-    calls: int = 0
-    failures: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def called(self) -> None:
-        with self._lock:
-            self.calls += 1
-
-    def failed(self) -> None:
-        with self._lock:
-            self.failures += 1
-
-    def add(self, response) -> None:
-        usage = getattr(response, "usage", None)
-        cost = response_cost(response)
-        with self._lock:
-            self.prompt_tokens += int(getattr(usage, "prompt_tokens", 0) or 0)
-            self.completion_tokens += int(getattr(usage, "completion_tokens", 0) or 0)
-            self.cost_usd += cost
-
-    def as_dict(self) -> dict:
-        with self._lock:
-            return {"calls": self.calls, "failures": self.failures, "prompt_tokens": self.prompt_tokens,
-                    "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6)}
+def charge(usage: Usage, response) -> None:
+    """Add ``response``'s tokens and dollars to ``usage`` (the record is :class:`espl_bench.records.Usage`)."""
+    tokens = getattr(response, "usage", None)
+    usage.add(int(getattr(tokens, "prompt_tokens", 0) or 0), int(getattr(tokens, "completion_tokens", 0) or 0),
+              response_cost(response))
 
 
 def response_cost(response) -> float:
@@ -84,12 +55,3 @@ def usage_delta(after: dict, before: dict) -> dict:
     """``after - before`` for two :meth:`Usage.as_dict` snapshots (one iteration's spend)."""
     return {k: round(after[k] - before.get(k, 0), 6) if isinstance(after[k], float) else after[k] - before.get(k, 0)
             for k in after}
-
-
-def sum_usage(items: list[dict]) -> dict:
-    """Sum of per-iteration usage dicts (a run's total, also across resumed sessions)."""
-    total: dict = {}
-    for item in items:
-        for k, v in item.items():
-            total[k] = total.get(k, 0) + v
-    return {k: round(v, 6) if isinstance(v, float) else v for k, v in total.items()}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from espl_bench.agents.reflector import ReflectorCallError
 from espl_bench.errors import ConfigError
+from espl_bench.rundir import RunDir
 
 
 def _key(prompt: str) -> str:
@@ -49,15 +50,13 @@ class ScriptReflector:
 
 class ReplayReflector:
     def __init__(self, run_dir: str):
-        files = sorted(Path(run_dir).glob("iterations/*/reflections.jsonl"))
-        if not files:
-            raise ConfigError(f"nothing to replay in {run_dir!r}; fix: give a run folder with iterations/*/reflections.jsonl")
+        run = RunDir(run_dir)
+        if run.latest() == 0:
+            raise ConfigError(f"nothing to replay in {run_dir!r}; fix: give the folder of a run with a committed iteration")
         self.answers: dict[str, str] = {}
-        for path in files:
-            for line in path.read_text(encoding="utf-8").splitlines():
-                for entry in json.loads(line).get("log", []):
-                    if "prompt" in entry and "answer" in entry:
-                        self.answers.setdefault(_key(entry["prompt"]), entry["answer"])
+        for entry in run.reflection_logs():
+            if "prompt" in entry and "answer" in entry:
+                self.answers.setdefault(_key(entry["prompt"]), entry["answer"])
         self.calls = 0
 
     honours_schema = False  # answers come from a script or a recording, as they are

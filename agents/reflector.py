@@ -27,9 +27,10 @@ from contextlib import nullcontext
 from dataclasses import replace
 from typing import Protocol
 
-from espl_bench.agents.llm_router import Usage, retrying_router
+from espl_bench.agents.llm_router import charge, retrying_router
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.errors import ReflectorUnavailable
+from espl_bench.records import Usage
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class LiteLLMReflector:
                 return self.complete(messages, purpose=purpose, num_retries=num_retries, max_tokens=max_tokens, stop=stop)
             self.usage.failed()
             raise ReflectorCallError(f"{purpose or 'reflection'} call to {self.model} failed: {type(exc).__name__}") from None
-        self.usage.add(response)
+        charge(self.usage, response)
         content = response.choices[0].message.content
         return content if isinstance(content, str) else ""
 

@@ -10,8 +10,9 @@ import random
 from espl_bench.config import RunConfig
 from espl_bench.method.loop import EsplLoop
 from espl_bench.method.program import Pool
+from espl_bench.records import RunHeader
+from espl_bench.rundir import RunDir
 from espl_bench.running.build import build_parts
-from espl_bench.running.rundir import RunDir
 
 from tests.fakes import make_tiny_model
 
@@ -26,7 +27,7 @@ def test_full_iteration_on_a_tiny_model(benchmark, tmp_path):
                     iterations=ROUNDS + 1, programs=2, batch_size=2, group_size=2, max_new_tokens=16,
                     eval_problems=2, eval_samples=1, micro_batch_size=4, out=str(tmp_path / "run"))
     rundir = RunDir(cfg.out)
-    rundir.create({"config": cfg.model_dump()})
+    rundir.create(RunHeader(config=cfg.model_dump()))
     parts = build_parts(cfg, rundir, resume_step=0)
     loop = EsplLoop(cfg, parts, Pool.with_root(), random.Random(0))
     counter = iter(range(1, ROUNDS + 2))

@@ -33,8 +33,8 @@ import pytest
 from espl_bench.config import RunConfig
 from espl_bench.method.loop import EsplLoop
 from espl_bench.method.program import Pool
+from espl_bench.rundir import RunDir
 from espl_bench.running.build import open_run
-from espl_bench.running.rundir import RunDir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

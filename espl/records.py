@@ -2,6 +2,7 @@
 
 Each record has a ``schema_version`` and ``to_dict``/``from_dict``; the runner writes them, and
 the leaderboard, ``bench``, ``select-best`` and ``evaluate`` read them, so a field is defined once.
+:mod:`espl_bench.rundir` is the one module that knows which file holds which record.
 A file this version cannot read (an older schema, a missing field) raises
 :class:`~espl_bench.errors.RecordError` with one line naming the file and the fix.
 
@@ -11,12 +12,15 @@ A file this version cannot read (an older schema, a missing field) raises
 * :class:`IterationMetrics`: one committed iteration (``iterations/N/metrics.json``, a line of
   ``metrics.jsonl``).
 * :class:`ReflectionRecord`: one mutation or crossover (a line of ``reflections.jsonl``).
+* :class:`PoolRecord`, :class:`IterationState`: the pool and the resume state of a committed iteration.
+* :class:`Usage`: one metered model's calls, tokens and dollars; :class:`Budget`: what a run spent.
 * :class:`RunSummary`: the run at a glance (``summary.json``), with the budget ledger.
 * :class:`RunHeader`: the config, template hashes and precision a run started with (``run.json``).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -287,8 +291,48 @@ class ReflectionRecord(Record):
     log: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class ProgramRecord(BaseModel):
+    """One program of the pool as ``pool.json`` keeps it (:class:`espl_bench.method.program.Program`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    principles: dict[str, str]
+    preamble: str
+    parents: list[str] = Field(default_factory=list)
+    origin: str = "root"  # root | mutation | crossover
+    iteration: int = 0  # the iteration that created it
+    mu: float = 25.0
+    sigma: float = 25.0 / 3.0
+    edits: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class PoolRecord(BaseModel):
+    """The pool after an iteration (``pool.json``): programs in creation order, and the lineage of
+    every program ever made (evicted ones included)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_size: int
+    next_index: int
+    programs: list[ProgramRecord]
+    lineage: dict[str, list[str]]
+
+
+class IterationState(BaseModel):
+    """What resume needs besides the pool (``state.json``): the loop's RNG state and the learner's step."""
+
+    model_config = ConfigDict(extra="forbid")
+    iteration: int
+    rng: list[Any] = Field(default_factory=list)  # random.Random.getstate() as JSON lists ([] when unrecorded)
+    learner_step: int = 0
+
+
 class Usage(BaseModel):
-    """Calls, tokens and dollars of one metered model (the reflector, an API policy)."""
+    """Calls, tokens and dollars of one metered model (the reflector, an API policy); ``cost_usd`` is 0
+    where litellm has no price.
+
+    The one usage record: a live meter (``called``, ``failed``, ``add``; calls run from many threads,
+    so each update takes a lock) and the per-iteration and per-run totals of the run folder.
+    """
 
     model_config = ConfigDict(extra="forbid")
     calls: int = 0
@@ -300,6 +344,39 @@ class Usage(BaseModel):
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def called(self) -> None:
+        with _USAGE_LOCK:
+            self.calls += 1
+
+    def failed(self) -> None:
+        with _USAGE_LOCK:
+            self.failures += 1
+
+    def add(self, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        with _USAGE_LOCK:
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+            self.cost_usd += cost_usd
+
+    def as_dict(self) -> dict:
+        """A consistent snapshot (dollars rounded to 6 places, as the run folder keeps them)."""
+        with _USAGE_LOCK:
+            return {"calls": self.calls, "failures": self.failures, "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens, "cost_usd": round(self.cost_usd, 6)}
+
+    @classmethod
+    def total(cls, items: list[Usage]) -> Usage:
+        """The sum of ``items`` (a run's total, also across resumed sessions)."""
+        return cls(calls=sum(u.calls for u in items), failures=sum(u.failures for u in items),
+                   prompt_tokens=sum(u.prompt_tokens for u in items),
+                   completion_tokens=sum(u.completion_tokens for u in items),
+                   cost_usd=round(sum(u.cost_usd for u in items), 6))
+
+
+# One lock for every meter: updates are rare (one per model call), and a lock kept on the record
+# itself would make two equal records compare unequal (pydantic compares private attributes).
+_USAGE_LOCK = threading.Lock()
 
 
 class GitState(BaseModel):

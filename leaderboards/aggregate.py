@@ -34,14 +34,15 @@ from pathlib import Path
 
 import numpy as np
 from espl_bench import stats
-from espl_bench.errors import RecordError
+from espl_bench.errors import RecordError, RunDirError
 from espl_bench.method.program import Pool
 from espl_bench.records import (
+    Budget,
     CellResult,
     IterationMetrics,
-    RunHeader,
-    RunSummary,
+    Provenance,
 )
+from espl_bench.rundir import RunDir, find_runs
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +80,11 @@ class RunRecord:
     cost_usd: float  # reflector and API policy dollars (0 for local models)
     test_program_id: str | None
     best_prompt: str
-    budget: dict = field(default_factory=dict)  # the run's ledger (espl_bench.running.runner.budget)
+    budget: Budget = field(default_factory=Budget)  # the run's ledger (espl_bench.running.runner.budget)
     cells: dict[str, CellResult] = field(default_factory=dict)  # the weights x prompt breakdown
     children: dict[str, int] = field(default_factory=dict)  # by source: revision, fallback, crossover
     points: list[IterationPoint] = field(default_factory=list)
-    provenance: dict = field(default_factory=dict)  # code version and libraries (espl_bench.running.provenance); {} if unrecorded
+    provenance: Provenance | None = None  # code version and libraries (espl_bench.running.provenance); None if unrecorded
 
     @property
     def test_success(self) -> float | None:
@@ -207,56 +208,15 @@ class TreeNode:
     in_pool: bool
 
 
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunLoadError(f"{path.parent}: {path.name} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunLoadError(f"{path.parent}: {path.name} is corrupt ({exc})") from None
-
-
 def find_run_dirs(roots: Iterable[str | Path]) -> list[Path]:
-    """Every folder under ``roots`` that holds ``summary.json`` or ``run.json``."""
+    """Every folder under ``roots`` that holds a run's summary or header."""
     found: set[Path] = set()
     for root in map(Path, roots):
         if not root.exists():
             log.warning("leaderboard: %s does not exist; skipped", root)
             continue
-        for name in ("summary.json", "run.json"):
-            found.update(p.parent for p in root.rglob(name) if p.is_file())
+        found.update(find_runs([root]))
     return sorted(found)
-
-
-def _latest(folder: Path) -> int | None:
-    """The commit marker ``LATEST`` (``None`` when absent or unreadable)."""
-    text = (folder / "LATEST").read_text().strip() if (folder / "LATEST").is_file() else ""
-    return int(text) if text.isdigit() else None
-
-
-def _iteration_dirs(folder: Path) -> list[Path]:
-    """Committed iteration folders, oldest first (numeric names up to ``LATEST``; leftovers ignored)."""
-    dirs = sorted((p for p in folder.glob("iterations/*") if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    latest = _latest(folder)
-    return dirs if latest is None else [p for p in dirs if int(p.name) <= latest]
-
-
-def _metrics(folder: Path) -> list[IterationMetrics]:
-    """Per-iteration metrics up to ``LATEST`` (a kill inside a commit can leave metrics.jsonl one ahead)."""
-    path = folder / "metrics.jsonl"
-    if not path.exists():
-        rows = [_read_json(p / "metrics.json") for p in _iteration_dirs(folder)]
-    else:
-        try:
-            rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunLoadError(f"{folder}: metrics.jsonl is corrupt ({exc})") from None
-    latest = _latest(folder)
-    try:
-        history = [IterationMetrics.from_dict(m, f"{path} line {n}") for n, m in enumerate(rows, 1)]
-    except RecordError as exc:
-        raise RunLoadError(str(exc)) from None
-    return [m for m in history if latest is None or m.iteration <= latest]
 
 
 def _points(history: list[IterationMetrics]) -> list[IterationPoint]:
@@ -271,25 +231,21 @@ def _points(history: list[IterationMetrics]) -> list[IterationPoint]:
 def load_run(folder: str | Path) -> RunRecord:
     """Read one run folder through the typed records; raises :class:`RunLoadError` naming the folder."""
     folder = Path(folder)
-    data = _read_json(folder / "summary.json")
-    header = _read_json(folder / "run.json")  # a folder without its header is not a run
+    run = RunDir(folder)
     try:
-        summary = RunSummary.from_dict(data, str(folder / "summary.json"))
-    except RecordError as exc:
+        summary = run.summary()
+        header = run.header()  # a folder without its header is not a run
+        if not summary.finished:
+            # A run still going (or stopped) would compare a partial budget with finished ones.
+            raise RunLoadError(f"unfinished ({summary.iterations_completed} of {summary.iterations_planned} iterations); "
+                               "resume it to include it")
+        history = run.history()
+    except (RunDirError, RecordError) as exc:
         raise RunLoadError(str(exc)) from None
-    if not summary.finished:
-        # A run still going (or stopped) would compare a partial budget with finished ones.
-        raise RunLoadError(f"unfinished ({summary.iterations_completed} of {summary.iterations_planned} iterations); "
-                           "resume it to include it")
-    history = _metrics(folder)
     reflector = summary.reflector_usage
-    try:
-        kwargs = RunHeader.from_dict(header, str(folder / "run.json")).env_kwargs
-    except RecordError as exc:
-        raise RunLoadError(str(exc)) from None
     return RunRecord(
-        path=folder, env=env_label(summary.env, kwargs), method=summary.method, model=summary.model, seed=summary.seed,
-        iterations_completed=summary.iterations_completed, test=summary.test,
+        path=folder, env=env_label(summary.env, header.env_kwargs), method=summary.method, model=summary.model,
+        seed=summary.seed, iterations_completed=summary.iterations_completed, test=summary.test,
         reflection_calls=sum(m.reflection_calls for m in history),
         reflector_tokens=reflector.tokens, cost_usd=summary.cost_usd,
         test_program_id=summary.test_program.id, best_prompt=summary.test_program.text, budget=summary.budget,
@@ -495,11 +451,11 @@ def row_curve(row: LeaderboardRow, label: str | None = None) -> Curve:
 
 def load_tree(run: RunRecord) -> list[TreeNode]:
     """The evolutionary tree from the run's latest ``pool.json`` ([] when there is none)."""
-    pools = [p / "pool.json" for p in _iteration_dirs(run.path) if (p / "pool.json").is_file()]
-    if not pools:
-        return []
     try:
-        pool = Pool.from_dict(_read_json(pools[-1]))
+        record = RunDir(run.path).last_pool()
+        if record is None:
+            return []
+        pool = Pool.from_record(record)
         programs = {p.id: p for p in pool.programs}
         lineage = {**{pid: list(p.parents) for pid, p in programs.items()}, **pool.lineage}
         nodes = []
@@ -511,7 +467,7 @@ def load_tree(run: RunRecord) -> list[TreeNode]:
             nodes.append(TreeNode(pid, tuple(parents), program.origin, program.iteration, program.mu,
                                   program.sigma, program.render(), True))
         return nodes
-    except (RunLoadError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (RunDirError, RecordError, KeyError, TypeError, ValueError, AttributeError) as exc:
         log.warning("leaderboard: no evolutionary tree for %s: %s", run.path, exc)
         return []
 

@@ -24,10 +24,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from espl_bench.config import RunConfig, add_run_flags, build_config, given_values
-from espl_bench.errors import ConfigError, RecordError
-from espl_bench.leaderboards.grid import REFUSED, RunOutcome, RunSpec, compact_files, write_compact
+from espl_bench.errors import ConfigError, RecordError, RunDirError
+from espl_bench.leaderboards.grid import (
+    REFUSED,
+    RunOutcome,
+    RunSpec,
+    compact_files,
+    write_compact,
+)
 from espl_bench.leaderboards.identity import SuiteIdentity, read_identity, settings_of
 from espl_bench.leaderboards.suite import Suite, SuiteConfig, get_suite
+from espl_bench.rundir import SUMMARY, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +247,7 @@ def _settle(entry: Entry, outcome: RunOutcome) -> None:
         write_compact(outcome.records, entry.kept)
         entry.source = entry.kept
     else:  # the folder may be on another node's disk: read the records the run sent back
-        entry.source = entry.folder if (entry.folder / "summary.json").is_file() else None
+        entry.source = entry.folder if RunDir(entry.folder).has_summary() else None
     log.info("bench: %s finished%s", entry.name, f" after {entry.attempts} attempts" if entry.attempts > 1 else "")
 
 
@@ -254,7 +261,7 @@ def _records(entries: list[Entry]) -> list:
         if entry.source is not None:
             summary = _summary(entry.source)
         elif entry.outcome is not None and entry.outcome.finished:
-            summary = RunSummary.from_dict(json.loads(entry.outcome.summary), f"{entry.name}/summary.json")
+            summary = RunSummary.from_dict(json.loads(entry.outcome.summary), f"{entry.name}/{SUMMARY}")
         else:
             continue
         try:
@@ -282,19 +289,15 @@ def render_report(entries: list[Entry]) -> str:
 
 
 def _summary(folder: Path):
-    from espl_bench.records import RunSummary
-
-    path = folder / "summary.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RecordError(f"{path} is unreadable ({type(exc).__name__})") from None
-    return RunSummary.from_dict(data, str(path))
+        return RunDir(folder).summary()
+    except RunDirError as exc:  # a missing or unreadable file: the record error the callers expect
+        raise RecordError(str(exc)) from None
 
 
 def _finished(folder: Path) -> bool:
     """Whether the run in ``folder`` finished (a summary this version cannot read is an error)."""
-    return (folder / "summary.json").is_file() and _summary(folder).finished
+    return RunDir(folder).has_summary() and _summary(folder).finished
 
 
 def _seeds(text: str | None) -> set[int] | None:

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 def add_parsers(sub) -> None:
     board = sub.add_parser("leaderboard", help="aggregate run folders into markdown and a static HTML leaderboard")
-    board.add_argument("runs", nargs="+", help="folders to search for run folders (summary.json)")
+    board.add_argument("runs", nargs="+", help="folders to search for the run folders of finished runs")
     board.add_argument("--out", default="leaderboards/site", help="where to write index.html and leaderboard.md")
     bench = sub.add_parser("bench", help="run a fixed score suite, or compare results: espl-bench bench compare CUR BASE",
                            description="Run a suite's grid (leaderboards/suite.py) and write its results, or compare "
@@ -81,7 +81,9 @@ def leaderboard(args: argparse.Namespace) -> int:
 
     boards = build_leaderboard(args.runs)
     if not boards:
-        raise ConfigError(f"no run folders with a summary.json under {args.runs}; fix: point it at espl-bench run --out folders")
+        from espl_bench.rundir import SUMMARY
+
+        raise ConfigError(f"no run folders with a {SUMMARY} under {args.runs}; fix: point it at espl-bench run --out folders")
     index = render_site(boards, args.out)
     sys.stdout.write(render_markdown(boards) + f"\nwritten: {index}\n")
     return 0

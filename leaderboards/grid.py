@@ -22,13 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from espl_bench.config import RunConfig
-from espl_bench.leaderboards.identity import IDENTITY_FILE, SuiteIdentity, node_identity, write_identity
+from espl_bench.leaderboards.identity import (
+    SuiteIdentity,
+    node_identity,
+    write_identity,
+)
+from espl_bench.rundir import SUMMARY, RunDir
 
 _MARK = "=== espl-bench run"
 REFUSED = 3  # the run was not started: its node or folder has another identity (not retried)
-# What the board needs from a finished run (leaderboards.aggregate.load_run and load_tree): its
-# records, not its weights, rollouts or reflector transcripts (summary.json holds the breakdown).
-COMPACT = ("run.json", "summary.json", "metrics.jsonl", "best_prompt.txt", "LATEST", IDENTITY_FILE)
 
 
 @dataclass(frozen=True)
@@ -75,20 +77,20 @@ def execute(spec: RunSpec) -> RunOutcome:
     if spec.identity is not None and here != spec.identity:
         return RunOutcome(REFUSED, f"this node runs it as {here.describe()}, the grid is {spec.identity.describe()} "
                           f"({'; '.join(here.differences(spec.identity))}); fix: give its runs nodes like the others")
-    if (folder / IDENTITY_FILE).is_file():
+    if RunDir(folder).identity_path.is_file():
         from espl_bench.leaderboards.identity import read_identity
 
         started = read_identity(folder)
         if started != here:
             return RunOutcome(REFUSED, f"{folder} was started as {started.describe()} "
                               f"({'; '.join(started.differences(here))}); fix: delete it, or use another --out")
-    resume = (folder / "run.json").is_file()
+    resume = RunDir(folder).has_run()
     write_identity(folder, here)
     code = _child(spec, resume)
     if code != 0:
         return RunOutcome(code, _reason(Path(spec.log), code), resumed=resume)
     records = compact_files(folder)
-    return RunOutcome(0, summary=records.get("summary.json"), records=records, resumed=resume)
+    return RunOutcome(0, summary=records.get(SUMMARY), records=records, resumed=resume)
 
 
 def _child(spec: RunSpec, resume: bool) -> int:
@@ -118,13 +120,9 @@ def _reason(log: Path, code: int) -> str:
 
 
 def compact_files(folder: Path) -> dict[str, str]:
-    """``folder``'s records and its last iteration's pool, as relative path -> text."""
-    files = {name: (folder / name).read_text(encoding="utf-8") for name in COMPACT if (folder / name).is_file()}
-    latest = files.get("LATEST", "").strip()
-    pool = f"iterations/{int(latest):06d}/pool.json" if latest.isdigit() else ""
-    if pool and (folder / pool).is_file():
-        files[pool] = (folder / pool).read_text(encoding="utf-8")
-    return files
+    """What the board needs from a finished run (:meth:`espl_bench.rundir.RunDir.compact_files`):
+    its records and its last iteration's pool, as relative path -> text."""
+    return RunDir(folder).compact_files()
 
 
 def write_compact(files: dict[str, str], dest: Path) -> None:

@@ -33,8 +33,9 @@ from espl_bench.agents.devices import device_kind, resolve_dtype
 from espl_bench.agents.reflector import DEFAULT_REFLECTOR
 from espl_bench.config import RunConfig
 from espl_bench.errors import RecordError
+from espl_bench.rundir import IDENTITY, RunDir
 
-IDENTITY_FILE = "suite.json"
+IDENTITY_FILE = IDENTITY
 # The fields with a place of their own; the other result-changing options given to bench are
 # ``settings``.
 _OWN = frozenset({"model", "sampler", "reflector", "dtype", "reflector_dtype"})
@@ -108,7 +109,8 @@ def read_identity(folder: Path) -> SuiteIdentity:
     path = folder / IDENTITY_FILE
     if path.is_file():
         return SuiteIdentity.from_dict(_json(path), str(path))
-    header, summary = (_json(folder / name) if (folder / name).is_file() else {} for name in ("run.json", "summary.json"))
+    run = RunDir(folder)
+    header, summary = (_json(path) if path.is_file() else {} for path in (run.header_path, run.summary_path))
     config = header.get("config") or {}
     reflector = config.get("reflector", DEFAULT_REFLECTOR)
     # run.json's precision where the run recorded it; before that every policy ran in float32

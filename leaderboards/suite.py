@@ -33,8 +33,9 @@ DEFAULT_MODEL = "smollm2-135m"
 
 
 @dataclass(frozen=True)
-class Budget:
-    """How much compute one suite run gets: the sizes passed to ``espl-bench run``."""
+class RunSizes:
+    """How much compute one suite run gets: the sizes passed to ``espl-bench run`` (what a run then
+    spent is its :class:`espl_bench.records.Budget`)."""
 
     name: str
     iterations: int
@@ -53,20 +54,20 @@ class Budget:
                 "--max-new-tokens", str(self.max_new_tokens), *self.extra]
 
 
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget("smoke", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=4,
+BUDGETS: dict[str, RunSizes] = {
+    "smoke": RunSizes("smoke", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=4,
                     eval_samples=2, max_new_tokens=64),
     # the committed leaderboard (leaderboards/README.md): every method, three envs, three seeds
-    "board": Budget("board", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=8,
+    "board": RunSizes("board", iterations=2, programs=2, batch_size=2, group_size=2, eval_problems=8,
                     eval_samples=2, max_new_tokens=64, extra=("--eval-every", "0")),
-    "small": Budget("small", iterations=4, programs=3, batch_size=4, group_size=4, eval_problems=16,
+    "small": RunSizes("small", iterations=4, programs=3, batch_size=4, group_size=4, eval_problems=16,
                     eval_samples=2, max_new_tokens=128),
     # the calibrated experiment (leaderboards/board/README.md): groups of 4 as calibrated, the
     # final evaluation only, one sample on each of 300 problems (sized by scripts/power.py for a
     # detectable difference of 5 points; problems, not samples, buy power);
     # flat groups left out of the step (with dr_grpo the gradient is the same, the compute is not);
     # a LoRA learning rate 5x the paper's, so that four steps move a 135M policy at all
-    "calibrated": Budget("calibrated", iterations=4, programs=2, batch_size=4, group_size=4, eval_problems=300,
+    "calibrated": RunSizes("calibrated", iterations=4, programs=2, batch_size=4, group_size=4, eval_problems=300,
                          eval_samples=1, max_new_tokens=64,
                          extra=("--eval-every", "0", "--skip-flat-groups", "--learning-rate", "2e-4",
                                 "--micro-batch-size", "8", "--no-gradient-checkpointing")),
@@ -122,7 +123,7 @@ class SuiteConfig:
     method: str
     model: str
     seed: int
-    budget: Budget
+    budget: RunSizes
     env_kwargs: str = ""  # JSON: the env's calibrated setting (the board shows runs with it apart)
 
     @property
@@ -145,18 +146,18 @@ class Suite:
     configs: tuple[SuiteConfig, ...]
 
 
-def _seed_major(envs: tuple[str, ...], seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
+def _seed_major(envs: tuple[str, ...], seeds: tuple[int, ...], budget: RunSizes) -> tuple[SuiteConfig, ...]:
     # Seed-major: a suite stopped part-way still covers every env and method with its first seeds.
     return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget)
                  for seed in seeds for env in envs for method in METHODS)
 
 
-def _calibrated(seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
+def _calibrated(seeds: tuple[int, ...], budget: RunSizes) -> tuple[SuiteConfig, ...]:
     return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget, json.dumps(kwargs, sort_keys=True))
                  for seed in seeds for env, kwargs in CALIBRATED.items() for method in METHODS)
 
 
-def _grid(envs: tuple[str, ...], seeds: tuple[int, ...], budget: Budget) -> tuple[SuiteConfig, ...]:
+def _grid(envs: tuple[str, ...], seeds: tuple[int, ...], budget: RunSizes) -> tuple[SuiteConfig, ...]:
     return tuple(SuiteConfig(env, method, DEFAULT_MODEL, seed, budget)
                  for env in envs for method in METHODS for seed in seeds)
 

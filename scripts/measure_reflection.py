@@ -26,6 +26,8 @@ from espl_bench.method.admission import admit
 from espl_bench.method.copies import CopyGuard
 from espl_bench.method.edits import ReflectionParseError, parse_ops
 from espl_bench.method.reflection import load_templates
+from espl_bench.records import Usage
+from espl_bench.rundir import RunDir
 
 KINDS = {"critique": {"add", "modify"}, "batch revision": {"add", "modify", "merge"},
          "crossover": {"add", "modify", "remove"}}
@@ -51,33 +53,33 @@ def valid(purpose: str, prompt: str, answer: str) -> bool:
 def measure(out: Path) -> dict:
     calls = good = 0
     paths: dict[str, int] = {}
-    for path in sorted(out.glob("iterations/*/reflections.jsonl")):
-        for line in path.read_text().splitlines():
-            for entry in json.loads(line)["log"]:
-                purpose = entry.get("purpose", "")
-                if not purpose.startswith(tuple(KINDS)) or ("answer" not in entry and "error" not in entry):
-                    continue
-                calls += 1
-                paths[entry.get("path", "unrecorded")] = paths.get(entry.get("path", "unrecorded"), 0) + 1
-                good += "answer" in entry and valid(purpose, entry.get("prompt", ""), entry["answer"])
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    run = RunDir(out)
+    for entry in run.reflection_logs():
+        purpose = entry.get("purpose", "")
+        if not purpose.startswith(tuple(KINDS)) or ("answer" not in entry and "error" not in entry):
+            continue
+        calls += 1
+        paths[entry.get("path", "unrecorded")] = paths.get(entry.get("path", "unrecorded"), 0) + 1
+        good += "answer" in entry and valid(purpose, entry.get("prompt", ""), entry["answer"])
+    metrics = run.history()
     n = len(metrics)
+    zero = Usage()
 
     def per_iteration(values) -> float:
         return round(sum(values) / n, 1)
 
     return {"iterations": n, "edit_calls": calls, "valid_edit_calls": good,
             "valid_fraction": round(good / calls, 3) if calls else None, "paths": paths,
-            "reflector_calls_per_iteration": per_iteration(m["reflection_calls"] for m in metrics),
+            "reflector_calls_per_iteration": per_iteration(m.reflection_calls for m in metrics),
             "reflector_completion_tokens_per_iteration":
-                per_iteration(m["usage"].get("reflector", {}).get("completion_tokens", 0) for m in metrics),
+                per_iteration(m.usage.get("reflector", zero).completion_tokens for m in metrics),
             "reflector_prompt_tokens_per_iteration":
-                per_iteration(m["usage"].get("reflector", {}).get("prompt_tokens", 0) for m in metrics),
+                per_iteration(m.usage.get("reflector", zero).prompt_tokens for m in metrics),
             "learn_and_reflect_seconds_per_iteration":
-                per_iteration(m["phase_seconds"].get("learn + reflect", 0.0) for m in metrics),
-            "iteration_seconds": [m["seconds"] for m in metrics],
-            "phase_seconds": [m["phase_seconds"] for m in metrics],
-            "outcomes": [m.get("reflections") for m in metrics]}
+                per_iteration(m.phase_seconds.get("learn + reflect", 0.0) for m in metrics),
+            "iteration_seconds": [m.seconds for m in metrics],
+            "phase_seconds": [m.phase_seconds for m in metrics],
+            "outcomes": [m.reflections for m in metrics]}
 
 
 def main() -> int:

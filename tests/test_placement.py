@@ -13,6 +13,7 @@ from espl_bench.agents import devices
 from espl_bench.agents.vllm_server import VLLMServer
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError
+from espl_bench.rundir import RunDir
 from espl_bench.training.placement import COLOCATED_SHARE, OWN_GPU_SHARE, place_vllm
 from espl_bench.training.policy import own_server
 
@@ -115,7 +116,7 @@ def test_impossible_placements_are_one_clear_error(flags, gpus, message):
 
 def test_the_runs_server_takes_the_start_up_limit_and_allows_run_time_lora_loading(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr("espl_bench.training.placement.visible_gpus", lambda: [])
-    rundir = type("RunDir", (), {"root": tmp_path})()
+    rundir = RunDir(tmp_path)
     server = own_server(config(vllm_startup_timeout=900, model=str(tiny_model)), str(tiny_model), rundir)
     assert server.startup_timeout == 900 and server.log_path == tmp_path / "vllm-server.log"
     assert server.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"

@@ -13,7 +13,14 @@ from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.learning import FrozenLearner
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
-from espl_bench.running.rundir import RunDir
+from espl_bench.records import (
+    IterationMetrics,
+    IterationState,
+    RunHeader,
+    RunSummary,
+    TestProgram,
+)
+from espl_bench.rundir import IterationRecord, RunDir
 from espl_bench.training.policy import Policy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -75,16 +82,22 @@ def test_no_reflector_answer_crashes_an_iteration_or_writes_an_unreadable_run(sc
                 assert outcome.child.principles and all(isinstance(t, str) and t for t in outcome.child.principles.values())
     with tempfile.TemporaryDirectory() as tmp:
         rundir = RunDir(Path(tmp) / "run")
-        rundir.create({"config": {}})
-        rundir.commit(1, state={"iteration": 1}, pool=pool.to_dict(), rollouts=[r.to_record() for r in rollouts],
-                      reflections=[o.to_record().to_dict() for o in outcomes], metrics={"iteration": 1, "children": [
-                          o.child.id for o in outcomes if o.child]}, summary={"test_program": pool.latest().render()},
-                      best_prompt=pool.latest().render())
+        rundir.create(RunHeader(config={}))
+        rundir.commit(IterationRecord(
+            iteration=1, state=IterationState(iteration=1), pool=pool.to_record(),
+            rollouts=tuple(r.to_record() for r in rollouts), reflections=tuple(o.to_record() for o in outcomes),
+            metrics=IterationMetrics(iteration=1, train_reward=0.0, train_success=0.0, rollouts=len(rollouts),
+                                     children=[o.child.id for o in outcomes if o.child])),
+            summary=RunSummary(env="e", method="espl", model="m", seed=0, iterations_completed=1, iterations_planned=1,
+                               test_program=TestProgram(id=pool.latest().id, rule="latest", mu=25.0, sigma=8.0,
+                                                        text=pool.latest().render())),
+            best_prompt=pool.latest().render())
         for path in rundir.root.rglob("*"):
             if path.is_file():
                 path.read_text(encoding="utf-8")  # valid UTF-8, whatever the reflector wrote
-        loaded = rundir.load_iteration(1)
-        assert Pool.from_dict(loaded["pool"]).to_dict() == json.loads(json.dumps(pool.to_dict()))
+        loaded = rundir.load(1, transcripts=True)
+        assert Pool.from_record(loaded.pool).to_dict() == json.loads(json.dumps(pool.to_dict()))
+        assert [r.label for r in loaded.reflections] == [o.label for o in outcomes]
         lines = (rundir.iterations / "000001" / "reflections.jsonl").read_text(encoding="utf-8").splitlines()
         assert [json.loads(line)["label"] for line in lines] == [o.label for o in outcomes]
     assert len(pool) == 2 + sum(o.child is not None for o in outcomes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+from espl_bench.records import PoolRecord
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_PREAMBLE = "You are a careful problem solver."
@@ -160,3 +161,11 @@ class Pool:
     def from_dict(cls, data: dict) -> Pool:
         return cls([Program.from_dict(p) for p in data["programs"]], max_size=data["max_size"],
                    next_index=data["next_index"], lineage=data["lineage"])
+
+    def to_record(self) -> PoolRecord:
+        """The pool as the run folder keeps it (``espl_bench.rundir``)."""
+        return PoolRecord.model_validate(self.to_dict())
+
+    @classmethod
+    def from_record(cls, record: PoolRecord) -> Pool:
+        return cls.from_dict(record.model_dump())

@@ -31,7 +31,7 @@ from espl_bench.method.edits import ops_token_bound
 from espl_bench.method.loop import Parts
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
-from espl_bench.running.rundir import RunDir
+from espl_bench.rundir import RunDir
 from espl_bench.scoring.cells import CellStore
 from espl_bench.training.policy import Policy, build_policy
 

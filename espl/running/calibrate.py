@@ -33,7 +33,7 @@ from espl_bench.method.learning import is_flat
 from espl_bench.method.loop import sampling
 from espl_bench.method.program import Pool
 from espl_bench.records import EvalItems
-from espl_bench.running.rundir import atomic_write, dump_json
+from espl_bench.rundir import atomic_write, dump_json
 from espl_bench.scoring.evaluation import evaluate
 
 log = logging.getLogger(__name__)

@@ -122,6 +122,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _screen(s, out: str) -> str:
     """The finished run on the terminal: what was measured on what, and what came of it."""
+    from espl_bench import rundir
+
     lines = [
         "",
         f"E-SPL run finished: {s.env}  method={s.method}  model={s.model}",
@@ -140,7 +142,7 @@ def _screen(s, out: str) -> str:
         f"  test program    {s.test_program.id} ({s.test_program.rule})",
         f"  pool size       {s.pool_size}   children {', '.join(f'{k} {v}' for k, v in children.items())}"
         f"   failed {s.reflection.failed}   skipped {s.reflection.skipped}",
-        f"  run folder      {out}  (summary.json, breakdown.json, best_prompt.txt, iterations/)",
+        f"  run folder      {out}  ({rundir.SUMMARY}, {rundir.BREAKDOWN}, {rundir.BEST_PROMPT}, {rundir.ITERATIONS}/)",
         "",
     ]
     return "\n".join(lines)
@@ -237,12 +239,13 @@ def _init_env(args: argparse.Namespace) -> int:
 
 
 def _select_best(args: argparse.Namespace) -> int:
+    from espl_bench.rundir import RunDir
     from espl_bench.running.select_best import render, select_best
 
     if args.samples < 1:
         raise EsplError(f"--samples={args.samples} is invalid; fix: pass 1 or more")
     result = select_best(args.run, samples=args.samples)
-    sys.stdout.write(render(result) + f"written: {args.run}/selection.json\n")
+    sys.stdout.write(render(result) + f"written: {RunDir(args.run).selection_path}\n")
     return 0
 
 

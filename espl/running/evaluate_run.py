@@ -14,7 +14,6 @@ from espl_bench.method.program import Pool
 from espl_bench.method.test_time import scored_program
 from espl_bench.records import Breakdown, CellResult
 from espl_bench.running.build import open_rescoring
-from espl_bench.running.rundir import atomic_write, dump_json
 from espl_bench.scoring.breakdown import breakdown
 from espl_bench.scoring.evaluation import evaluate_prompts
 
@@ -28,9 +27,9 @@ def evaluate_run(run: str, *, problems: int | None = None, samples: int | None =
 def _evaluate(rundir, cfg, plan, weights, problems: int | None, samples: int | None) -> tuple[Breakdown, str]:
     items = test_items(cfg, plan, problems, samples)
     done = rundir.latest()
-    pool = Pool.from_dict(rundir.load_iteration(done)["pool"])
+    pool = Pool.from_record(rundir.pool(done))
     program, root = scored_program(cfg.test_rule, pool), pool.root()
-    trained = weights.trained(rundir.iterations / f"{done:06d}")
+    trained = weights.trained(rundir, done)
 
     def score(row: str, columns: list[str]) -> list[CellResult]:
         chosen = [root if column == "root" else program for column in columns]
@@ -39,9 +38,7 @@ def _evaluate(rundir, cfg, plan, weights, problems: int | None, samples: int | N
 
     result = breakdown(score, trained=cfg.trains_weights, root=root.id, program=program.id,
                        same_prompt=program.render() == root.render())
-    path = rundir.root / f"evaluation-{len(items.indices)}x{items.samples}.json"
-    atomic_write(path, dump_json({"iteration": done, **result.to_dict()}))
-    return result, str(path)
+    return result, str(rundir.write_evaluation(done, result))
 
 
 def render(result: Breakdown) -> str:

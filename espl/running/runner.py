@@ -5,13 +5,10 @@ This is the shell around :mod:`espl_bench.method.loop`: models, files, progress 
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
-from pathlib import Path
 
-from espl_bench.agents.llm_router import sum_usage
 from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.config import RunConfig
 from espl_bench.errors import RecordError, RunDirError
@@ -24,16 +21,18 @@ from espl_bench.records import (
     Budget,
     CellResult,
     IterationMetrics,
+    IterationState,
     Precision,
     Provenance,
     ReflectionCounts,
     RunHeader,
     RunSummary,
     TestProgram,
+    Usage,
 )
+from espl_bench.rundir import IterationRecord, RunDir
 from espl_bench.running.build import open_run
 from espl_bench.running.provenance import provenance
-from espl_bench.running.rundir import RunDir, atomic_write, dump_json
 from espl_bench.running.tracking import Tracker, log_iteration, open_tracker
 from espl_bench.scoring.breakdown import breakdown
 from tqdm.auto import tqdm
@@ -77,9 +76,9 @@ def _prepare(cfg: RunConfig, rundir: RunDir) -> tuple[Pool, random.Random, int, 
         rundir.check_new()
         pool = Pool.with_root(preamble=cfg.preamble, max_size=cfg.max_pool_size)
         return pool, random.Random(cfg.seed), 0, []
-    if not (rundir.root / "run.json").exists():
+    if not rundir.has_run():
         raise RunDirError(f"nothing to resume in {rundir.root}; fix: drop --resume to start a new run there")
-    old = RunHeader.from_dict(rundir.header(), f"{rundir.root}/run.json")
+    old = rundir.header()
     if not cfg.force:
         old_identity = RunConfig(**{**old.config, "resume": False}).identity()
         changed = sorted(k for k, v in cfg.identity().items() if old_identity.get(k) != v)
@@ -92,10 +91,8 @@ def _prepare(cfg: RunConfig, rundir: RunDir) -> tuple[Pool, random.Random, int, 
     done = rundir.latest()
     if done == 0:
         return Pool.with_root(preamble=cfg.preamble, max_size=cfg.max_pool_size), random.Random(cfg.seed), 0, []
-    last = rundir.load_iteration(done)
-    history = [IterationMetrics.from_dict(m, f"iteration {i} metrics")
-               for i, m in enumerate(rundir.all_metrics_upto(done), 1)]
-    return Pool.from_dict(last["pool"]), _restore_rng(last["state"]["rng"]), done, history
+    last = rundir.load(done)
+    return Pool.from_record(last.pool), _restore_rng(last.state.rng), done, rundir.history()
 
 
 def budget(history: list[IterationMetrics], extra: Breakdown | None = None) -> Budget:
@@ -106,7 +103,7 @@ def budget(history: list[IterationMetrics], extra: Breakdown | None = None) -> B
     for m in history:
         for name, value in m.phase_seconds.items():
             seconds[name] = round(seconds.get(name, 0.0) + value, 2)
-    reflector = sum_usage([m.usage["reflector"].model_dump() for m in history if "reflector" in m.usage])
+    reflector = Usage.total([m.usage["reflector"] for m in history if "reflector" in m.usage])
     validation = sum(m.validation_rollouts for m in history)
     return Budget(
         training_rollouts=sum(m.rollouts for m in history) - validation, validation_rollouts=validation,
@@ -114,8 +111,7 @@ def budget(history: list[IterationMetrics], extra: Breakdown | None = None) -> B
         generated_tokens={"training": sum(m.generated_tokens for m in history),
                           "evaluation": sum(e.generated_tokens for e in evaluations) + sum(c.generated_tokens for c in cells)},
         reflector={"calls": sum(m.reflection_calls for m in history),
-                   "prompt_tokens": int(reflector.get("prompt_tokens", 0)),
-                   "completion_tokens": int(reflector.get("completion_tokens", 0))},
+                   "prompt_tokens": reflector.prompt_tokens, "completion_tokens": reflector.completion_tokens},
         seconds_by_phase=seconds)
 
 
@@ -147,7 +143,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
         generated_tokens=sum(m.generated_tokens for m in history),
         budget=budget(history, extra),
         # calls, tokens and dollars of each metered model (reflector, API policy), all sessions
-        usage={name: sum_usage([m.usage[name].model_dump() for m in history if name in m.usage])
+        usage={name: Usage.total([m.usage[name] for m in history if name in m.usage])
                for name in sorted({n for m in history for n in m.usage})},
         seconds_this_session=round(elapsed, 1),
         provenance=provenance(),
@@ -205,7 +201,7 @@ def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, d
                history: list[IterationMetrics], started: float, tracker: Tracker | None) -> RunSummary:
     with open_run(cfg, rundir, resume_step=done if cfg.trains_weights else 0) as parts:
         if not cfg.resume:
-            rundir.create(_header(cfg).to_dict())
+            rundir.create(_header(cfg))
         loop = LOOPS[cfg.spec.loop](cfg, parts, pool, rng)
         planned = done + len(loop.schedule(done))
         if planned == done:
@@ -214,12 +210,12 @@ def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, d
         _iterate(cfg, rundir, loop, done, planned, history, started, tracker)
         if history and extra is None:
             extra = final_breakdown(cfg, loop, history)
-            atomic_write(rundir.root / "breakdown.json", dump_json(extra.to_dict()))
+            rundir.write_breakdown(extra)
     final = summary(cfg, loop, history, time.monotonic() - started, extra)
     if history:
         if planned == done:
-            final = _keep_session_record(final, Path(cfg.out) / "summary.json")
-        atomic_write(Path(cfg.out) / "summary.json", dump_json(final.to_dict()))
+            final = _keep_session_record(final, rundir.summary_data())
+        rundir.write_summary(final)
     return final
 
 
@@ -243,25 +239,18 @@ def _iterate(cfg: RunConfig, rundir: RunDir, loop: EsplLoop, done: int, planned:
 
 def _load_breakdown(rundir: RunDir) -> Breakdown | None:
     """The finished run's breakdown, when a session already computed it (else it is computed)."""
-    path = rundir.root / "breakdown.json"
-    if not path.is_file():
-        return None
     try:
-        return Breakdown.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, RecordError):
-        log.warning("%s is unreadable; the breakdown is scored again", path)
+        return rundir.breakdown()
+    except (RunDirError, RecordError) as exc:
+        log.warning("%s; the breakdown is scored again", exc)
         return None
 
 
-def _keep_session_record(final: RunSummary, path: Path) -> RunSummary:
+def _keep_session_record(final: RunSummary, previous: dict | None) -> RunSummary:
     """A session that ran nothing keeps the code, precision and time of the one that committed the last
     iteration (or none, for a run made before provenance was recorded): a finished run that a
     suite resumes must not claim the current checkout made it."""
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return final
-    if not isinstance(previous, dict):
+    if previous is None:
         return final
     return final.model_copy(update={"seconds_this_session": float(previous.get("seconds_this_session", 0.0)),
                                     "provenance": _kept(Provenance, previous.get("provenance")),
@@ -278,14 +267,13 @@ def _kept(record, value):
 
 def _commit(rundir: RunDir, cfg: RunConfig, loop: EsplLoop, t: int, result: IterationResult,
             history: list[IterationMetrics], elapsed: float) -> None:
-    rundir.commit(
-        t,
-        state={"iteration": t, "rng": _rng_state(loop.rng), "learner_step": t if cfg.trains_weights else 0},
-        pool=loop.pool.to_dict(),
-        rollouts=[r.to_record() for r in result.rollouts],
-        reflections=[o.to_record().to_dict() for o in result.outcomes],
-        metrics=result.metrics.to_dict(),
-        summary=summary(cfg, loop, history, elapsed).to_dict(),
-        best_prompt=loop.test_program().render(),
-        adapter=rundir.learner / f"checkpoint-{t}" if cfg.trains_weights else None,
+    record = IterationRecord(
+        iteration=t,
+        state=IterationState(iteration=t, rng=_rng_state(loop.rng), learner_step=t if cfg.trains_weights else 0),
+        pool=loop.pool.to_record(),
+        metrics=result.metrics,
+        rollouts=tuple(r.to_record() for r in result.rollouts),
+        reflections=tuple(o.to_record() for o in result.outcomes),
+        adapter=rundir.checkpoint(t) if cfg.trains_weights else None,
     )
+    rundir.commit(record, summary=summary(cfg, loop, history, elapsed), best_prompt=loop.test_program().render())

@@ -6,9 +6,9 @@ committed iteration is scored as it would be deployed, through the evaluation pr
 (:mod:`espl_bench.scoring.evaluation`): its test-time program (the run's rule, :mod:`espl_bench.methods`) with that
 iteration's weights. The test split is never read.
 
-The result goes to ``RUN/selection.json`` (atomically) and a table on stdout; the best iteration is
-the one with the highest validation success, ties going to the earlier (cheaper) iteration. Each
-row carries its interval: iterations whose intervals overlap are not told apart by this split.
+The result goes to ``RUN/selection.json`` (atomically, through :mod:`espl_bench.rundir`) and a
+table on stdout; the best iteration is the one with the highest validation success, ties going to
+the earlier (cheaper) iteration. Each row carries its interval: iterations whose intervals overlap are not told apart by this split.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from espl_bench.method.program import Pool
 from espl_bench.method.test_time import scored_program
 from espl_bench.records import EvalItems
 from espl_bench.running.build import open_rescoring
-from espl_bench.running.rundir import atomic_write, dump_json
 from espl_bench.scoring.evaluation import evaluate
 
 log = logging.getLogger(__name__)
@@ -38,9 +37,8 @@ def _select(run: str, rundir, cfg, plan, weights, samples: int) -> dict:
     items = EvalItems(plan.validation.split, tuple(plan.validation.indices), samples, cfg.eval_seed, cfg.prompt_placement)
     rows = []
     for t in range(1, rundir.latest() + 1):
-        program = scored_program(cfg.test_rule, Pool.from_dict(rundir.load_iteration(t)["pool"]))
-        cell = evaluate(weights.trained(rundir.iterations / f"{t:06d}"), program.render(), program.id, items,
-                        sampling(cfg))
+        program = scored_program(cfg.test_rule, Pool.from_record(rundir.pool(t)))
+        cell = evaluate(weights.trained(rundir, t), program.render(), program.id, items, sampling(cfg))
         rows.append({"iteration": t, "program": program.id, "success": cell.success,
                      "interval": cell.interval.to_dict(),
                      "mean_reward": sum(map(sum, cell.rewards)) / cell.rollouts, "prompt": program.render()})
@@ -49,7 +47,7 @@ def _select(run: str, rundir, cfg, plan, weights, samples: int) -> dict:
     result = {"split": "validation", "measured_on": items.describe(), "problems": len(items.indices),
               "samples": samples, "iterations": [{k: v for k, v in r.items() if k != "prompt"} for r in rows],
               "best": {k: v for k, v in best.items() if k != "prompt"}, "best_prompt": best["prompt"]}
-    atomic_write(rundir.root / "selection.json", dump_json(result))
+    rundir.write_selection(result)
     return result
 
 

@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from espl_bench.method.learning import TrainingSample
+from espl_bench.rundir import TRACKING
 
 log = logging.getLogger(__name__)
 
-TRACKING_DIR = "tracking"  # RUN/tracking: every tracker's files (espl_bench.running.tracking)
+TRACKING_DIR = TRACKING  # RUN/tracking: every tracker's files (espl_bench.running.tracking)
 TRACKER_PROJECT = "espl-bench"
 
 

@@ -336,7 +336,7 @@ def own_server(cfg: RunConfig, model_path: str, rundir):
     return VLLMServer(model_path, python=cfg.vllm_python, max_lora_rank=_lora_slot(cfg.lora_rank), dtype=placed.dtype,
                       max_model_len=placed.max_model_len, devices=placed.devices, gpu_memory=placed.gpu_memory,
                       tensor_parallel=placed.tensor_parallel, startup_timeout=cfg.vllm_startup_timeout,
-                      log_path=Path(rundir.root) / "vllm-server.log", extra_args=tuple(cfg.vllm_args))
+                      log_path=rundir.vllm_log, extra_args=tuple(cfg.vllm_args))
 
 
 def _attention_heads(model_path: str) -> int:

@@ -73,23 +73,22 @@ def use_external_vllm(trainer) -> None:
     setattr(trainer, SYNCED_STEP, -1)
 
 
-def _grpo_source() -> tuple[str, ast.ClassDef | None]:
+def grpo_source() -> str:
+    """The source of the installed trl's GRPOTrainer module, read without importing trl ("" if none)."""
     spec = importlib.util.find_spec(LIBRARY)  # the top-level package only: nothing is imported
     if spec is None or not spec.submodule_search_locations:
-        return "trl is not installed", None
+        return ""
     path = Path(next(iter(spec.submodule_search_locations))) / "trainer" / "grpo_trainer.py"
-    if not path.is_file():
-        return f"{path} (GRPOTrainer's module) is gone", None
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GRPOTrainer"), None)
-    return ("" if found else f"{path} defines no GRPOTrainer"), found
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
-def missing() -> list[str]:
-    """The parts this module relies on that the installed trl's GRPOTrainer no longer has."""
-    problem, cls = _grpo_source()
+def missing(source: str | None = None) -> list[str]:
+    """The parts this module relies on that GRPOTrainer (in ``source``, default the installed
+    trl's ``trl/trainer/grpo_trainer.py``) no longer has."""
+    source = grpo_source() if source is None else source
+    cls = next((n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "GRPOTrainer"), None)
     if cls is None:
-        return [problem]
+        return ["trl.trainer.grpo_trainer.GRPOTrainer"]
     loads, stores, calls = set(), set(), set()
     for node in ast.walk(cls):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":

@@ -89,7 +89,9 @@ def missing(source: str | None = None) -> list[str]:
     cls = next((n for n in ast.parse(source).body if isinstance(n, ast.ClassDef) and n.name == "GRPOTrainer"), None)
     if cls is None:
         return ["trl.trainer.grpo_trainer.GRPOTrainer"]
-    loads, stores, calls = set(), set(), set()
+    loads: set[str] = set()
+    stores: set[str] = set()
+    calls: set[str] = set()
     for node in ast.walk(cls):
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
             (stores if isinstance(node.ctx, ast.Store) else loads).add(node.attr)

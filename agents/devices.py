@@ -4,7 +4,7 @@ The policy's dtype (``--dtype``) applies to the trainer, the in-process sampler,
 reference copy and a vLLM server alike, so that the sampler's and the trainer's log-probabilities
 come from the same arithmetic. :func:`resolve_dtype` turns the setting into a concrete dtype for
 a device; :func:`native_bf16_cpu` is the one place that asks torch whether this CPU computes
-bfloat16 natively (torch exposes it only through private probes).
+bfloat16 natively (torch exposes it only through private probes: :mod:`espl_bench.adapters.torch`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ def device_kind() -> str:
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); without it torch emulates
     bfloat16, slower than float32."""
-    import torch
+    from espl_bench.adapters import torch as torch_internals
 
-    cpu = torch.cpu
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return torch_internals.cpu_computes_bf16()
 
 
 def cuda_bf16() -> bool:

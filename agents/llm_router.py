@@ -39,8 +39,9 @@ def charge(usage: Usage, response) -> None:
 
 def response_cost(response) -> float:
     """The dollar cost litellm computed for ``response`` (from its local price map), else 0."""
-    hidden = getattr(response, "_hidden_params", None) or {}
-    cost = hidden.get("response_cost")
+    from espl_bench.adapters import litellm as litellm_internals
+
+    cost = litellm_internals.hidden_params(response).get("response_cost")
     if cost is None:
         try:
             import litellm

@@ -27,6 +27,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from typing import Protocol
 
+from espl_bench.adapters import litellm as litellm_internals
 from espl_bench.agents.llm_router import charge, retrying_router
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.errors import ReflectorUnavailable
@@ -259,8 +260,6 @@ class LocalModels:
 
     def serve(self, name: str, sampler, cores=None) -> str:
         """Serve ``sampler`` as ``name`` (on ``cores``' reflector share when given: a CoreShare)."""
-        import litellm
-
         with self._lock:
             old = self._batchers.pop(name, None)
             if old is not None:
@@ -268,8 +267,7 @@ class LocalModels:
             self._batchers[name] = _Batcher(sampler, cores=cores)
             if self._handler is None:
                 self._handler = _provider(self)
-                litellm.custom_provider_map = [*litellm.custom_provider_map,
-                                               {"provider": self.provider, "custom_handler": self._handler}]
+                litellm_internals.add_provider(self.provider, self._handler)
         return f"{self.provider}/{name}"
 
     def batcher(self, name: str) -> _Batcher:
@@ -280,15 +278,13 @@ class LocalModels:
         return batcher
 
     def close(self) -> None:
-        import litellm
-
         with self._lock:
             batchers, self._batchers = list(self._batchers.values()), {}
             handler, self._handler = self._handler, None
         for batcher in batchers:
             batcher.stop()
         if handler is not None:
-            litellm.custom_provider_map = [p for p in litellm.custom_provider_map if p.get("custom_handler") is not handler]
+            litellm_internals.remove_provider(handler)
 
 
 def _schema(optional: dict) -> dict | None:

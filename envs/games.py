@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 import textarena as ta
+from espl_bench.adapters import textarena as textarena_internals
 from espl_bench.envs.base import MAX_TEXT, TextEnv
 from espl_bench.envs.splits import SPLITS, content_split, derive, draw
 
@@ -218,8 +219,8 @@ class TextArenaEnv(TextEnv):
             reason, raw = state.game_info[0].get("reason"), (state.rewards or {}).get(0, 0.0)
             observation += f"\n\nGame over. {reason}"
         elif truncated:
-            progress = getattr(self._game, "_get_percentage_completion", None)
-            raw = progress() if progress and self.partial_credit else 0.0
+            progress = textarena_internals.completion_fraction(self._game) if self.partial_credit else None
+            raw = progress or 0.0
             observation += f"\n\nGame over: the turn limit ({self.max_turns} turns) was reached."
         success = bool(done and valid and raw >= 1)
         reward = _clip(raw) if valid and raw is not None else 0.0

@@ -4,6 +4,7 @@ The installed package is one import root; its subpackages, lowest layer first (a
 contract in ``pyproject.toml`` checks that no module imports a layer above its own):
 
 * ``errors``, ``records``, ``stats``: leaves (error types, the typed run-folder records, statistics);
+* ``adapters``: third-party internals, one module per library (TRL, torch, litellm, textarena);
 * ``envs``: the tasks (Gymnasium text environments, splits, registry);
 * ``agents``: what acts in them (samplers, the rollout engine, litellm calls, reflectors);
 * ``config``, ``methods``: the run's typed configuration and the method table;

@@ -118,7 +118,7 @@ def test_any_text_gymnasium_env_works_without_the_base_class():
 
 def test_invalid_actions_are_counted_apart_from_success():
     from espl_bench.envs.tool_env import Problem, Tool, ToolEnv
-    from espl_bench.method.loop import _invalid_rate
+    from espl_bench.method.rollout_stats import invalid_rate
 
     class Echo(ToolEnv):
         def split_size(self, split):
@@ -145,7 +145,7 @@ def test_invalid_actions_are_counted_apart_from_success():
     (rollout,) = RolloutEngine(lambda: Echo(max_turns=5), Scripted()).run([EpisodeSpec("s", "train", 0)], SamplingParams())
     assert (rollout.turns, rollout.invalid_actions, rollout.reward, rollout.success) == (3, 1, 1.0, True)
     assert "Invalid action" in rollout.messages[3]["content"]  # feedback reaches the model
-    assert _invalid_rate([rollout]) == 1 / 3
+    assert invalid_rate([rollout]) == 1 / 3
 
 
 def test_hanging_env_step_is_timed_out_as_a_failed_episode():

@@ -36,11 +36,10 @@ from espl_bench.method.loop import (
     EsplLoop,
     IterationResult,
     Parts,
-    _invalid_rate,
-    _rate,
     sampling,
 )
 from espl_bench.method.program import Pool, Program
+from espl_bench.method.rollout_stats import invalid_rate, rate
 from espl_bench.records import IterationMetrics
 
 log = logging.getLogger(__name__)
@@ -165,9 +164,9 @@ class GepaLoop(EsplLoop):
         metrics = IterationMetrics(
             iteration=t,
             train_reward=sum(r.reward for r in rollouts) / len(rollouts) if rollouts else 0.0,
-            train_success=_rate(rollouts, "success"),
-            valid_rate=_rate(rollouts, "valid"),
-            invalid_action_rate=_invalid_rate(rollouts),
+            train_success=rate(rollouts, "success"),
+            valid_rate=rate(rollouts, "valid"),
+            invalid_action_rate=invalid_rate(rollouts),
             env_errors=sum(r.error is not None for r in rollouts),
             reflection_calls=calls[0],
             reflection_failures=calls[1],

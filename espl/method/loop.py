@@ -34,6 +34,8 @@ from espl_bench.method.reflection import (
     ReflectionOutcome,
     win_matrix,
 )
+from espl_bench.method.rollout_stats import invalid_rate as _invalid_rate
+from espl_bench.method.rollout_stats import rate as _rate
 from espl_bench.method.selection import Selector
 from espl_bench.method.test_time import scored_program
 from espl_bench.records import (
@@ -278,16 +280,6 @@ def _mean_by_program(rollouts: list[Rollout]) -> dict[str, float]:
     for r in rollouts:
         sums.setdefault(r.spec.id.program, []).append(r.reward)
     return {k: sum(v) / len(v) for k, v in sums.items()}
-
-
-def _rate(rollouts: list[Rollout], attribute: str) -> float:
-    return sum(bool(getattr(r, attribute)) for r in rollouts) / len(rollouts) if rollouts else 0.0
-
-
-def _invalid_rate(rollouts: list[Rollout]) -> float:
-    """Invalid actions per action taken, reported apart from success (an invalid action scores 0)."""
-    turns = sum(r.turns for r in rollouts)
-    return sum(r.invalid_actions for r in rollouts) / turns if turns else 0.0
 
 
 def _problem_success(rollouts: list[Rollout], problems: list[int]) -> list[float]:

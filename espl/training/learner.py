@@ -22,6 +22,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from espl_bench.adapters import trl as trl_internals
 from espl_bench.method.learning import TrainingSample
 from espl_bench.rundir import TRACKING
 
@@ -201,14 +202,15 @@ class TRLLearner:
         if settings.report_to == "tensorboard" and settings.logging_dir:
             _log_into(self.trainer, settings.logging_dir)
         if settings.correct_sampler_logprobs:
-            _enable_sampler_is_correction(self.trainer)
+            # TRL's importance-sampling correction for samples from a vLLM server TRL does not drive
+            trl_internals.use_external_vllm(self.trainer)
         self._skip_compute_of_left_out_steps()
         self.model = self.trainer.model
         self._load_committed_adapter()
         if settings.trl_vllm and settings.resume_step:
             # TRL pushes weights only when a step's batch is requested, after the resumed
             # iteration's rollouts; those must come from the committed weights too.
-            self.trainer.vllm_generation.sync_weights()
+            trl_internals.push_weights(self.trainer)
         if self.world > 1 and not follower:
             kind = self.trainer.accelerator.distributed_type.value
             log.info("learner: %d processes (%s), %d rows each per step", self.world, kind, rows)
@@ -262,8 +264,7 @@ class TRLLearner:
         unmasked: a loss over no tokens at all divides by zero in the token-normalised losses,
         and their rewards are equal, so their gradient is zero anyway. Every process sees the
         whole batch, so all of them take the same decision."""
-        for group in self.trainer.optimizer.param_groups:
-            group["lr"] = 0.0
+        trl_internals.freeze_learning_rate(self.trainer)
         self._left_out_step = True
         return [TrainingSample(s.prompt_ids, s.completion_ids, s.logprobs, 0.0, None, left_out=True) for s in batch]
 
@@ -329,11 +330,8 @@ class TRLLearner:
         Every process runs this as its trainer ends (the leader before its last ``wait()``
         returns): gathering sharded weights (FSDP, ZeRO-3) is a collective, so every rank must take
         part before the followers leave."""
-        trainer = self.trainer
-        # _last_loaded_step: TRL's own (private) record of the step whose weights it last pushed.
-        if self.settings.trl_vllm and trainer._last_loaded_step != trainer.state.global_step:
-            trainer.vllm_generation.sync_weights()
-            trainer._last_loaded_step = trainer.state.global_step
+        if self.settings.trl_vllm:
+            trl_internals.push_weights_if_stale(self.trainer)
 
     def _mark_step_done(self, finished: bool = False) -> None:
         with self._cond:
@@ -427,23 +425,6 @@ class TRLLearner:
             step = path.name.split("-", 1)[1]
             if step.isdigit() and int(step) > committed:
                 shutil.rmtree(path, ignore_errors=True)
-
-
-class _WeightsSyncedElsewhere:
-    """Stands in for TRL's vLLM client: the run loads each step's LoRA into its server itself."""
-
-    def sync_weights(self) -> None:
-        return None
-
-
-def _enable_sampler_is_correction(trainer) -> None:
-    # TRL applies its importance-sampling correction (vllm_importance_sampling_* in GRPOConfig,
-    # default mode sequence_mask, C_max 3) only when it drives vLLM itself. Our rollouts come from
-    # a vLLM server through rollout_func and the weights reach it as LoRA adapters (TRL's own
-    # sync needs NCCL/CUDA), so mark vLLM in use and make its weight sync a no-op.
-    trainer.use_vllm = True
-    trainer.vllm_generation = _WeightsSyncedElsewhere()
-    trainer._last_loaded_step = -1
 
 
 def checkpointing_option(config_class: type, enabled: bool) -> dict:

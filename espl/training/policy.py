@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from espl_bench.adapters import trl as trl_internals
 from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSampler, model_context
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError, ModelNotFound, RunDirError
@@ -159,7 +160,7 @@ class EngineSync:
     def wait(self) -> dict[str, float]:
         stats = self.learner.wait()
         # TRL's own record of the step whose weights it last pushed (a private attribute).
-        return {**stats, "synced_step": float(self.learner.trainer._last_loaded_step)}
+        return {**stats, "synced_step": float(trl_internals.synced_step(self.learner.trainer))}
 
     def close(self) -> None:
         self.learner.close()
@@ -373,7 +374,7 @@ def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -
     # TRL's own importance-sampling correction is on with its vLLM (correct_sampler_logprobs
     # is for samples from an engine TRL does not know about).
     learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False, trl_vllm=options))
-    sampler = TRLVLLMSampler(engine_of(learner.trainer.vllm_generation, distributed.world_size()), learner.tokenizer,
+    sampler = TRLVLLMSampler(engine_of(trl_internals.vllm_generation(learner.trainer), distributed.world_size()), learner.tokenizer,
                              eos_ids(learner.model, learner.tokenizer))
     # The engine holds the trained weights, so reflection gets its own frozen reference copy.
     reference, closers = _local_reference(model_path, dtype=cfg.reflector_dtype)

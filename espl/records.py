@@ -11,7 +11,8 @@ A file this version cannot read (an older schema, a missing field) raises
 * :class:`IterationMetrics`: one committed iteration (``iterations/N/metrics.json``, a line of
   ``metrics.jsonl``).
 * :class:`ReflectionRecord`: one mutation or crossover (a line of ``reflections.jsonl``).
-* :class:`RunSummary`: the run at a glance (``summary.json``), with the budget ledger.
+* :class:`RunSummary`: the run at a glance (``summary.json``), with the budget ledger (and for a
+  GEPA run its :class:`GepaSelection`).
 * :class:`RunHeader`: the config, template hashes and precision a run started with (``run.json``).
 """
 
@@ -365,6 +366,19 @@ class Precision(BaseModel):
     attn_implementation: str | None = None  # None: transformers' own choice
 
 
+class GepaSelection(BaseModel):
+    """The candidate a GEPA search ended on (its validation best, the test-time program) and
+    whether it is the root: the seed prompt, which wins GEPA's ties."""
+
+    model_config = ConfigDict(extra="forbid")
+    winner: str  # program id, p<GEPA's best_idx>
+    root: bool
+    candidates: int
+    validation_problems: int  # one sample each
+    winner_score: float  # validation means
+    root_score: float
+
+
 class RunSummary(Record):
     """The run at a glance (``summary.json``)."""
 
@@ -390,6 +404,7 @@ class RunSummary(Record):
     seconds_this_session: float = 0.0
     provenance: Provenance | None = None  # None: made before runs recorded their code
     precision: Precision | None = None  # None: made before runs recorded it
+    gepa: GepaSelection | None = None  # GEPA runs: which candidate won; None otherwise or made before it was recorded
 
     @field_validator("test", mode="before")
     @classmethod
@@ -428,6 +443,7 @@ class RunHeader(Record):
     config: dict[str, Any]
     templates: dict[str, str] = Field(default_factory=dict)
     precision: Precision | None = None  # None: made before runs recorded it
+    gepa: GepaSelection | None = None  # GEPA runs: which candidate won; None otherwise or made before it was recorded
 
     @property
     def env_kwargs(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from espl_bench.agents.llm_router import sum_usage
 from espl_bench.baselines.gepa import GepaLoop
+from espl_bench.baselines.gepa import selection as gepa_selection
 from espl_bench.config import RunConfig
 from espl_bench.errors import RecordError, RunDirError
 from espl_bench.locks import owned
@@ -152,6 +153,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
         seconds_this_session=round(elapsed, 1),
         provenance=provenance(),
         precision=precision(cfg),
+        gepa=gepa_selection(history),
     )
 
 

@@ -72,6 +72,7 @@ class RunConfig(BaseModel):
     prompt_placement: Literal["system", "user"] = Field("system", description="where the program goes: system (a system message) or user (appended to the first user turn after the problem, the reference code's choice; an empty program sends the bare problem)")
     crossover_requires_win: bool = Field(True, description="cross over only when the iteration's best program won at least one problem outright (the reference code's rule)")
     validation_problems: int = Field(16, ge=0, description="validation problems: the env's validation split (its first N), or the first N train problems held out (at most half) when the env has none; never trained on; select-best and GEPA's candidate selection use them, never the test split")
+    gepa_validation_problems: int | None = Field(None, ge=1, description="gepa: problems of the validation split GEPA selects its candidates on (one sample each, paid from the rollout budget); unset: sized from GEPA's own budget guidance, at least 10 (espl/baselines/gepa.py valset_size)")
     eval_every: int = Field(1, ge=0, description="evaluate on the test split every N iterations (0: only at the end)")
     eval_problems: int = Field(4, ge=1, description="test problems per evaluation (the first N of the test split)")
     eval_samples: int = Field(2, ge=1, description="samples per test problem (k of pass@k goes up to this)")
@@ -168,6 +169,13 @@ class RunConfig(BaseModel):
         if self.spec.test_rule == "validation" and self.test_program != "auto":
             raise ValueError(f"--test-program {self.test_program} does not apply to {self.method} (its programs are "
                              "scored on the validation split, not rated); fix: drop --test-program")
+        if self.gepa_validation_problems is not None and self.spec.loop != "gepa":
+            raise ValueError(f"--gepa-validation-problems applies to --method gepa only (this run: {self.method}); fix: "
+                             "drop it")
+        if self.gepa_validation_problems and self.validation_problems and \
+                self.gepa_validation_problems > self.validation_problems:
+            raise ValueError(f"--gepa-validation-problems {self.gepa_validation_problems} exceeds the validation split "
+                             f"(--validation-problems {self.validation_problems}); fix: raise --validation-problems")
         if self.sampler == "litellm" and self.trains_weights:
             raise ValueError(f"--sampler litellm cannot train weights (method {self.method!r}); fix: use --method "
                              "evolution or self-reflection, or --sampler vllm/transformers for rl and espl")

@@ -14,7 +14,8 @@ A file this version cannot read (an older schema, a missing field) raises
 * :class:`ReflectionRecord`: one mutation or crossover (a line of ``reflections.jsonl``).
 * :class:`PoolRecord`, :class:`IterationState`: the pool and the resume state of a committed iteration.
 * :class:`Usage`: one metered model's calls, tokens and dollars; :class:`Budget`: what a run spent.
-* :class:`RunSummary`: the run at a glance (``summary.json``), with the budget ledger.
+* :class:`RunSummary`: the run at a glance (``summary.json``), with the budget ledger (and for a
+  GEPA run its :class:`GepaSelection`).
 * :class:`RunHeader`: the config, template hashes and precision a run started with (``run.json``).
 """
 
@@ -442,6 +443,19 @@ class Precision(BaseModel):
     attn_implementation: str | None = None  # None: transformers' own choice
 
 
+class GepaSelection(BaseModel):
+    """The candidate a GEPA search ended on (its validation best, the test-time program) and
+    whether it is the root: the seed prompt, which wins GEPA's ties."""
+
+    model_config = ConfigDict(extra="forbid")
+    winner: str  # program id, p<GEPA's best_idx>
+    root: bool
+    candidates: int
+    validation_problems: int  # one sample each
+    winner_score: float  # validation means
+    root_score: float
+
+
 class RunSummary(Record):
     """The run at a glance (``summary.json``)."""
 
@@ -467,6 +481,7 @@ class RunSummary(Record):
     seconds_this_session: float = 0.0
     provenance: Provenance | None = None  # None: made before runs recorded their code
     precision: Precision | None = None  # None: made before runs recorded it
+    gepa: GepaSelection | None = None  # GEPA runs: which candidate won; None otherwise or made before it was recorded
 
     @field_validator("test", mode="before")
     @classmethod
@@ -505,6 +520,7 @@ class RunHeader(Record):
     config: dict[str, Any]
     templates: dict[str, str] = Field(default_factory=dict)
     precision: Precision | None = None  # None: made before runs recorded it
+    gepa: GepaSelection | None = None  # GEPA runs: which candidate won; None otherwise or made before it was recorded
 
     @property
     def env_kwargs(self) -> dict[str, Any]:

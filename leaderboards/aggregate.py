@@ -39,6 +39,7 @@ from espl_bench.method.program import Pool
 from espl_bench.records import (
     Budget,
     CellResult,
+    GepaSelection,
     IterationMetrics,
     Provenance,
 )
@@ -85,6 +86,7 @@ class RunRecord:
     children: dict[str, int] = field(default_factory=dict)  # by source: revision, fallback, crossover
     points: list[IterationPoint] = field(default_factory=list)
     provenance: Provenance | None = None  # code version and libraries (espl_bench.running.provenance); None if unrecorded
+    gepa: GepaSelection | None = None  # a GEPA run's winning candidate; None: not GEPA, or not recorded
 
     @property
     def test_success(self) -> float | None:
@@ -250,7 +252,7 @@ def load_run(folder: str | Path) -> RunRecord:
         reflector_tokens=reflector.tokens, cost_usd=summary.cost_usd,
         test_program_id=summary.test_program.id, best_prompt=summary.test_program.text, budget=summary.budget,
         cells=dict(summary.breakdown.cells) if summary.breakdown else {}, children=dict(summary.reflection.children),
-        points=_points(history), provenance=summary.provenance)
+        points=_points(history), provenance=summary.provenance, gepa=summary.gepa)
 
 
 def env_label(env: str, kwargs: dict | None) -> str:

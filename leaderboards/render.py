@@ -6,7 +6,8 @@ Contract:
   sorted them, by mean, with their letters; success as ``mean [95% interval]``; ``–`` where a value
   is unknown), preceded by what the board was measured on, how its letters were made and the
   smallest difference it could detect, and followed by the paired tests, the weights x prompt
-  table and the per-run budgets. The columns of the leaderboard and of the pairs are declared
+  table, the per-run budgets and, when some GEPA run recorded it, each GEPA run's winning
+  candidate and whether it is the root (older runs: "not recorded"). The columns of the leaderboard and of the pairs are declared
   once (:func:`row_columns`, :data:`PAIR_COLUMNS`) for both renderings: a new column is one entry.
 * :func:`render_site` writes into ``out_dir``: ``index.html`` (per env: the table, then an inline
   SVG of mean train and test success against iteration and against cumulative rollouts, one line
@@ -131,6 +132,25 @@ def board_notes(board: EnvBoard) -> list[str]:
     return notes
 
 
+GEPA_COLUMNS = ("seed", "winner", "root?", "winner's validation mean", "root's", "candidates", "validation problems")
+
+
+def gepa_rows(board: EnvBoard) -> list[list[str]]:
+    """Per GEPA run of ``board``: the candidate its search ended on and whether it is the root; none
+    (no section at all) unless some run recorded it, so a board of older runs renders as before."""
+    runs = [run for row in board.rows if row.method == "gepa" for run in row.runs]
+    if not any(run.gepa for run in runs):
+        return []
+    return [[str(run.seed), *(["not recorded"] + [""] * 5 if run.gepa is None else
+                              [run.gepa.winner, "yes" if run.gepa.root else "no", f"{run.gepa.winner_score:.3f}",
+                               f"{run.gepa.root_score:.3f}", str(run.gepa.candidates),
+                               str(run.gepa.validation_problems)])] for run in runs]
+
+
+GEPA_NOTE = ("GEPA's selection per run: the candidate its search ended on (its validation best, scored at test "
+             "time) and whether it is the root, which wins GEPA's ties:")
+
+
 def render_markdown(boards: list[EnvBoard]) -> str:
     """One ``##`` section per env: notes, the table, the weights x prompt table, the budgets."""
     from espl_bench.leaderboards.aggregate import BUDGET_KEYS
@@ -160,6 +180,9 @@ def render_markdown(boards: list[EnvBoard]) -> str:
         out += table(["method", *CELL_COLUMNS, *EFFECT_COLUMNS], [[row.method, *_breakdown_cells(row)] for row in board.rows])
         out += ["Budget per run (mean over seeds):", ""]
         out += table(["method", *BUDGET_KEYS], [[row.method, *_budget_cells(row)] for row in board.rows])
+        if gepa_rows(board):
+            out += [GEPA_NOTE, ""]
+            out += table(list(GEPA_COLUMNS), gepa_rows(board))
     if boards:
         out += [md(_code_versions(boards)), ""]
     return "\n".join(out)
@@ -296,6 +319,16 @@ def _rating(n: TreeNode) -> str:
     return "–" if n.mu is None or n.sigma is None else f"{n.mu:.2f} ± {n.sigma:.2f}"
 
 
+def _gepa_fact(run: RunRecord) -> list[tuple[str, str]]:
+    """A GEPA run's winner for its page; nothing where it was not recorded (the page as before)."""
+    g = run.gepa
+    if g is None:
+        return []
+    text = (f"{g.winner} ({'the root' if g.root else 'not the root'}; validation mean {g.winner_score:.3f}, "
+            f"root {g.root_score:.3f}, on {g.validation_problems} problems)")
+    return [("GEPA's winner", text)]
+
+
 def run_page(run: RunRecord, board_anchor: str) -> str:
     """The page of one run: facts, best prompt, lineage and evolutionary tree."""
     nodes = load_tree(run)
@@ -305,6 +338,7 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
              ("test success [95% CI]", _ci(run.test.interval) if run.test else "–"),
              ("measured on", run.test.items.describe() if run.test else "–"),
              *((k, _num(v)) for k, v in run.pass_at.items()), ("test-time program", run.test_program_id or "–"),
+             *_gepa_fact(run),
              *((f"weights x prompt: {name}", _ci(cell.interval)) for name, cell in run.cells.items()),
              ("children (revision / fallback / crossover)",
               " / ".join(str(run.children.get(k, 0)) for k in ("revision", "fallback", "crossover"))),
@@ -366,6 +400,9 @@ def _board_html(board: EnvBoard, anchor: str, pages: dict[int, str]) -> str:
             + "<h3>Budget per run (mean over seeds)</h3>"
             + _html_table("budget", ["method", *BUDGET_KEYS],
                           [[escape(row.method), *map(escape, _budget_cells(row))] for row in board.rows])
+            + (f"<h3>GEPA's selection</h3><p>{escape(GEPA_NOTE)}</p>"
+               + _html_table("gepa", list(GEPA_COLUMNS), [[escape(c) for c in r] for r in gepa_rows(board)])
+               if gepa_rows(board) else "")
             + f"{plot}</section>")
 
 

@@ -23,10 +23,12 @@ from typing import Any
 
 from espl_bench.methods import METHODS as _SPECS
 
-SUITE_VERSION = "7"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection;
+SUITE_VERSION = "8"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection;
 # 5: the in-process reflector decodes in bfloat16 where the CPU has it; a reply of at most 64 tokens is not summarised;
 # 6: the in-process reflector's structured answers skip the tokens the grammar forces (other draws, other answers);
 # 7: every edit passes the admission rule (espl/method/admission.py): junk principles no longer become children
+# 8: GEPA's validation set sized from its own guidance (espl/baselines/gepa.py valset_size: 10 problems at the
+#    calibrated budget, where it had batch_size = 4)
 
 METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"

@@ -8,8 +8,8 @@ reflection LM is the run's reflector, so its calls and tokens are metered like E
 
 Equal budget, exactly: GEPA may spend :attr:`~espl_bench.config.RunConfig.rollout_budget` rollouts,
 the training rollouts E-SPL spends on the same config, and its validation evaluations count
-against them (its validation set is the run's validation split capped at ``batch_size``
-problems). GEPA checks its budget only between its iterations, so one iteration could overrun it
+against them (its validation set: :func:`valset_size` problems of the run's validation split,
+one sample each). GEPA checks its budget only between its iterations, so one iteration could overrun it
 by a minibatch and a validation pass. Here an evaluation that does not fit runs only the
 rollouts left in the budget (they are spent, so every method spends the same training rollouts),
 then the search stops at once: GEPA never sees that partial evaluation, and a candidate whose
@@ -40,13 +40,45 @@ from espl_bench.method.loop import (
 )
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.rollout_stats import invalid_rate, rate
-from espl_bench.records import IterationMetrics
+from espl_bench.records import GepaSelection, IterationMetrics
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "system_prompt"
 
+# GEPA's own guidance on sizing (gepa-ai/gepa, docs/docs/guides/budget.md, "Choosing
+# max_metric_calls"): a search costs ``len(valset) + N x (reflection_minibatch_size + len(valset))``
+# metric calls for N proposal attempts, and N = 15 is its recommended minimum ("at least
+# 16 x len(valset)"); its FAQ (docs/docs/guides/faq.md) asks for a validation set "small but
+# truly representative" and 30-300 examples in all. On this project's budgets (128 rollouts for
+# the calibrated suite) that formula leaves 4 problems, whose means move in steps of 0.25 and tie
+# with the root in most seeds (issue 23); so at least MIN_VALSET, which costs proposals instead.
+PROPOSALS = 15
+MIN_VALSET = 10
 
+
+def valset_size(cfg: RunConfig, available: int, minibatch: int) -> int:
+    """Validation problems GEPA gets: ``--gepa-validation-problems`` when given, else the most GEPA's
+    budget formula allows for :data:`PROPOSALS` attempts, at least :data:`MIN_VALSET`, at most a
+    quarter of the budget (room for the search itself); never more than ``available``."""
+    if cfg.gepa_validation_problems is not None:
+        return min(cfg.gepa_validation_problems, available)
+    budget = cfg.rollout_budget
+    by_formula = (budget - PROPOSALS * minibatch) // (PROPOSALS + 1)
+    return max(1, min(available, max(MIN_VALSET, by_formula), budget // 4))
+
+
+def selection(history: list[IterationMetrics]) -> GepaSelection | None:
+    """Which candidate GEPA's search ended on, from its iteration's account (None: not a GEPA run,
+    or one made before runs recorded their validation set)."""
+    account = next((m.gepa for m in reversed(history) if m.gepa), None)
+    if not account or "validation_problems" not in account:
+        return None
+    scores = account["val_scores"]
+    best = int(account["best"].removeprefix("p"))
+    return GepaSelection(winner=account["best"], root=best == 0, candidates=account["candidates"],
+                         validation_problems=account["validation_problems"], winner_score=scores[best],
+                         root_score=scores[0])
 
 
 class BudgetSpent(Exception):
@@ -126,12 +158,14 @@ class GepaLoop(EsplLoop):
         cfg, parts = self.cfg, self.parts
         train = parts.plan.train
         trainset = [(train.split, i) for i in train.indices]
-        # GEPA selects candidates on a validation set: the run's validation split when it has one.
-        # Capped at batch_size (and the budget): every validation pass is paid from the rollout budget.
-        cap = min(cfg.batch_size, cfg.rollout_budget)
+        # GEPA selects candidates on a validation set: the run's validation split when it has one,
+        # sized by valset_size; every validation pass is paid from the rollout budget.
+        minibatch = min(cfg.batch_size, len(trainset))
         validation = parts.plan.validation
+        available = len(validation.indices) or len(trainset)
+        cap = valset_size(cfg, available, minibatch)
         valset = ([(validation.split, i) for i in validation.indices[:cap]]
-                  or self.rng.sample(trainset, min(cap, len(trainset))))
+                  or self.rng.sample(trainset, cap))
         # A search is one long step: the progress bar shows the rollout budget it has spent.
         adapter = EnvAdapter(parts, cfg, lambda spent: progress(f"gepa search, {spent}/{cfg.rollout_budget} rollouts"))
         reflector = parts.reflector
@@ -154,7 +188,7 @@ class GepaLoop(EsplLoop):
             seed_candidate={COMPONENT: self.pool.programs[0].render()}, trainset=trainset, valset=valset,
             adapter=adapter, reflection_lm=reflection_lm, max_metric_calls=cfg.rollout_budget,
             stop_callbacks=[lambda state: adapter.refused],
-            reflection_minibatch_size=min(cfg.batch_size, len(trainset)), seed=cfg.seed,
+            reflection_minibatch_size=minibatch, seed=cfg.seed,
             raise_on_exception=False, logger=_GepaLog(), display_progress_bar=False)
         self._adopt(result, t)
         searched = time.monotonic()
@@ -177,7 +211,8 @@ class GepaLoop(EsplLoop):
             gepa={"candidates": len(result.candidates), "best": f"p{result.best_idx}",
                   "val_scores": [round(x, 4) for x in result.val_aggregate_scores],
                   "metric_calls": result.total_metric_calls, "budget": cfg.rollout_budget,
-                  "stopped_by_budget": adapter.refused},
+                  "stopped_by_budget": adapter.refused, "validation_problems": len(valset),
+                  "validation_samples": 1, "winner_is_root": result.best_idx == 0},
             test=test,
             usage={name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
             seconds=round(time.monotonic() - started, 2),

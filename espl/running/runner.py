@@ -10,6 +10,7 @@ import random
 import time
 
 from espl_bench.baselines.gepa import GepaLoop
+from espl_bench.baselines.gepa import selection as gepa_selection
 from espl_bench.config import RunConfig
 from espl_bench.errors import RecordError, RunDirError
 from espl_bench.locks import owned
@@ -148,6 +149,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
         seconds_this_session=round(elapsed, 1),
         provenance=provenance(),
         precision=precision(cfg),
+        gepa=gepa_selection(history),
     )
 
 

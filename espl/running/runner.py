@@ -207,6 +207,8 @@ def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, d
         if not cfg.resume:
             rundir.create(_header(cfg).to_dict())
         loop = LOOPS[cfg.spec.loop](cfg, parts, pool, rng)
+        if done and isinstance(loop, EsplLoop):  # --max-staleness: the batch the last commit prefetched
+            loop.restore_pending(rundir.load_iteration(done)["state"].get("pending"))
         planned = done + len(loop.schedule(done))
         if planned == done:
             log.info("the run in %s already has %d committed iterations", cfg.out, done)
@@ -276,11 +278,19 @@ def _kept(record, value):
         return None
 
 
+def _pending(loop: EsplLoop) -> dict:
+    """The next iteration's batch, sampled during this one's step (--max-staleness), committed with
+    this iteration so that a resumed run trains on the same rollouts (no key when there is none)."""
+    record = loop.pending_record() if isinstance(loop, EsplLoop) else None
+    return {"pending": record} if record is not None else {}
+
+
 def _commit(rundir: RunDir, cfg: RunConfig, loop: EsplLoop, t: int, result: IterationResult,
             history: list[IterationMetrics], elapsed: float) -> None:
     rundir.commit(
         t,
-        state={"iteration": t, "rng": _rng_state(loop.rng), "learner_step": t if cfg.trains_weights else 0},
+        state={"iteration": t, "rng": _rng_state(loop.rng), "learner_step": t if cfg.trains_weights else 0,
+               **_pending(loop)},
         pool=loop.pool.to_dict(),
         rollouts=[r.to_record() for r in result.rollouts],
         reflections=[o.to_record().to_dict() for o in result.outcomes],

@@ -120,7 +120,9 @@ def test_a_committed_batch_too_stale_for_the_resumed_k_is_sampled_again_and_coun
     strict.restore_pending(record)
     second = strict.iteration(2).metrics
     assert second.rollouts == 16  # the ledger counts the discarded batch too
-    assert second.staleness is None  # K=0 records none; the batch was sampled again with current weights
+    # sampled again with the current weights (step 1's): on-policy, and counted
+    assert second.staleness.staleness == 0 and not second.staleness.prefetched
+    assert second.staleness.regenerated == 1 and second.staleness.discarded_rollouts == 8
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -254,7 +254,7 @@ class EsplLoop:
             usage={name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
             seconds=round(time.monotonic() - started, 2),
             phase_seconds=timings,
-            staleness=self._staleness(t, drawn, staled, step) if cfg.max_staleness else None,
+            staleness=self._staleness(t, drawn, staled, step) if cfg.max_staleness or staled.regenerated else None,
             importance=_importance(train_stats),
         )
         return IterationResult(rollouts, outcomes, metrics)

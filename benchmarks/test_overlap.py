@@ -14,6 +14,10 @@ and the espl iteration's phases. Two reflectors:
 * ``embedded-unshared``: the same with ``--no-share-cores`` (both on every core), to show what
   the share buys.
 
+``test_sampling_the_next_iteration_while_the_step_trains`` (issue 25) times an ``rl`` iteration with
+``--max-staleness 1`` against 0 under a latency-bound policy-server stand-in (target: at most 0.65
+when generation and the step take about as long).
+
 Targets (issue 14): at most 1.10 with the API reflector, at most 1.3 with the embedded one; the
 measured values are in benchmarks/README.md. ``extra_info["ratio_reflection_only"]`` is the same
 ratio with the rl iteration's own rollouts and evaluation: ``(rl + exposed) / rl``, where

@@ -21,6 +21,7 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from espl_bench.method.learning import TrainingSample
 
@@ -157,8 +158,7 @@ class TRLLearner:
             dataloader_num_workers=0,
             ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
             **trl_vllm_options(settings),
-            **({"vllm_importance_sampling_mode": settings.importance_sampling_mode}
-               if settings.importance_sampling_mode else {}),
+            **importance_sampling_options(settings),
         )
         slots = settings.rows_per_step // settings.group_size
         placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
@@ -299,7 +299,7 @@ class TRLLearner:
         """Count the step's importance weights as each micro-batch reaches the loss (wrapping
         compute_loss again): TRL logs their mean and max after its truncation, not how many it
         truncated, and the metric wanted is the weights before it."""
-        inner, args = self.trainer.compute_loss, self.trainer.args
+        inner, args = self.trainer.compute_loss, cast(Any, self.trainer.args)  # a GRPOConfig
         sequence = args.vllm_importance_sampling_mode.startswith("sequence")
 
         def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -529,6 +529,12 @@ def trl_vllm_options(settings: LearnerSettings) -> dict:
     # TRL's importance-sampling correction (on by default with use_vllm) covers the numeric
     # mismatch between vLLM's sampling logprobs and the trainer's.
     return {"use_vllm": True, **settings.trl_vllm}
+
+
+def importance_sampling_options(settings: LearnerSettings) -> dict:
+    """GRPOConfig's importance-sampling mode when the settings name one (TRL's default otherwise)."""
+    mode = settings.importance_sampling_mode
+    return {"vllm_importance_sampling_mode": mode} if mode else {}
 
 
 def _log_into(trainer, folder: str) -> None:

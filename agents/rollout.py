@@ -113,6 +113,13 @@ class Rollout:
                 record.pop(key)
         return record
 
+    @classmethod
+    def from_record(cls, record: dict) -> Rollout:
+        """The rollout :meth:`to_record` wrote (``with_tokens=True`` for one a step can train on)."""
+        spec = dict(record["spec"])
+        spec["id"] = EpisodeId(**spec.get("id") or {})
+        return cls(**{**record, "spec": EpisodeSpec(**spec)})
+
 
 # An episode never runs past this many turns unless ``max_turns`` allows more: a plain env that
 # never terminates (and registered no max_episode_steps) cannot hang a run.

@@ -14,6 +14,10 @@ and the espl iteration's phases. Two reflectors:
 * ``embedded-unshared``: the same with ``--no-share-cores`` (both on every core), to show what
   the share buys.
 
+``test_sampling_the_next_iteration_while_the_step_trains`` (issue 25) times an ``rl`` iteration with
+``--max-staleness 1`` against 0 under a latency-bound policy-server stand-in (target: at most 0.65
+when generation and the step take about as long).
+
 Targets (issue 14): at most 1.10 with the API reflector, at most 1.3 with the embedded one; the
 measured values are in benchmarks/README.md. ``extra_info["ratio_reflection_only"]`` is the same
 ratio with the rl iteration's own rollouts and evaluation: ``(rl + exposed) / rl``, where
@@ -97,3 +101,70 @@ def test_an_espl_iteration_against_an_rl_iteration(benchmark, rl_seconds, tmp_pa
                                  "rl_seconds": round(rl, 2), "espl_phases": phases, "rl_phases": rl_phases,
                                  "reflector": reflector, "share_cores": cfg.share_cores, "api_delay": API_DELAY if stand_in else None})
     assert seconds > 0 and rl > 0
+
+
+# -- --max-staleness (issue 25): sampling the next iteration while the step trains ---------------
+
+
+class LatencyBoundServer:
+    """A policy server's latency without its GPUs: a batch's replies take ``delay`` seconds per token
+    of the longest (sleeping: wall time, no local CPU, as a server on devices of its own costs), and
+    half of them answer right, so groups are not flat and the step has gradients to compute."""
+
+    def __init__(self, tokenizer, delay: float, reply_tokens: int):
+        from espl_bench.agents.sampler import ChatTokens
+
+        self.tokens = ChatTokens()
+        self.tokens.tokenizer = tokenizer
+        self.delay, self.reply_tokens = delay, reply_tokens
+
+    def continuation(self, history, new, ended_with_eos):
+        return self.tokens.continuation(history, new, ended_with_eos)
+
+    def generate(self, conversations, params, prompt_ids=None, seeds=None):
+        from espl_bench.agents.sampler import Completion
+        from espl_bench.envs.tool_use import calculator
+
+        time.sleep(self.delay * self.reply_tokens)
+        out = []
+        for i, (conversation, prompt) in enumerate(zip(conversations, self.tokens.prompts(conversations, prompt_ids))):
+            question = next(m["content"] for m in conversation if m["role"] == "user")
+            right = calculator(question.split("\n")[0].removeprefix("Calculate ").rstrip("."))
+            text = f"<answer>{right if (seeds[i] if seeds else i) % 2 else right + '1'}</answer>"
+            ids = self.tokens.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = (ids + ids * self.reply_tokens)[:self.reply_tokens]  # every reply is reply_tokens long
+            out.append(Completion(text=text, prompt_ids=prompt, completion_ids=ids, logprobs=[-1.0] * len(ids),
+                                  finish_reason="length"))
+        return out
+
+
+STALE_FLAGS = {**FLAGS, "iterations": 3, "eval_every": 0}
+
+
+def _staleness_run(tmp_path, k: int, delay: float | None) -> tuple[float, float, float]:
+    """Iteration 2's seconds with ``--max-staleness k`` (iteration 1: the trainer's warm-up), the
+    step's seconds and the rollouts' generation seconds in it; ``delay`` None: one matching the step."""
+    cfg = RunConfig(method="rl", out="unused", max_staleness=k, **STALE_FLAGS)
+    with open_run(cfg, RunDir(tmp_path / f"k{k}")) as parts:
+        server = LatencyBoundServer(parts.learner.tokenizer, delay or 0.05, cfg.max_new_tokens)
+        parts.engine.sampler, parts.samples_while_training = server, True
+        loop = EsplLoop(cfg, parts, Pool.with_root(preamble=cfg.preamble), random.Random(cfg.seed))
+        first = loop.iteration(1).metrics
+        if delay is None:  # generation as long as the step (the K=0 iteration's learn phases)
+            server.delay = sum(first.phase_seconds.get(p, 0.0) for p in LEARN) / cfg.max_new_tokens
+        started = time.monotonic()
+        second = loop.iteration(2).metrics
+        seconds = time.monotonic() - started
+        parts.learner.close()
+    step = sum(second.phase_seconds.get(p, 0.0) for p in LEARN)
+    return seconds, step, server.delay
+
+
+def test_sampling_the_next_iteration_while_the_step_trains(benchmark, tmp_path):
+    serial, serial_step, delay = _staleness_run(tmp_path, 0, None)
+    overlapped, _, _ = benchmark.pedantic(lambda: _staleness_run(tmp_path, 1, delay), rounds=1, iterations=1,
+                                          warmup_rounds=0)
+    benchmark.extra_info.update({"ratio": round(overlapped / serial, 3), "k0_seconds": round(serial, 2),
+                                 "k1_seconds": round(overlapped, 2), "k0_step_seconds": round(serial_step, 2),
+                                 "generation_seconds": round(delay * STALE_FLAGS["max_new_tokens"], 2)})
+    assert overlapped > 0 and serial > 0

@@ -88,6 +88,10 @@ class RunConfig(BaseModel):
     skip_flat_groups: bool = Field(False, description="leave out of the RL step the groups whose rewards are all "
                                    "equal (no advantage), as DAPO's dynamic sampling does, without its refill; a step "
                                    "of only flat groups changes no weight (the paper trains on every group)")
+    max_staleness: int = Field(0, ge=0, description="sample iteration t+1's rollouts while step t trains, from "
+                               "weights at most this many steps old (0: the on-policy loop, each iteration sampled "
+                               "after the previous step); TRL's truncated importance sampling corrects the update "
+                               "(--sampler transformers or vllm, methods that train weights)")
     # 2: a TRL step on 8 multi-turn rows of ~900 tokens peaks at 18+ GB with 8 rows per pass
     # and no checkpointing (the 135M model, fp32 logits over a 49k vocabulary), at ~6 GB with 2.
     micro_batch_size: int = Field(2, ge=1, description="rows per forward/backward pass (gradient accumulation covers "
@@ -189,6 +193,8 @@ class RunConfig(BaseModel):
         if self.vllm_url and (self.vllm_args or self._placement_set()):
             raise ValueError(f"{', '.join(self._placement_set() or ['--vllm-args'])}: for a server espl-bench starts, "
                              "not one at --vllm-url; fix: drop them (start that server with its own flags)")
+        if self.max_staleness:
+            self._check_staleness()
         if self.vllm_devices is not None:
             _check_devices(self.vllm_devices)
         if self.max_context is not None and self.max_context <= self.max_new_tokens:
@@ -207,6 +213,16 @@ class RunConfig(BaseModel):
         """The server placement flags given a value other than their default."""
         fields = type(self).model_fields
         return ["--" + name.replace("_", "-") for name in SERVER_PLACEMENT if getattr(self, name) != fields[name].default]
+
+    def _check_staleness(self) -> None:
+        if not self.trains_weights or self.spec.loop != "espl":
+            raise ValueError(f"--max-staleness {self.max_staleness} overlaps sampling with the RL step, and method "
+                             f"{self.method!r} has none; fix: drop --max-staleness or use --method rl or espl")
+        if self.sampler not in ("transformers", "vllm"):
+            raise ValueError(f"--max-staleness {self.max_staleness} with --sampler {self.sampler}: TRL pushes the "
+                             "weights into its vLLM engine from the trainer thread when the step asks for its batch, "
+                             "which can land inside a batch sampled meanwhile; fix: --sampler vllm (adapters "
+                             "loaded between batches) or --max-staleness 0")
 
     def _check_trl_vllm(self) -> None:
         if not self.trains_weights:

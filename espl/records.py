@@ -235,6 +235,60 @@ class ReflectionCounts(BaseModel):
     edit_calls: dict[str, int] = Field(default_factory=dict)  # by path: schema (structured output) | fallback
 
 
+class PhaseSpan(BaseModel):
+    """When a phase ran: wall-clock seconds (``time.time()``), so phases of two iterations compare."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: float
+    end: float
+
+
+class Staleness(BaseModel):
+    """How off-policy an iteration's batch was under ``--max-staleness`` K > 0 (None with K = 0).
+
+    ``staleness``: optimizer steps between the weights that sampled the batch (``sampled_with``
+    steps applied) and the weights its step starts from (``iteration - 1`` steps applied).
+    ``phases``: ``rollouts`` (this batch's sampling, possibly during the previous step) and
+    ``step`` (this iteration's RL step, submit to applied). ``regenerated``: batches sampled for
+    this iteration but found more than K steps old and sampled again; ``discarded_rollouts``:
+    their rollouts (the budget counts them in ``rollouts`` too)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_staleness: int
+    staleness: int
+    sampled_with: int
+    prefetched: bool  # sampled during the previous iteration's step (not after it)
+    regenerated: int = 0
+    discarded_rollouts: int = 0
+    phases: dict[str, PhaseSpan] = Field(default_factory=dict)
+
+
+class PendingBatch(BaseModel):
+    """The next iteration's batch, sampled during this iteration's step (``--max-staleness``) and
+    committed with it (``state.json``'s ``pending``), so a resumed run trains on the very rollouts
+    an uninterrupted one would. Programs and rollouts as their own ``to_dict``/``to_record`` write them."""
+
+    model_config = ConfigDict(extra="forbid")
+    iteration: int
+    programs: list[dict[str, Any]]
+    problems: list[int]
+    rollouts: list[dict[str, Any]]
+    sampled_with: int
+    span: PhaseSpan
+
+
+class ImportanceWeights(BaseModel):
+    """TRL's truncated importance-sampling correction of one step (sampler's log-probabilities as
+    the behaviour policy): the weights before truncation, over the tokens (or sequences, in TRL's
+    sequence modes) that carry loss, and the share above the cap that truncation changed."""
+
+    model_config = ConfigDict(extra="forbid")
+    mean: float
+    max: float
+    truncated_share: float
+    cap: float
+
+
 class IterationMetrics(Record):
     """One committed iteration: rewards, ratings, reflection outcomes, learning, evaluation, timing."""
 
@@ -264,6 +318,8 @@ class IterationMetrics(Record):
     seconds: float = 0.0
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     gepa: dict[str, Any] | None = None  # GEPA's own account of its search
+    staleness: Staleness | None = None  # --max-staleness > 0: how old the batch was, when phases ran
+    importance: ImportanceWeights | None = None  # the step's importance weights (a correction was applied)  # GEPA's own account of its search
 
     @field_validator("test", mode="before")
     @classmethod
@@ -319,12 +375,14 @@ class PoolRecord(BaseModel):
 
 
 class IterationState(BaseModel):
-    """What resume needs besides the pool (``state.json``): the loop's RNG state and the learner's step."""
+    """What resume needs besides the pool (``state.json``): the loop's RNG state, the learner's step and
+    the batch prefetched for the next iteration (``--max-staleness``; absent when none)."""
 
     model_config = ConfigDict(extra="forbid")
     iteration: int
     rng: list[Any] = Field(default_factory=list)  # random.Random.getstate() as JSON lists ([] when unrecorded)
     learner_step: int = 0
+    pending: PendingBatch | None = None  # --max-staleness: the next iteration's batch, sampled during this step
 
 
 class Usage(BaseModel):

@@ -258,7 +258,7 @@ class RunDir:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.iterations))
         metrics = record.metrics.to_dict()
         files = {
-            STATE: dump_json(record.state.model_dump(mode="json")),
+            STATE: dump_json(_state_json(record.state)),
             POOL: dump_json(record.pool.model_dump(mode="json")),
             ROLLOUTS: dump_jsonl(list(record.rollouts)),
             REFLECTIONS: dump_jsonl([r.to_dict() for r in record.reflections]),
@@ -439,3 +439,12 @@ class RunDir:
 def find_runs(roots: list[Path]) -> set[Path]:
     """Every folder under ``roots`` holding a run's summary or header (a root may itself be one)."""
     return {p.parent for root in roots for name in (SUMMARY, HEADER) for p in root.rglob(name) if p.is_file()}
+
+
+def _state_json(state: IterationState) -> dict:
+    """``state.json``'s content: without a ``pending`` key when nothing was prefetched, as before
+    ``--max-staleness`` existed (K=0 runs stay byte-identical)."""
+    data = state.model_dump(mode="json")
+    if data.get("pending") is None:
+        data.pop("pending", None)
+    return data

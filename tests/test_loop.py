@@ -15,6 +15,7 @@ from espl_bench.method.program import Pool
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
 from espl_bench.training.learner import LearnerSettings, TRLLearner
+from espl_bench.training.policy import STALE_IS_MODE
 
 from tests.fakes import ScriptedReflector
 
@@ -54,7 +55,10 @@ def build(tiny_model, tmp_path, method, **overrides):
                                              rows_per_step=cfg.selected_programs * 4, group_size=2, total_steps=2,
                                              learning_rate=cfg.learning_rate, lora_rank=4, lora_alpha=8,
                                              loss_type="dr_grpo", scale_rewards="none", max_completion_length=8,
-                                             micro_batch_size=4, seed=0, temperature=0.7))
+                                             micro_batch_size=4, seed=0, temperature=0.7,
+                                             # as the policy builder does under --max-staleness
+                                             correct_sampler_logprobs=cfg.max_staleness > 0,
+                                             importance_sampling_mode=STALE_IS_MODE if cfg.max_staleness else None))
         model, tokenizer = learner.model, learner.tokenizer
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -43,6 +43,8 @@ def run(tiny_model, out, script, *extra, kill=None):
 def state(out):
     metrics = [{k: v for k, v in json.loads(line).items() if k not in VOLATILE}
                for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for m in metrics:
+        (m.get("staleness") or {}).pop("phases", None)  # wall-clock times (--max-staleness)
     return (out / "iterations" / "000002" / "pool.json").read_text(), metrics, (out / "best_prompt.txt").read_text()
 
 
@@ -72,6 +74,46 @@ def test_kill_anywhere_then_resume_matches_uninterrupted_run(point, baseline, ti
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     pool, metrics, best = state(out)
     assert [m["iteration"] for m in metrics] == [1, 2]
+    assert metrics == expected[1]
+    assert pool == expected[0]
+    assert best == expected[2]
+
+
+# --max-staleness 1 on the in-process sampler: iteration 2's batch is sampled in iteration 1
+# ("1:prefetch" and the phase "1:rollouts (next iteration)"), before step 1, and committed with
+# iteration 1; a resume past that commit trains on the committed batch, one before it samples again.
+STALE = ("--max-staleness", "1")
+
+
+@pytest.fixture(scope="module")
+def stale_baseline(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stale")
+    script = root / "script.json"
+    script.write_text(json.dumps(SCRIPT))
+    proc = run(tiny_model, root / "run", script, *STALE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return script, state(root / "run")
+
+
+# About 2 min a point on 2 CPU cores (and 45 s for the uninterrupted run): only the kill just after
+# the prefetched batch is committed (the resumed run must train on that batch) runs by default.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("point", [pytest.param("1:prefetch", marks=SLOW), pytest.param("1:rollouts (next iteration)", marks=SLOW),
+                                   pytest.param("1:learn (after reflection)", marks=SLOW), "1:commit",
+                                   pytest.param("2:rollouts", marks=SLOW), pytest.param("2:learn + reflect", marks=SLOW),
+                                   pytest.param("2:eval", marks=SLOW)])
+def test_kill_anywhere_with_max_staleness_then_resume_matches_uninterrupted_run(point, stale_baseline, tiny_model,
+                                                                                  tmp_path):
+    script, expected = stale_baseline
+    out = tmp_path / "run"
+    killed = run(tiny_model, out, script, *STALE, kill=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run(tiny_model, out, script, *STALE, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    pool, metrics, best = state(out)
+    assert [m["iteration"] for m in metrics] == [1, 2] and metrics[1]["staleness"]["staleness"] == 1
     assert metrics == expected[1]
     assert pool == expected[0]
     assert best == expected[2]

@@ -15,7 +15,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from espl_bench.agents.llm_router import usage_delta
@@ -41,9 +41,13 @@ from espl_bench.method.test_time import scored_program
 from espl_bench.records import (
     CellResult,
     EvalItems,
+    ImportanceWeights,
     IterationMetrics,
+    PendingBatch,
+    PhaseSpan,
     Rating,
     ReflectionCounts,
+    Staleness,
 )
 from espl_bench.scoring.cells import CellStore
 from espl_bench.scoring.evaluation import evaluate_prompts
@@ -76,11 +80,49 @@ class Parts:
     admit: Callable[[Program], str | None] = lambda program: None
     # base-weights test cells shared with other runs (espl_bench.scoring.cells), or None
     cells: CellStore | None = None
+    # the engine may sample while the learner trains (a server); False: it shares the trained model
+    # object (in-process), so under --max-staleness the next batch is sampled just before the step
+    samples_while_training: bool = False
 
     def close(self) -> None:
         self.learner.close()
         for close in self.closers:
             close()
+
+
+@dataclass
+class Batch:
+    """One iteration's selection and rollouts, with the weights and the time that sampled them."""
+
+    t: int
+    programs: list[Program]
+    problems: list[int]
+    rollouts: list[Rollout]
+    sampled_with: int  # optimizer steps applied to the weights that sampled it
+    span: PhaseSpan
+    prefetched: bool = False  # sampled during the previous iteration (--max-staleness)
+
+    def to_record(self) -> PendingBatch:
+        return PendingBatch(iteration=self.t, programs=[p.to_dict() for p in self.programs], problems=self.problems,
+                            rollouts=[r.to_record(with_tokens=True) for r in self.rollouts],
+                            sampled_with=self.sampled_with, span=self.span)
+
+    @classmethod
+    def from_record(cls, record: PendingBatch, pool: Pool) -> Batch:
+        """The batch a committed iteration prefetched; its programs are the pool's own objects (their
+        ratings move with the pool's), or detached copies of those the pool has evicted since."""
+        programs = [_in_pool(pool, Program.from_dict(p)) for p in record.programs]
+        return cls(record.iteration, programs, list(record.problems), [Rollout.from_record(r) for r in record.rollouts],
+                   record.sampled_with, record.span, prefetched=True)
+
+
+@dataclass
+class Staled:
+    """What taking an iteration's batch under --max-staleness cost: batches found too old."""
+
+    regenerated: int = 0
+    discarded_rollouts: int = 0
+    discarded_tokens: int = 0
 
 
 @dataclass
@@ -129,6 +171,9 @@ class EsplLoop:
         self.parts = parts
         self.pool = pool
         self.rng = rng
+        # --max-staleness: the next iteration's batch, sampled during this iteration's step and
+        # committed with it (pending_record); restored on resume (restore_pending)
+        self.pending: Batch | None = None
 
     def schedule(self, done: int) -> range:
         """The iterations still to run after ``done`` committed ones."""
@@ -149,19 +194,10 @@ class EsplLoop:
             progress(name)
             sys.audit("espl_bench.point", t, name)  # tests hook points here (tests/faults.py)
 
-        # 1. select M programs from the K most recent
-        window = self.pool.window(spec.window or cfg.window)
-        programs = parts.selector.select(window, cfg.selected_programs, self.rng)
-        trainable = parts.plan.train.indices
-        problems = self.rng.sample(trainable, min(cfg.batch_size, len(trainable)))
-        # 2-3. rollouts of every (program, problem) pair, N samples each, generated together;
-        # each seeded from its coordinates in the run (seed, iteration, slot, problem, sample)
-        phase("rollouts")
-        split = parts.plan.train.split
-        specs = [EpisodeSpec(p.render(), split, q, EpisodeId(program=p.id, slot=s, problem=j, sample=n),
-                             seed=derive_seed("train", cfg.seed, t, s, split, q, n), placement=cfg.prompt_placement)
-                 for s, p in enumerate(programs) for j, q in enumerate(problems) for n in range(cfg.group_size)]
-        rollouts = parts.engine.run(specs, sampling(cfg))
+        # 1-3. select M programs from the K most recent, then sample (or take the batch sampled
+        # during the previous step under --max-staleness)
+        drawn, staled = self._batch(t, phase)
+        programs, problems, rollouts = drawn.programs, drawn.problems, drawn.rollouts
         # 6. rank programs by mean reward and update their TrueSkill ratings
         scores = _mean_by_program(rollouts)
         rated = update_ratings(programs, scores, tolerance=cfg.tie_tolerance) if spec.rated else {}
@@ -170,12 +206,17 @@ class EsplLoop:
         # groups are counted for every method (a frozen one too: the count is the RL signal it had)
         batch = training_batch(rollouts, cfg.baseline, parts.eos_id,
                                group_size(cfg.baseline, cfg.selected_programs, cfg.group_size), cfg.skip_flat_groups)
+        upcoming = self._prefetch(t + 1, phase) if self._prefetches(t) else None
+        step_start = time.time()
         if parts.learner.trainable:
             parts.learner.submit(batch.samples)
         # 7-8. evolve: mutate the iteration's best program; crossover with probability p
         outcomes = self.evolve(programs, scores, rollouts, t)
         phase("learn (after reflection)")
+        # the next batch is in before the step's weights reach the sampler (a server loads them in wait())
+        self.pending = upcoming.result() if upcoming is not None else None
         train_stats = parts.learner.wait()
+        step = PhaseSpan(start=step_start, end=time.time())
         for outcome in outcomes:
             if outcome.child is not None:
                 refused = parts.admit(outcome.child)
@@ -208,15 +249,90 @@ class EsplLoop:
             reflection_calls=sum(o.calls for o in outcomes),
             reflection_failures=counts.failed,
             children=[o.child.id for o in outcomes if o.child],
-            rollouts=len(rollouts),
-            generated_tokens=sum(r.generated_tokens for r in rollouts),
+            rollouts=len(rollouts) + staled.discarded_rollouts,
+            generated_tokens=sum(r.generated_tokens for r in rollouts) + staled.discarded_tokens,
             learner={k: v for k, v in train_stats.items() if k in LEARNER_METRICS or k.startswith("sampling/")},
             test=test,
             usage={name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
             seconds=round(time.monotonic() - started, 2),
             phase_seconds=timings,
+            staleness=self._staleness(t, drawn, staled, step) if cfg.max_staleness or staled.regenerated else None,
+            importance=_importance(train_stats),
         )
         return IterationResult(rollouts, outcomes, metrics)
+
+    # -- --max-staleness: the next iteration's batch sampled during this one's step ----------------
+
+    def _select(self) -> tuple[list[Program], list[int]]:
+        """Step 1: M programs from the K most recent, and the batch's problems (the rng's order is fixed)."""
+        cfg = self.cfg
+        window = self.pool.window(cfg.spec.window or cfg.window)
+        programs = self.parts.selector.select(window, cfg.selected_programs, self.rng)
+        trainable = self.parts.plan.train.indices
+        return programs, self.rng.sample(trainable, min(cfg.batch_size, len(trainable)))
+
+    def _sample(self, t: int, programs: list[Program], problems: list[int], prefetched: bool = False) -> Batch:
+        """Steps 2-3: rollouts of every (program, problem) pair, N samples each, generated together;
+        each seeded from its coordinates in the run (seed, iteration, slot, problem, sample)."""
+        cfg, split = self.cfg, self.parts.plan.train.split
+        start = time.time()
+        weights = t - 1 - int(prefetched) if cfg.trains_weights else 0  # steps applied before it samples
+        specs = [EpisodeSpec(p.render(), split, q, EpisodeId(program=p.id, slot=s, problem=j, sample=n),
+                             seed=derive_seed("train", cfg.seed, t, s, split, q, n), placement=cfg.prompt_placement)
+                 for s, p in enumerate(programs) for j, q in enumerate(problems) for n in range(cfg.group_size)]
+        rollouts = self.parts.engine.run(specs, sampling(cfg))
+        return Batch(t, programs, problems, rollouts, weights, PhaseSpan(start=start, end=time.time()), prefetched)
+
+    def _batch(self, t: int, phase: Callable[[str], None]) -> tuple[Batch, Staled]:
+        """Iteration ``t``'s batch: the one prefetched for it, when its weights are at most
+        ``--max-staleness`` steps older than the step's; otherwise selected (or, too old, the same
+        selection regenerated with the current weights, counted) and sampled now."""
+        pending, self.pending, staled = self.pending, None, Staled()
+        if pending is not None and pending.t == t:
+            if (t - 1) - pending.sampled_with <= self.cfg.max_staleness:
+                phase("rollouts")
+                return pending, staled
+            log.warning("iteration %d: the batch sampled with step-%d weights is %d steps stale (at most %d); "
+                        "sampling it again", t, pending.sampled_with, t - 1 - pending.sampled_with, self.cfg.max_staleness)
+            staled = Staled(1, len(pending.rollouts), sum(r.generated_tokens for r in pending.rollouts))
+            programs, problems = pending.programs, pending.problems
+        else:
+            programs, problems = self._select()
+        phase("rollouts")
+        return self._sample(t, programs, problems), staled
+
+    def _prefetches(self, t: int) -> bool:
+        return bool(self.cfg.max_staleness) and self.parts.learner.trainable and t < self.cfg.iterations
+
+    def _prefetch(self, t: int, phase: Callable[[str], None]) -> Future:
+        """Select iteration ``t``'s programs now (before ``t - 1``'s children exist: they join the
+        next selection that can see them) and sample its batch with the weights of before the step
+        about to be submitted: in a thread while that step trains when the engine allows it, else
+        here, before the step (the in-process sampler shares the model object TRL trains)."""
+        programs, problems = self._select()
+        sys.audit("espl_bench.point", t - 1, "prefetch")  # tests hook points here (tests/faults.py)
+        if self.parts.samples_while_training:
+            worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+            future = worker.submit(self._sample, t, programs, problems, True)
+            worker.shutdown(wait=False)
+            return future
+        phase("rollouts (next iteration)")
+        done: Future = Future()
+        done.set_result(self._sample(t, programs, problems, prefetched=True))
+        return done
+
+    def _staleness(self, t: int, drawn: Batch, staled: Staled, step: PhaseSpan) -> Staleness:
+        return Staleness(max_staleness=self.cfg.max_staleness, staleness=(t - 1) - drawn.sampled_with,
+                         sampled_with=drawn.sampled_with, prefetched=drawn.prefetched, regenerated=staled.regenerated,
+                         discarded_rollouts=staled.discarded_rollouts, phases={"rollouts": drawn.span, "step": step})
+
+    def pending_record(self) -> PendingBatch | None:
+        """The prefetched batch, for the commit of the iteration that sampled it (None: none)."""
+        return self.pending.to_record() if self.pending is not None else None
+
+    def restore_pending(self, record: PendingBatch | None) -> None:
+        """On resume: the batch the last committed iteration prefetched (its commit holds it)."""
+        self.pending = Batch.from_record(record, self.pool) if record is not None else None
 
     def evolve(self, programs: list[Program], scores: dict[str, float], rollouts: list[Rollout],
                t: int) -> list[ReflectionOutcome]:
@@ -273,6 +389,21 @@ class EsplLoop:
                  items: EvalItems | None = None, weights: str = "trained") -> CellResult:
         """The evaluation protocol on the run's test items (or ``items``)."""
         return self.evaluate_prompts(engine or self.parts.engine, [program or self.test_program()], weights, items)[0]
+
+
+def _in_pool(pool: Pool, program: Program) -> Program:
+    try:
+        return pool[program.id]
+    except KeyError:
+        return program
+
+
+def _importance(stats: dict[str, float]) -> ImportanceWeights | None:
+    """The step's importance weights, when the learner applied a sampler-logprob correction."""
+    if "importance/mean" not in stats:
+        return None
+    return ImportanceWeights(mean=stats["importance/mean"], max=stats["importance/max"],
+                             truncated_share=stats["importance/truncated_share"], cap=stats["importance/cap"])
 
 
 def _mean_by_program(rollouts: list[Rollout]) -> dict[str, float]:

@@ -99,7 +99,7 @@ def build_parts(cfg: RunConfig, rundir: RunDir, resume_step: int) -> Parts:
                  selector=make_selector(cfg.selection, cfg.ucb_lambda), mutation=mutation, crossover=crossover,
                  plan=plan, eos_id=policy.eos_id, reflector=reflector, meters={**policy.meters, **meters},
                  closers=policy.closers, base_engine=(lambda: engine(base())) if base else None,
-                 admit=policy.admit)
+                 admit=policy.admit, samples_while_training=policy.samples_while_training)
 
 
 def fits_memory(cfg: RunConfig) -> None:

@@ -23,6 +23,7 @@ from espl_bench.records import (
     CellResult,
     IterationMetrics,
     IterationState,
+    PendingBatch,
     Precision,
     Provenance,
     ReflectionCounts,
@@ -205,6 +206,8 @@ def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, d
         if not cfg.resume:
             rundir.create(_header(cfg))
         loop = LOOPS[cfg.spec.loop](cfg, parts, pool, rng)
+        if done and isinstance(loop, EsplLoop):  # --max-staleness: the batch the last commit prefetched
+            loop.restore_pending(rundir.load(done).state.pending)
         planned = done + len(loop.schedule(done))
         if planned == done:
             log.info("the run in %s already has %d committed iterations", cfg.out, done)
@@ -267,11 +270,18 @@ def _kept(record, value):
         return None
 
 
+def _pending(loop: EsplLoop) -> PendingBatch | None:
+    """The next iteration's batch, sampled during this one's step (--max-staleness), committed with
+    this iteration so that a resumed run trains on the same rollouts (None: there is none)."""
+    return loop.pending_record() if isinstance(loop, EsplLoop) else None
+
+
 def _commit(rundir: RunDir, cfg: RunConfig, loop: EsplLoop, t: int, result: IterationResult,
             history: list[IterationMetrics], elapsed: float) -> None:
     record = IterationRecord(
         iteration=t,
-        state=IterationState(iteration=t, rng=_rng_state(loop.rng), learner_step=t if cfg.trains_weights else 0),
+        state=IterationState(iteration=t, rng=_rng_state(loop.rng), learner_step=t if cfg.trains_weights else 0,
+                             pending=_pending(loop)),
         pool=loop.pool.to_record(),
         metrics=result.metrics,
         rollouts=tuple(r.to_record() for r in result.rollouts),

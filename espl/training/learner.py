@@ -21,6 +21,7 @@ import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from espl_bench.adapters import trl as trl_internals
 from espl_bench.method.learning import TrainingSample
@@ -58,6 +59,9 @@ class LearnerSettings:
     # The samples come from another engine (a vLLM server): apply TRL's importance-sampling
     # correction with the sampler's logprobs, for the numeric mismatch between the two engines.
     correct_sampler_logprobs: bool = False
+    # TRL's vllm_importance_sampling_mode for that correction (None: TRL's default); a batch sampled
+    # by weights a step older (--max-staleness) uses truncated importance sampling per token.
+    importance_sampling_mode: str | None = None
     # TRL drives vLLM itself (--sampler trl-vllm, CUDA): GRPOConfig's vllm_* options, e.g.
     # {"vllm_mode": "colocate"}. TRL then pushes the whole weights into that engine every step.
     trl_vllm: dict | None = None
@@ -156,6 +160,7 @@ class TRLLearner:
             dataloader_num_workers=0,
             ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
             **trl_vllm_options(settings),
+            **importance_sampling_options(settings),
         )
         slots = settings.rows_per_step // settings.group_size
         placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
@@ -205,6 +210,9 @@ class TRLLearner:
             # TRL's importance-sampling correction for samples from a vLLM server TRL does not drive
             trl_internals.use_external_vllm(self.trainer)
         self._skip_compute_of_left_out_steps()
+        self._importance = ImportanceTally()
+        if settings.correct_sampler_logprobs:
+            self._tally_importance_weights()
         self.model = self.trainer.model
         self._load_committed_adapter()
         if settings.trl_vllm and settings.resume_step:
@@ -251,6 +259,7 @@ class TRLLearner:
         # ZeRO-3) parameters and gradients from hooks on the forward and backward, and every rank
         # must enter the same collectives; a step with no forward is not one those engines expect.
         self._skip_compute = left_out and self.world == 1 and self.skips_left_out_steps
+        self._importance = ImportanceTally()
         mine = batch[self.rank * len(prompts):(self.rank + 1) * len(prompts)]
         return self._rollout_func_output(mine)
 
@@ -285,6 +294,21 @@ class TRLLearner:
             if self._skip_compute and not return_outputs:
                 return _zero_loss(model)
             return full(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+        self.trainer.compute_loss = compute_loss
+
+    def _tally_importance_weights(self) -> None:
+        """Count the step's importance weights as each micro-batch reaches the loss (wrapping
+        compute_loss again): TRL logs their mean and max after its truncation, not how many it
+        truncated, and the metric wanted is the weights before it."""
+        inner, args = self.trainer.compute_loss, cast(Any, self.trainer.args)  # a GRPOConfig
+        sequence = args.vllm_importance_sampling_mode.startswith("sequence")
+
+        def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self._skip_compute:
+                self._importance.add(inputs, args.vllm_importance_sampling_clip_max,
+                                     args.vllm_importance_sampling_clip_min, sequence)
+            return inner(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
         self.trainer.compute_loss = compute_loss
 
@@ -374,7 +398,7 @@ class TRLLearner:
             self._cond.wait_for(lambda: self._completed >= self._submitted or self._finished)
         if self._error is not None:
             raise self._error
-        logs = dict(self._last_logs)
+        logs = {**self._last_logs, **self._importance.metrics()}
         if self._left_out_step:  # TRL logs the configured rate; this step ran at 0
             logs["learning_rate"] = 0.0
             self._left_out_step = False
@@ -427,6 +451,46 @@ class TRLLearner:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+@dataclass
+class ImportanceTally:
+    """One step's importance weights pi_theta / pi_sampler before truncation, over the tokens that
+    carry loss (per sequence in TRL's sequence modes), as TRL computes them from the inputs it
+    hands compute_loss (old_per_token_logps: the step's weights; sampling_per_token_logps: ours)."""
+
+    total: float = 0.0
+    count: int = 0
+    largest: float = 0.0
+    truncated: int = 0
+    cap: float = 0.0
+
+    def add(self, inputs: dict, cap: float | None, floor: float | None, sequence: bool) -> None:
+        import torch
+
+        old, sampled = inputs.get("old_per_token_logps"), inputs.get("sampling_per_token_logps")
+        if old is None or sampled is None:
+            return
+        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        diff = torch.nan_to_num((old - sampled).float() * mask, nan=0.0)
+        ratio = diff.sum(-1).exp()[mask.sum(-1) > 0] if sequence else diff.exp()[mask.bool()]
+        if not ratio.numel():
+            return
+        outside = (ratio > cap) if cap is not None else torch.zeros_like(ratio, dtype=torch.bool)
+        if floor is not None:
+            outside |= ratio < floor
+        self.total += float(ratio.sum())
+        self.count += int(ratio.numel())
+        self.largest = max(self.largest, float(ratio.max()))
+        self.truncated += int(outside.sum())
+        self.cap = float(cap) if cap is not None else float("inf")
+
+    def metrics(self) -> dict[str, float]:
+        """``importance/*`` for the loop's record (none when nothing was counted)."""
+        if not self.count:
+            return {}
+        return {"importance/mean": self.total / self.count, "importance/max": self.largest,
+                "importance/truncated_share": self.truncated / self.count, "importance/cap": self.cap}
+
+
 def checkpointing_option(config_class: type, enabled: bool) -> dict:
     """The ``TrainingArguments`` field that switches activation checkpointing in this transformers.
 
@@ -447,6 +511,12 @@ def trl_vllm_options(settings: LearnerSettings) -> dict:
     # TRL's importance-sampling correction (on by default with use_vllm) covers the numeric
     # mismatch between vLLM's sampling logprobs and the trainer's.
     return {"use_vllm": True, **settings.trl_vllm}
+
+
+def importance_sampling_options(settings: LearnerSettings) -> dict:
+    """GRPOConfig's importance-sampling mode when the settings name one (TRL's default otherwise)."""
+    mode = settings.importance_sampling_mode
+    return {"vllm_importance_sampling_mode": mode} if mode else {}
 
 
 def _log_into(trainer, folder: str) -> None:

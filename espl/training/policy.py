@@ -35,6 +35,12 @@ from espl_bench.training.models import resolve_model
 log = logging.getLogger(__name__)
 
 
+# How TRL corrects a batch sampled by older weights (--max-staleness > 0): truncated importance
+# sampling per token (TIS), each token's ratio pi_theta / pi_sampler capped at
+# vllm_importance_sampling_clip_max (3). TRL's default for engine mismatch (sequence_mask) drops
+# whole sequences past the cap, too coarse once the weights themselves differ by a step.
+STALE_IS_MODE = "token_truncate"
+
 # A program longer than this (rendered with the chat template) leaves small models no context.
 MAX_PROGRAM_TOKENS = 1536
 MAX_PROGRAM_CHARS = 20_000
@@ -54,6 +60,9 @@ class Policy:
     closers: list[Callable[[], None]] = field(default_factory=list)
     # () -> a sampler of the base weights (the weights x prompt breakdown); None for frozen weights
     base_sampler: Callable[[], Sampler] | None = None
+    # The sampler may generate while the learner trains (a server on devices of its own); False: it
+    # shares the model object TRL trains (in-process), so a prefetched batch is sampled before the step.
+    samples_while_training: bool = False
 
     def admit(self, program) -> str | None:
         """Why ``program`` cannot be a prompt of this policy (None when it can): its text must be
@@ -183,7 +192,8 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
         max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
-        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs, trl_vllm=trl_vllm,
+        resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs or cfg.max_staleness > 0,
+        trl_vllm=trl_vllm, importance_sampling_mode=STALE_IS_MODE if cfg.max_staleness else None,
         report_to=cfg.report_to, logging_dir=str(rundir.root / TRACKING_DIR), run_name=rundir.root.resolve().name,
         dtype=resolve_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation)
 
@@ -322,7 +332,7 @@ def vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Po
     closers = [server.stop] if server.owned else []
     return Policy(sampler, learner, int(sampler.tokenizer.eos_token_id),
                   lambda: (sampler.litellm_model, {"api_base": sampler.api_base}), closers=closers,
-                  base_sampler=sampler.base_view if cfg.trains_weights else None)
+                  base_sampler=sampler.base_view if cfg.trains_weights else None, samples_while_training=True)
 
 
 def own_server(cfg: RunConfig, model_path: str, rundir):

@@ -183,6 +183,11 @@ class RunDir:
         return self.root / VLLM_LOG
 
     @property
+    def tracking(self) -> Path:
+        """Every tracker's files (espl_bench.running.tracking)."""
+        return self.root / TRACKING
+
+    @property
     def header_path(self) -> Path:
         return self.root / HEADER
 

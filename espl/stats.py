@@ -45,13 +45,27 @@ Every function is deterministic, so a resumed run writes the same numbers as an 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from math import comb, inf
 
 import numpy as np
-from scipy import optimize as _optimize
-from scipy import stats as _stats
+
+
+class _OnFirstUse:
+    """A module imported when first used: the run-folder records import this one, and the GPU
+    check's machine (scripts/gpu_check.py) reads them without scipy."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+_optimize = _OnFirstUse("scipy.optimize")
+_stats = _OnFirstUse("scipy.stats")
 
 LEVEL = 0.95
 ALPHA = 0.05  # familywise, for the tiers; 1 - LEVEL

@@ -115,7 +115,7 @@ def test_a_committed_batch_too_stale_for_the_resumed_k_is_sampled_again_and_coun
     loop = EsplLoop(cfg, parts, Pool.with_root(), random.Random(0))
     loop.iteration(1)
     record = loop.pending_record()
-    assert record is not None and record["iteration"] == 2
+    assert record is not None and record.iteration == 2
     strict = EsplLoop(cfg.model_copy(update={"max_staleness": 0}), parts, loop.pool, loop.rng)
     strict.restore_pending(record)
     second = strict.iteration(2).metrics

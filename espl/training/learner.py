@@ -25,11 +25,9 @@ from typing import Any, cast
 
 from espl_bench.adapters import trl as trl_internals
 from espl_bench.method.learning import TrainingSample
-from espl_bench.rundir import TRACKING
 
 log = logging.getLogger(__name__)
 
-TRACKING_DIR = TRACKING  # RUN/tracking: every tracker's files (espl_bench.running.tracking)
 TRACKER_PROJECT = "espl-bench"
 
 

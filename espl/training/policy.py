@@ -29,7 +29,7 @@ from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSamp
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError, ModelNotFound, RunDirError
 from espl_bench.method.learning import FrozenLearner, Learner, TrainingSample
-from espl_bench.training.learner import TRACKING_DIR, LearnerSettings, TRLLearner
+from espl_bench.training.learner import LearnerSettings, TRLLearner
 from espl_bench.training.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
         gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
         resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs or cfg.max_staleness > 0,
         trl_vllm=trl_vllm, importance_sampling_mode=STALE_IS_MODE if cfg.max_staleness else None,
-        report_to=cfg.report_to, logging_dir=str(rundir.root / TRACKING_DIR), run_name=rundir.root.resolve().name,
+        report_to=cfg.report_to, logging_dir=str(rundir.tracking), run_name=rundir.root.resolve().name,
         dtype=resolve_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation)
 
 

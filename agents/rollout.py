@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import gymnasium as gym
+
+from espl_bench.agents import prefix_cache
 from espl_bench.agents.sampler import Sampler, SamplingParams, derive_seed
 
 log = logging.getLogger(__name__)
@@ -179,6 +181,12 @@ class RolloutEngine:
         return box["result"]
 
     def run(self, specs: Sequence[EpisodeSpec], params: SamplingParams) -> list[Rollout]:
+        # Each turn's prompt extends the last: the sampler may continue from what it computed
+        # (agents/prefix_cache.py) for as long as this call runs.
+        with prefix_cache.reusing(self.sampler):
+            return self._run(specs, params)
+
+    def _run(self, specs: Sequence[EpisodeSpec], params: SamplingParams) -> list[Rollout]:
         rollouts = [Rollout(spec=spec) for spec in specs]
         live: list[int] = []
         for i, (spec, rollout) in enumerate(zip(specs, rollouts)):
@@ -216,6 +224,7 @@ class RolloutEngine:
                 if self._step(i, rollout, completion.text, turn):
                     still_live.append(i)
             live = still_live
+            prefix_cache.retain([rollouts[i].prompt_ids + rollouts[i].completion_ids for i in live])
         return rollouts
 
     def _step(self, i: int, rollout: Rollout, action: str, turn: int) -> bool:

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from espl_bench.agents import prefix_cache
+
 log = logging.getLogger(__name__)
 
 Message = dict[str, str]
@@ -125,6 +127,7 @@ class TransformersSampler(ChatTokens):
             tokenizer.pad_token = tokenizer.eos_token
         self._eos_ids = eos_ids(model, tokenizer)
         self._grammars = None  # compiled on the first structured request
+        self._reusable = not slides(model)  # a sliding-window cache does not hold the whole sequence
 
     # The in-process reflector batches requests of different token budgets together (see budgets).
     row_budgets = True
@@ -179,16 +182,27 @@ class TransformersSampler(ChatTokens):
                               "(at most the model's max_position_embeddings), lower --max-new-tokens, or shorten the "
                               "env's prompts")
 
+    def reusing_cache(self) -> contextlib.AbstractContextManager:
+        """A block in which a call whose prompt extends a row this thread generated feeds only the
+        new tokens (:mod:`espl_bench.agents.prefix_cache`)."""
+        return prefix_cache.session() if self._reusable else contextlib.nullcontext()
+
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int],
                         schemas: list[dict | None], budgets: list[int]) -> list[Completion]:
-        torch = self._torch
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        device = self.model.device  # the learner's model sits on the GPU when there is one
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
         if self.fast_forward and all(schema is not None for schema in schemas) and not params.stop:
             return self._fast_forward_batch(prompts, params, seeds, schemas, budgets)
+        torch = self._torch
+        pad = self.tokenizer.pad_token_id
+        device = self.model.device  # the learner's model sits on the GPU when there is one
+        store = prefix_cache.current() if self._reusable else None
+        entries = [store.take(p) if store is not None else None for p in prompts]
+        batch = prefix_cache.layout(torch, prompts, entries, pad, device)  # plain left padding when nothing reuses
+        if store is not None:
+            store.counts.reused += sum(len(e.tokens) for e in entries if e is not None)
+            store.counts.encoded += sum(len(p) for p in prompts) - sum(len(e.tokens) for e in entries if e is not None)
+        width = len(batch.input_ids[0])
+        input_ids = torch.tensor(batch.input_ids, device=device)
+        attention = torch.tensor(batch.attention, device=device)
         sampling = params.temperature > 0
         # Sampling happens in a logits processor with one generator per row; generate's own
         # search is then greedy over a one-hot score, so no draw is shared between rows.
@@ -222,14 +236,24 @@ class TransformersSampler(ChatTokens):
             # Training with gradient checkpointing sets the model's use_cache to False; generating
             # without the KV cache recomputes the whole sequence at every step (3x slower here).
             use_cache=True,
+            # In a reuse session: the rows' keys and values come back to be kept, and go in when stored.
+            **({"return_dict_in_generate": True} if store is not None else {}),
+            **({prefix_cache.cache_name(): batch.cache} if batch.cache is not None else {}),
         )
-        new_tokens = out[:, width:]
-        logps = chosen.finish(out)
-        completions = []
-        for row, prompt in enumerate(prompts):
+        sequences = out.sequences if store is not None else out
+        new_tokens = sequences[:, width:]
+        logps = chosen.finish(sequences)
+        replies = []
+        for row in range(len(prompts)):
             ids = new_tokens[row].tolist()[: budgets[row]]  # the EOS RowBudget forced past a budget goes
             length, finish = _trim(ids, self._eos_ids, pad)
-            ids = ids[:length]
+            replies.append((ids[:length], finish))
+        if store is not None:
+            prefix_cache.keep(torch, store, getattr(out, prefix_cache.cache_name()), batch.attention, prompts,
+                              [ids for ids, _ in replies], width)
+        completions = []
+        for row, (prompt, (ids, finish)) in enumerate(zip(prompts, replies)):
+            length = len(ids)
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             for stop in params.stop:
                 if stop in text:
@@ -390,6 +414,9 @@ class AdapterDisabled:
     def encode(self, conversation: list[Message]) -> list[int]:
         return self.sampler.encode(conversation)
 
+    def reusing_cache(self) -> contextlib.AbstractContextManager:
+        return self.sampler.reusing_cache()  # every call in the block runs with the adapter off
+
 
 def chat_continuation(tokenizer, history: list[Message], new: list[Message], ended_with_eos: bool) -> list[int]:
     """What the chat template puts between the end of the last reply and the next reply.
@@ -433,6 +460,15 @@ def model_context(model) -> int | None:
     config = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return getattr(text, "max_position_embeddings", None) or None
+
+
+def slides(model) -> bool:
+    """Whether some attention layer of ``model`` sees only a sliding window of the sequence."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if "sliding_attention" in (getattr(text, "layer_types", None) or ()):
+        return True
+    return bool(getattr(text, "sliding_window", None)) and getattr(text, "use_sliding_window", True) is not False
 
 
 def eos_ids(model, tokenizer) -> set[int]:

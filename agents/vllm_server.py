@@ -38,6 +38,7 @@ import weakref
 from pathlib import Path
 
 import httpx
+
 from espl_bench.agents.devices import resolve_dtype
 from espl_bench.errors import EsplError
 
@@ -167,6 +168,8 @@ class VLLMServer:
                 *(["--max-model-len", str(self.max_model_len)] if self.max_model_len else []),
                 *(["--gpu-memory-utilization", str(self.gpu_memory)] if self.gpu_memory else []),
                 "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
+                # A multi-turn episode's next prompt extends its last: the server reuses its blocks.
+                "--enable-prefix-caching",
                 # Logprobs under the distribution sampled from (temperature applied), as TRL needs.
                 "--logprobs-mode", "processed_logprobs", *self.extra_args]
 

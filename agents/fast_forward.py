@@ -34,8 +34,9 @@ def generate(model, prompts: Sequence[list[int]], matchers: Sequence[object], *,
     in its error state), else ``length``.
     """
     import torch
-    from espl_bench.agents.grammar import allowed_tokens
     from transformers import DynamicCache
+
+    from espl_bench.agents.grammar import allowed_tokens
 
     rows = len(prompts)
     width = max(len(p) for p in prompts)

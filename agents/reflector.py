@@ -298,8 +298,9 @@ def _schema(optional: dict) -> dict | None:
 def _provider(models: LocalModels):
     """A litellm ``CustomLLM`` answering from ``models``."""
     import litellm
-    from espl_bench.agents.sampler import SamplingParams
     from litellm import CustomLLM
+
+    from espl_bench.agents.sampler import SamplingParams
 
     class _LocalProvider(CustomLLM):
         def completion(self, *args, **kwargs):

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+
 from espl_bench.agents.sampler import ChatTokens, Completion, Message, SamplingParams
 from espl_bench.agents.vllm_server import SamplerUnavailable, VLLMServer
 from espl_bench.errors import EsplError

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from espl_bench.running.cli import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

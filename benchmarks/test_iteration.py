@@ -13,7 +13,6 @@ from espl_bench.method.program import Pool
 from espl_bench.records import RunHeader
 from espl_bench.rundir import RunDir
 from espl_bench.running.build import build_parts
-
 from tests.fakes import make_tiny_model
 
 ROUNDS = 2

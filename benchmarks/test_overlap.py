@@ -34,6 +34,7 @@ import threading
 import time
 
 import pytest
+
 from espl_bench.config import RunConfig
 from espl_bench.method.loop import EsplLoop
 from espl_bench.method.program import Pool

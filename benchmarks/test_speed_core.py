@@ -8,6 +8,7 @@ import json
 import random
 
 import pytest
+
 from espl_bench.envs.registry import make_env
 from espl_bench.method.edits import parse_ops
 from espl_bench.method.program import Pool, Program

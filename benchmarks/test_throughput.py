@@ -17,6 +17,7 @@ import time
 
 import pytest
 import urllib3.util.connection  # noqa: F401  (probes IPv6 with a socket at import: do it before sockets are blocked)
+
 from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams
 from espl_bench.envs.registry import make_env
@@ -84,8 +85,9 @@ def compare(benchmark, sampler, backend: str) -> None:
 
 
 def test_transformers_sampler_throughput(benchmark, model_dir):
-    from espl_bench.agents.sampler import TransformersSampler
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from espl_bench.agents.sampler import TransformersSampler
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).requires_grad_(False)  # as the runner loads it
@@ -97,7 +99,6 @@ def test_transformers_sampler_throughput(benchmark, model_dir):
 def test_vllm_sampler_throughput(benchmark, model_dir, tmp_path):
     from espl_bench.agents.vllm_sampler import VLLMSampler
     from espl_bench.agents.vllm_server import VLLMServer
-
     from tests.fakes import vllm_python_or_skip
 
     python = vllm_python_or_skip()
@@ -113,6 +114,7 @@ def test_reflector_decoding_by_dtype(benchmark, model_dir, dtype):
     from pathlib import Path
 
     import torch
+
     from espl_bench.agents.sampler import TransformersSampler
     from espl_bench.training.policy import load_frozen
 
@@ -147,6 +149,7 @@ def test_reflector_structured_decoding(benchmark, model_dir, fast_forward):
     (agents/fast_forward.py).
     ``extra_info`` has the forward passes, the tokens and the seconds per token."""
     import torch
+
     from espl_bench.agents.sampler import TransformersSampler
     from espl_bench.method.edits import ops_schema, ops_token_bound
     from espl_bench.method.reflection import load_templates

@@ -38,8 +38,9 @@ import string
 from typing import Any
 
 import gymnasium as gym
-from espl_bench.envs.splits import SPLITS  # re-exported: the contract's split names
 from gymnasium import spaces
+
+from espl_bench.envs.splits import SPLITS  # re-exported: the contract's split names
 
 MAX_TEXT = 1 << 20
 

@@ -18,9 +18,10 @@ import json
 import warnings
 from dataclasses import dataclass, field
 
+from gymnasium.utils.env_checker import check_env
+
 from espl_bench.envs.registry import make_env
 from espl_bench.envs.splits import SPLITS, SplitPlan
-from gymnasium.utils.env_checker import check_env
 
 PROBE_ACTIONS = (
     "<answer>1</answer>",

@@ -9,8 +9,9 @@ from inside a run.
 
 from __future__ import annotations
 
-from espl_bench.errors import EnvUnfit
 from gymnasium import spaces
+
+from espl_bench.errors import EnvUnfit
 
 
 def require_text(env_id: str, env, plan) -> None:

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 import textarena as ta
+
 from espl_bench.adapters import textarena as textarena_internals
 from espl_bench.envs.base import MAX_TEXT, TextEnv
 from espl_bench.envs.splits import SPLITS, content_split, derive, draw

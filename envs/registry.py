@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 
 import gymnasium as gym
+
 from espl_bench.errors import EnvNotFound
 
 log = logging.getLogger(__name__)

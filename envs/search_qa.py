@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import bm25s
+
 from espl_bench.envs.tool_env import Problem, Tool, ToolEnv
 
 TOP_K = 3

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from espl_bench.errors import ConfigError
 from espl_bench.methods import METHODS, MethodSpec, TestRule, resolve_rule
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Method = Literal["espl", "rl", "evolution", "self-reflection", "gepa"]
 SamplerKind = Literal["transformers", "vllm", "litellm", "trl-vllm"]

@@ -25,8 +25,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from espl_bench import stats
-from espl_bench.errors import RecordError
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,6 +33,9 @@ from pydantic import (
     field_serializer,
     field_validator,
 )
+
+from espl_bench import stats
+from espl_bench.errors import RecordError
 
 SCHEMA_VERSION = 2  # 2: the evaluation protocol (per-problem results, breakdown, budget ledger)
 

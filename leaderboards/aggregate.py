@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from espl_bench import stats
 from espl_bench.errors import RecordError, RunDirError
 from espl_bench.method.program import Pool

@@ -29,20 +29,21 @@ from html import escape
 from pathlib import Path
 
 import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 from espl_bench.leaderboards.aggregate import (
+    CURVE_EDGE,
     EnvBoard,
     LeaderboardRow,
     PairComparison,
     RunRecord,
     TreeNode,
-    CURVE_EDGE,
     ancestors,
     curve_change,
     load_tree,
     row_curve,
 )
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
 log = logging.getLogger(__name__)
 BOLD = ' font-weight="bold"'

@@ -151,6 +151,7 @@ def versions() -> dict[str, str]:
 def refuse(args: argparse.Namespace) -> str | None:
     """Why this machine or these flags cannot run the check (one line), or None."""
     import torch
+
     from espl_bench.running.versions import UnsupportedVersion, check
 
     if not torch.cuda.is_available() and not args.allow_cpu:
@@ -167,6 +168,7 @@ def refuse(args: argparse.Namespace) -> str | None:
 def iterate(it: int, args: argparse.Namespace, sampler, learner, peaks: PeakMemory) -> dict:
     """One iteration: sample, score, one GRPO step; its tokens, times and per-phase peaks."""
     import torch
+
     from espl_bench.agents.sampler import SamplingParams
     from espl_bench.method.learning import TrainingSample
 
@@ -251,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import torch
+
     from espl_bench.agents.sampler import TransformersSampler
     from espl_bench.training.learner import LearnerSettings, TRLLearner
     from espl_bench.training.memory import SAMPLER_BATCH

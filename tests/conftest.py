@@ -12,6 +12,7 @@ import random  # noqa: E402
 
 import pytest  # noqa: E402
 import urllib3.util.connection  # noqa: E402,F401  (probes IPv6 with a socket at import; do it before sockets are blocked)
+
 from espl_bench.method.program import Pool, Program  # noqa: E402
 
 

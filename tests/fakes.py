@@ -17,8 +17,9 @@ from espl_bench.envs.base import TextEnv
 def make_tiny_model(path: Path, *, seed: int = 0) -> Path:
     """A 2-layer randomly initialised Llama with the embedded model's tokenizer, saved at ``path``."""
     import torch
-    from espl_bench.training.models import convert_embedded
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from espl_bench.training.models import convert_embedded
 
     if (path / "config.json").is_file():
         return path
@@ -75,6 +76,7 @@ def vllm_python_or_skip() -> str:
     import os
 
     import pytest
+
     from espl_bench.agents.vllm_server import SETUP_HINT, find_vllm_python
 
     python = find_vllm_python()
@@ -144,8 +146,9 @@ class HFEngine:
     def __init__(self, path: str, made: list | None = None, record: Path | None = None):
         import os
 
-        from espl_bench.agents.sampler import TransformersSampler
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from espl_bench.agents.sampler import TransformersSampler
 
         self.path = path
         self.model = AutoModelForCausalLM.from_pretrained(path).requires_grad_(False)
@@ -313,8 +316,9 @@ def fake_vllm(made: list, served: str | None = None, record: Path | None = None)
 
 def install_fake_trl_vllm(record: Path) -> None:
     """In a launched process (tests/run_cli.py): TRL's vLLM is :class:`FakeLLM`, recording into ``record``."""
-    from espl_bench.training import policy
     from trl.generation import vllm_generation
+
+    from espl_bench.training import policy
 
     for name, value in fake_vllm([], record=record).items():
         setattr(vllm_generation, name, value)

@@ -66,9 +66,9 @@ def shard(model, scheme: str) -> tuple[object, dict]:
 
 
 def main(scheme: str, model_path: str, out: Path) -> None:
-    from espl_bench.training.learner import TRLLearner
     from trl.generation import vllm_generation
 
+    from espl_bench.training.learner import TRLLearner
     from tests.fakes import fake_vllm
 
     if scheme == "zero3":

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from espl_bench.agents.vllm_sampler import SamplerRequestError, VLLMSampler
 from espl_bench.training.policy import check_adapter_sync
 

@@ -8,13 +8,13 @@ import string
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from espl_bench.method.admission import Reason, admit
 from espl_bench.method.loop import reflection_counts
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
 from espl_bench.running.cli import main
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.fakes import ScriptedReflector
 from tests.test_reflection import CRITIQUE, answer_by_purpose, rollout, scripted, setup
 
@@ -234,7 +234,6 @@ def test_the_iteration_metrics_count_refusals_by_reason_and_only_admitted_childr
     from espl_bench.method.program import Pool
     from espl_bench.method.selection import make_selector
     from espl_bench.records import IterationMetrics
-
     from tests.test_protocol import PrincipleEngine
 
     answers = iter([json.dumps({"ops": [{"op": "add", "text": "<p>The answer is 12"},

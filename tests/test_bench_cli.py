@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from espl_bench.leaderboards.suite import METHODS
 from espl_bench.running.cli import main
 

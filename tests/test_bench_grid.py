@@ -6,11 +6,11 @@ import json
 import subprocess
 
 import pytest
+
 from espl_bench.config import build_config
 from espl_bench.leaderboards.identity import node_identity, write_identity
 from espl_bench.leaderboards.suite import SUITE_VERSION, get_suite
 from espl_bench.running.cli import main
-
 from tests.test_bench_cli import summary
 from tests.test_ownership import files
 from tests.test_resume_kill import SCRIPT

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+
 from espl_bench.config import build_config, load_file
 from espl_bench.envs.difficulty import GRIDS, GridError, grid_for
 from espl_bench.envs.reasoning_gym_env import ReasoningGymEnv

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from espl_bench.running.cli import main
 
 SMALL = ["--iterations", "1", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",

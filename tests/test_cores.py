@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+
 from espl_bench.agents.cores import CoreShare, share_cores
 
 

@@ -108,6 +108,7 @@ def test_the_launch_configs_run_in_bfloat16_unless_the_policys_dtype_says_otherw
     """Every config asks for bf16; the policy's --dtype decides what the trainer gets (float32 on a
     CPU without native bf16), and the multi-node config spans machines."""
     import yaml
+
     from espl_bench.training.distributed import align_mixed_precision
 
     configs = {p.name: yaml.safe_load(p.read_text()) for p in (Path(__file__).resolve().parents[1] / "configs/accelerate").glob("*.yaml")}

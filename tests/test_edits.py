@@ -1,10 +1,11 @@
 import json
 
 import pytest
-from espl_bench.method.edits import ReflectionParseError, parse_ops
-from espl_bench.method.program import EditOp, apply_edits
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from espl_bench.method.edits import ReflectionParseError, parse_ops
+from espl_bench.method.program import EditOp, apply_edits
 
 IDS = {"G0", "G1", "G2"}
 ALL = {"add", "modify", "merge", "remove"}

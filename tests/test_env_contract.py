@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from espl_bench.envs.check import check
 from espl_bench.envs.registry import list_env_ids
 

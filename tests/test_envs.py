@@ -1,8 +1,9 @@
 import pytest
+from gymnasium.utils.env_checker import check_env
+
 from espl_bench.envs.answers import extract_answer
 from espl_bench.envs.registry import make_env
 from espl_bench.errors import EnvNotFound
-from gymnasium.utils.env_checker import check_env
 
 
 def test_env_passes_gymnasium_checker():

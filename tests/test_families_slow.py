@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from espl_bench.running.cli import main
 
 

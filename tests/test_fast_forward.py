@@ -5,6 +5,7 @@ import json
 
 import jsonschema
 import pytest
+
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.method.edits import ops_schema
 

@@ -7,6 +7,10 @@ import time
 
 import litellm
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litellm import CustomLLM
+
 from espl_bench.agents.reflector import LiteLLMReflector, ReflectorCallError
 from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.envs.splits import SplitPlan
@@ -15,10 +19,6 @@ from espl_bench.method.loop import EsplLoop, Parts
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from litellm import CustomLLM
-
 from tests.fakes import ScriptedReflector
 from tests.test_reflection import setup
 from tests.test_rollout import CountdownEnv, EchoSampler

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.advantage import training_batch
 from espl_bench.method.learning import TrainingSample, is_flat

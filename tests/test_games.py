@@ -3,9 +3,10 @@ import re
 
 import litellm
 import pytest
+from gymnasium.utils.env_checker import check_env
+
 from espl_bench.envs.games import TextArenaEnv
 from espl_bench.envs.splits import SPLITS
-from gymnasium.utils.env_checker import check_env
 
 GAMES = ["GuessTheNumber-v0", "TowerOfHanoi-v0", "Sudoku-v0", "Minesweeper-v0"]
 SCRIPT = ["[10]", "[A C]", "[1 1 1]", "[3 3]", "no move here", "[5]", "[A B]", "[2 2 5]", "[0 0]",

@@ -128,6 +128,7 @@ def test_the_validation_set_is_sized_from_gepas_budget_rule_with_a_floor():
 
 def test_the_validation_setting_is_refused_where_it_cannot_apply():
     import pytest
+
     from espl_bench.config import RunConfig
 
     with pytest.raises(ValueError, match="--method gepa only"):
@@ -177,7 +178,6 @@ def test_gepa_validates_on_ten_problems_paid_from_the_same_rollout_budget(tmp_pa
 def test_the_board_says_which_candidate_each_gepa_run_ended_on_and_older_runs_not_recorded(tmp_path):
     from espl_bench.leaderboards.aggregate import build_leaderboard
     from espl_bench.leaderboards.render import render_markdown, render_site
-
     from tests.test_leaderboards import write_run
 
     def gepa_run(seed, selection=None):
@@ -209,7 +209,6 @@ def test_a_board_whose_gepa_runs_recorded_no_winner_renders_as_before(tmp_path):
     """No run recorded a winner (the committed board's runs): no section, no new fact, nothing changes."""
     from espl_bench.leaderboards.aggregate import build_leaderboard
     from espl_bench.leaderboards.render import render_markdown
-
     from tests.test_leaderboards import write_run
 
     write_run(tmp_path / "runs" / "gepa-s0", method="gepa", seed=0)

@@ -14,9 +14,10 @@ from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
 import pytest
+from test_leaderboards import write_runs
+
 from espl_bench.leaderboards.aggregate import build_leaderboard
 from espl_bench.leaderboards.render import render_site
-from test_leaderboards import write_runs
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")) if p
                  and Path(p).is_file()), None)

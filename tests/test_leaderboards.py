@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+
 from espl_bench.leaderboards.aggregate import (
     aggregate,
     ancestors,

@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 
 
@@ -71,8 +72,9 @@ VOCAB = 32_000
 def wide_vocab():
     """A 2-layer random Llama with a 32k vocabulary (the embedded tokenizer decodes its ids), no
     EOS: every row runs to its token budget."""
-    from espl_bench.training.models import convert_embedded
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from espl_bench.training.models import convert_embedded
 
     tokenizer = AutoTokenizer.from_pretrained(convert_embedded())
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

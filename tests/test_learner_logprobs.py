@@ -1,6 +1,7 @@
 """The learner scores each sample under the distribution the sampler drew it from."""
 
 import pytest
+
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.method.learning import TrainingSample
 from espl_bench.training.learner import LearnerSettings, TRLLearner

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import pytest
+
 from espl_bench.training.learner import checkpointing_option
 
 

@@ -8,6 +8,7 @@ import json
 
 import litellm
 import pytest
+
 from espl_bench.agents.litellm_sampler import LiteLLMSampler, PolicyUnavailable
 from espl_bench.agents.sampler import SamplingParams
 from espl_bench.running.cli import main

@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+
 from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.agents.sampler import Completion, TransformersSampler
 from espl_bench.config import RunConfig
@@ -16,7 +17,6 @@ from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
 from espl_bench.training.learner import LearnerSettings, TRLLearner
 from espl_bench.training.policy import STALE_IS_MODE
-
 from tests.fakes import ScriptedReflector
 
 REVISION = '```json\n[{"op": "add", "text": "Work out each operation separately."}]\n```'

@@ -2,8 +2,10 @@ import json
 import threading
 from dataclasses import replace
 
-import espl_bench.envs.math_jsonl as mj
 import pytest
+from gymnasium.utils.env_checker import check_env
+
+import espl_bench.envs.math_jsonl as mj
 from espl_bench.envs.math_jsonl import (
     PRESETS,
     SOURCES,
@@ -15,7 +17,6 @@ from espl_bench.envs.math_jsonl import (
     load_source,
     score_answer,
 )
-from gymnasium.utils.env_checker import check_env
 
 
 def write_jsonl(path, rows):

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from espl_bench.config import RunConfig
 from espl_bench.errors import ModelNotFound
 from espl_bench.running.cli import main

@@ -1,4 +1,5 @@
 import pytest
+
 from espl_bench.stats import pass_at_k
 
 

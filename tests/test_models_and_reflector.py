@@ -1,4 +1,5 @@
 import pytest
+
 from espl_bench.agents.reflector import (
     LiteLLMReflector,
     LocalModels,
@@ -79,6 +80,7 @@ def test_unreachable_reflector_is_one_clear_error(monkeypatch):
 
 def test_reflector_dtype_auto_follows_the_cpu(monkeypatch):
     import torch
+
     from espl_bench.training.policy import reflector_dtype
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -94,6 +96,7 @@ def test_reflector_dtype_auto_follows_the_cpu(monkeypatch):
 def test_the_local_reference_decodes_in_its_dtype_and_reuses_a_frozen_policy_of_that_dtype(tiny_model, tiny_sampler,
                                                                                             dtype):
     import torch
+
     from espl_bench.training.policy import _local_reference
 
     reference, closers = _local_reference(str(tiny_model), tiny_sampler, dtype)  # a float32 frozen policy

@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.method.learning import TrainingSample
 from espl_bench.running.cli import main
 from espl_bench.training.learner import LearnerSettings, TRLLearner
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from tests.test_rollout import CountdownEnv
 
 

@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
+
 from espl_bench.errors import FolderBusy
 from espl_bench.locks import owned
-
 from tests.test_resume_kill import child_env, command, run, state
 
 # What differs between two equal runs: wall-clock times, the folder's own path (and its cell

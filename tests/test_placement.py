@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from espl_bench.agents import devices
 from espl_bench.agents.vllm_server import VLLMServer
 from espl_bench.config import RunConfig

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError

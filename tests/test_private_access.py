@@ -188,6 +188,7 @@ def test_the_trl_check_fails_when_a_release_moves_the_synced_step():
 
 def test_the_torch_check_fails_when_a_probe_is_gone(monkeypatch):
     import torch
+
     from espl_bench.adapters import torch as torch_internals
 
     gone = torch_internals.BF16_PROBES[1]
@@ -198,6 +199,7 @@ def test_the_torch_check_fails_when_a_probe_is_gone(monkeypatch):
 
 def test_the_litellm_check_fails_when_the_response_or_provider_list_moves(monkeypatch):
     import litellm
+
     from espl_bench.adapters import litellm as litellm_internals
 
     monkeypatch.setattr(litellm, "ModelResponse", type("ModelResponse", (), {}))
@@ -208,6 +210,7 @@ def test_the_litellm_check_fails_when_the_response_or_provider_list_moves(monkey
 
 def test_the_litellm_provider_list_gets_back_what_it_had(monkeypatch):
     import litellm
+
     from espl_bench.adapters import litellm as litellm_internals
 
     theirs = {"provider": "someone-else", "custom_handler": object()}
@@ -221,6 +224,7 @@ def test_the_litellm_provider_list_gets_back_what_it_had(monkeypatch):
 
 def test_the_textarena_check_fails_when_a_game_loses_its_progress_measure(monkeypatch):
     import textarena as ta
+
     from espl_bench.adapters import textarena as textarena_internals
 
     assert textarena_internals.missing(("NoSuchGame-v0",)) == ["textarena game NoSuchGame-v0"]

@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+
 from espl_bench.agents.offline_reflectors import offline_reflector
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
@@ -20,7 +21,6 @@ from espl_bench.methods import METHODS
 from espl_bench.records import EvalItems
 from espl_bench.running.cli import main
 from espl_bench.scoring.evaluation import evaluate, evaluate_prompts, item_specs
-
 from tests.fakes import ScriptedReflector
 
 SMALL = ["--iterations", "2", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",

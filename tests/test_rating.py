@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from espl_bench.method.program import Program
 from espl_bench.method.rating import (
     MU0,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from espl_bench.errors import RecordError
 from espl_bench.records import (
     SCHEMA_VERSION,

@@ -1,13 +1,12 @@
 import json
 
 import pytest
+
 from espl_bench.agents.reflector import ReflectorCallError
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
-
 from tests.fakes import ScriptedReflector
-
 
 # longer than a summary would be, so that reflection summarises it (shorter ones are shown as they are)
 LONG_REASONING = "I lined up the digits, added the units, carried the ten and went on to the tens. " * 4
@@ -121,7 +120,6 @@ def test_win_matrix_lists_outright_winners_only():
 def test_crossover_child_has_both_parents_and_precision_weighted_prior():
     a = Program(id="a", principles={"G0": "x"}, mu=30.0, sigma=1.0)
     b = Program(id="b", principles={"G0": "y"}, mu=20.0, sigma=2.0)
-    pool = Pool([a, b])
     reflector = ScriptedReflector(['```json\n[{"op": "add", "text": "Write y too."}]\n```'])
     outcome = Crossover(reflector, inflation=0.0)(a, [a, b], {"a": ["q0"], "b": ["q1"]}, {"q0": "P0", "q1": "P1"}, 2)
     assert outcome.status == "ok"

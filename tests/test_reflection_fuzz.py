@@ -9,6 +9,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.learning import FrozenLearner
 from espl_bench.method.program import Pool, Program
@@ -22,9 +25,6 @@ from espl_bench.records import (
 )
 from espl_bench.rundir import IterationRecord, RunDir
 from espl_bench.training.policy import Policy
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.fakes import ScriptedReflector
 
 ODD = ["\udcff", "\ud800x", "<new principle, at most 32 words>", "...", "$max_words", "G0", "\x00", "é" * 500]

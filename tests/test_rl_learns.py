@@ -16,10 +16,11 @@ import string
 
 import gymnasium as gym
 import pytest
-from espl_bench.running.cli import main
 from gymnasium import spaces
 from safetensors.torch import load_file
 from scipy import stats
+
+from espl_bench.running.cli import main
 
 VOWELS = "aeiouAEIOU"
 

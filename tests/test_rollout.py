@@ -1,6 +1,7 @@
 """The rollout engine and the baseline grouping, with a scripted sampler (no model)."""
 
 import gymnasium as gym
+
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import Completion, SamplingParams
 from espl_bench.envs.base import TextEnv

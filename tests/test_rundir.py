@@ -2,8 +2,9 @@ import ast
 import json
 from pathlib import Path
 
-import espl_bench
 import pytest
+
+import espl_bench
 from espl_bench import rundir as rundir_module
 from espl_bench.errors import RecordError, RunDirError
 from espl_bench.method.program import Pool, Program

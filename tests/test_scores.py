@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+
 from espl_bench.config import RunConfig
 from espl_bench.leaderboards.scores import (
     ScoreFileError,

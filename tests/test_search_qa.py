@@ -2,9 +2,10 @@ import json
 import re
 
 import pytest
-from espl_bench.envs.search_qa import RELATIONS, SearchQAEnv, build_world
 from gymnasium.envs.registration import load_env_creator
 from gymnasium.utils.env_checker import check_env
+
+from espl_bench.envs.search_qa import RELATIONS, SearchQAEnv, build_world
 
 SMALL = {"corpus_size": 300, "train_size": 60, "test_size": 30}
 

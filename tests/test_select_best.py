@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from espl_bench.running.cli import main
 
 SMALL = ["--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",

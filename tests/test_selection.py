@@ -2,6 +2,7 @@ import random
 from collections import Counter
 
 import pytest
+
 from espl_bench.method.selection import (
     SELECTORS,
     LUCBSelector,

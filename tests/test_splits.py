@@ -4,6 +4,7 @@ import json
 
 import gymnasium as gym
 import pytest
+
 from espl_bench.envs.base import TextEnv
 from espl_bench.envs.check import check, split_overlap
 from espl_bench.envs.registry import BUILTIN

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+
 from espl_bench.config import RunConfig, build_config
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.errors import ConfigError
@@ -15,7 +16,6 @@ from espl_bench.method.loop import EsplLoop, Parts
 from espl_bench.method.program import Pool
 from espl_bench.method.reflection import Mutation
 from espl_bench.method.selection import make_selector
-
 from tests.test_protocol import PrincipleEngine, _improving_reflector
 
 STEP_SECONDS = 0.3

@@ -3,10 +3,11 @@ and by simulation from a known crossed model (problems x seeds, binary outcomes)
 
 import numpy as np
 import pytest
-from espl_bench import stats
 from scipy import optimize
 from scipy import stats as sp
 from scipy.special import expit
+
+from espl_bench import stats
 
 
 def test_one_run_interval_is_the_t_interval_over_problem_means():
@@ -148,7 +149,7 @@ def test_the_stated_detectable_difference_is_detected_80_percent_of_the_time(des
         detected = np.mean(stats.p_value(paired.estimate, paired.se, paired.df) < alpha)
         truth = gap(half)
         stated = stats.detectable_difference(paired.variance.expected().average(), alpha)
-        half = optimize.brentq(lambda h: gap(h) - stated, 0, 5)
+        half = optimize.brentq(lambda h, stated=stated: gap(h) - stated, 0, 5)
     assert truth == pytest.approx(stated, rel=0.05)  # the last step set the truth to what is stated
     assert 0.75 <= detected <= 0.85
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import jsonschema
 import litellm
 import pytest
+
 from espl_bench.agents.reflector import LiteLLMReflector, LocalModels
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.edits import CHARS_PER_WORD, ops_schema, ops_token_bound, parse_ops
@@ -95,8 +96,9 @@ def test_a_provider_that_refuses_the_schema_is_asked_again_without_it(monkeypatc
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: --reflector-dtype auto on this CPU
 def test_the_local_reflector_writes_schema_valid_json_even_from_a_random_model(tiny_model, dtype):
     import torch
-    from espl_bench.agents.sampler import TransformersSampler
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from espl_bench.agents.sampler import TransformersSampler
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=getattr(torch, dtype))
     sampler = TransformersSampler(model, AutoTokenizer.from_pretrained(tiny_model))

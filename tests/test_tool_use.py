@@ -2,8 +2,9 @@ import json
 import re
 
 import pytest
-from espl_bench.envs.tool_use import ToolUseEnv, calculator, convert
 from gymnasium.utils.env_checker import check_env
+
+from espl_bench.envs.tool_use import ToolUseEnv, calculator, convert
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from espl_bench.running.cli import main
 
+from espl_bench.running.cli import main
 from tests.test_resume_kill import SCRIPT
 
 

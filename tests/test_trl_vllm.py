@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from espl_bench.agents.sampler import SamplingParams, TransformersSampler
+
+from espl_bench.agents.sampler import SamplingParams
 from espl_bench.agents.trl_vllm_sampler import (
     GenerationEngine,
     ServerEngine,
@@ -27,7 +28,6 @@ from espl_bench.agents.trl_vllm_sampler import (
 )
 from espl_bench.running.cli import main
 from espl_bench.training import policy
-
 from tests.fakes import DENSE_PLUGIN, HFEngine, fake_vllm, launch_espl
 
 FLAGS = ["run", "--env", "dense_plugin:Short-v0", "--method", "rl", "--sampler", "trl-vllm", "--programs", "1",

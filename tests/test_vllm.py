@@ -18,6 +18,7 @@ import textwrap
 import time
 
 import pytest
+
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.agents.vllm_server import (
     SamplerUnavailable,
@@ -25,7 +26,6 @@ from espl_bench.agents.vllm_server import (
     free_port,
     group_members,
 )
-
 from tests.fakes import ShortReplies, vllm_python_or_skip
 
 # Sockets stay blocked for the rest of the suite; these tests may reach the local server only.
@@ -333,6 +333,7 @@ def test_a_run_starts_its_own_server_and_stops_it_at_the_end(server, tmp_path, c
     import logging
 
     import httpx
+
     from espl_bench.running.cli import main
 
     before = vllm_server_processes()
@@ -353,11 +354,12 @@ def test_the_served_policy_is_the_trained_policy(server, model_dir, tmp_path):
     """A dense reward gives every step a gradient: the adapter the server samples from after the
     run is the learner's last checkpoint, and it differs from the base weights."""
     import gymnasium as gym
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     from espl_bench.agents.vllm_sampler import VLLMSampler
     from espl_bench.config import RunConfig
     from espl_bench.running.runner import run
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     gym.register(id="test/ShortReplies-v0", entry_point=ShortReplies, disable_env_checker=True)
     out = tmp_path / "dense"

@@ -58,7 +58,7 @@ MIN_LETTERS = 5  # distinct letters ("aa aaa aaaa" is not a sentence)
 LANGUAGE = "en"
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a text is not admitted (the value is what metrics and the CLI show)."""
 
     EMPTY = "empty"

@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 import re
 
-from espl_bench.method.program import EditOp
 from pydantic import TypeAdapter, ValidationError
+
+from espl_bench.method.program import EditOp
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 _OPS = TypeAdapter(list[EditOp])

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from espl_bench.records import PoolRecord
 from pydantic import BaseModel, ConfigDict, Field
+
+from espl_bench.records import PoolRecord
 
 DEFAULT_PREAMBLE = "You are a careful problem solver."
 

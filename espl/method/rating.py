@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable
 
 import trueskill
+
 from espl_bench.method.program import Program
 
 MU0 = 25.0

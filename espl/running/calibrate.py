@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from espl_bench import stats
 from espl_bench.config import RunConfig
 from espl_bench.envs.registry import make_env

@@ -103,7 +103,7 @@ def _plan(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from espl_bench.errors import ConfigError
-    from espl_bench.training.memory import GiB, PROMPT_TOKENS, Machine, make_plan, render
+    from espl_bench.training.memory import PROMPT_TOKENS, GiB, Machine, make_plan, render
 
     for flag in ("gpus", "gpu_memory", "processes", "prompt_tokens"):
         value = getattr(args, flag)

@@ -9,6 +9,8 @@ import logging
 import random
 import time
 
+from tqdm.auto import tqdm
+
 from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.baselines.gepa import selection as gepa_selection
 from espl_bench.config import RunConfig
@@ -37,7 +39,6 @@ from espl_bench.running.build import open_run
 from espl_bench.running.provenance import provenance
 from espl_bench.running.tracking import Tracker, log_iteration, open_tracker
 from espl_bench.scoring.breakdown import breakdown
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ def _iterate(cfg: RunConfig, rundir: RunDir, loop: EsplLoop, done: int, planned:
     bar = tqdm(total=planned, initial=done, desc=cfg.method, unit="it", dynamic_ncols=True)
     try:
         for t in loop.schedule(done):
-            result = loop.iteration(t, progress=lambda name: bar.set_postfix_str(f"iter {t}: {name}"))
+            result = loop.iteration(t, progress=lambda name, t=t: bar.set_postfix_str(f"iter {t}: {name}"))
             history.append(result.metrics)
             _commit(rundir, cfg, loop, t, result, history, time.monotonic() - started)
             log_iteration(tracker, result.metrics)

@@ -112,10 +112,11 @@ class TRLLearner:
 
     def __init__(self, settings: LearnerSettings, follower: bool = False):
         from datasets import Dataset
-        from espl_bench.training import distributed
         from peft import LoraConfig
         from transformers import TrainerCallback
         from trl import GRPOConfig, GRPOTrainer
+
+        from espl_bench.training import distributed
 
         self.settings = settings
         distributed.align_mixed_precision(settings.dtype)

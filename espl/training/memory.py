@@ -124,7 +124,7 @@ class Tenant:
     def need(self) -> int:
         """Its peak: what it always holds plus the larger of its update and its sampling."""
         always = sum(p.bytes for p in self.parts if not p.phase)
-        return always + max((sum(p.bytes for p in self.parts if p.phase == phase) for phase in ("update", "sample")))
+        return always + max(sum(p.bytes for p in self.parts if p.phase == phase) for phase in ("update", "sample"))
 
 
 @dataclass(frozen=True)

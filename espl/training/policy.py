@@ -207,8 +207,9 @@ def load_frozen(model_path: str, dtype: str | None = None, attn_implementation: 
     """The model at ``model_path`` with its gradients off (in ``dtype`` when given, with
     ``attn_implementation``), and its tokenizer."""
     import torch
-    from espl_bench.agents.devices import check_attention, model_kwargs
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from espl_bench.agents.devices import check_attention, model_kwargs
 
     check_attention(attn_implementation)
     try:
@@ -370,7 +371,6 @@ def litellm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) ->
 def trl_vllm_policy(cfg: RunConfig, rundir, train_size: int, resume_step: int) -> Policy:
     from espl_bench.agents.sampler import eos_ids
     from espl_bench.agents.trl_vllm_sampler import TRLVLLMSampler, engine_of
-
     from espl_bench.training import distributed
 
     _check_trl_vllm_options(cfg.trl_vllm_args)

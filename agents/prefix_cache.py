@@ -137,6 +137,16 @@ class Layout:
     cache: Any | None  # a DynamicCache of width C, or None when no row reuses anything
 
 
+def inputs(torch, store: PrefixStore | None, prompts: Sequence[list[int]], pad: int, device) -> Layout:
+    """A batch's inputs: each prompt's stored row taken from ``store`` (when one is open), counted."""
+    entries = [store.take(p) if store is not None else None for p in prompts]
+    if store is not None:
+        reused = sum(len(e.tokens) for e in entries if e is not None)
+        store.counts.reused += reused
+        store.counts.encoded += sum(len(p) for p in prompts) - reused
+    return layout(torch, prompts, entries, pad, device)
+
+
 def layout(torch, prompts: Sequence[list[int]], entries: Sequence[Entry | None], pad: int, device) -> Layout:
     """Row ``i``: ``pad(C - n_i) + cached + pad(R - r_i) + new`` (module docstring)."""
     reused = [len(e.tokens) if e is not None else 0 for e in entries]

@@ -195,35 +195,12 @@ class TransformersSampler(ChatTokens):
         pad = self.tokenizer.pad_token_id
         device = self.model.device  # the learner's model sits on the GPU when there is one
         store = prefix_cache.current() if self._reusable else None
-        entries = [store.take(p) if store is not None else None for p in prompts]
-        batch = prefix_cache.layout(torch, prompts, entries, pad, device)  # plain left padding when nothing reuses
-        if store is not None:
-            store.counts.reused += sum(len(e.tokens) for e in entries if e is not None)
-            store.counts.encoded += sum(len(p) for p in prompts) - sum(len(e.tokens) for e in entries if e is not None)
+        batch = prefix_cache.inputs(torch, store, prompts, pad, device)  # plain left padding when nothing reuses
         width = len(batch.input_ids[0])
-        input_ids = torch.tensor(batch.input_ids, device=device)
-        attention = torch.tensor(batch.attention, device=device)
-        sampling = params.temperature > 0
-        # Sampling happens in a logits processor with one generator per row; generate's own
-        # search is then greedy over a one-hot score, so no draw is shared between rows.
-        processors = [RowSeededSampling(seeds, params.temperature, params.top_p)] if sampling else []
-        if params.repetition_penalty != 1.0:
-            from transformers import RepetitionPenaltyLogitsProcessor
-
-            # the reply's own tokens only: penalising the prompt's words pushes a small model into symbols
-            processors.insert(0, RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=width))
-        if any(schema is not None for schema in schemas):
-            from espl_bench.agents.grammar import GrammarMask
-
-            processors.insert(0, GrammarMask(self._matchers(schemas), self._eos_ids))
-        if min(budgets) < params.max_new_tokens:
-            processors.append(RowBudget(budgets, width, min(self._eos_ids)))
-        # First: it keeps the very scores generate hands on, before any of ours replaces them.
-        chosen = ChosenLogprobs(params.temperature)
-        processors.insert(0, chosen)
+        processors, chosen = self._processors(params, seeds, schemas, budgets, width)
         out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
+            input_ids=torch.tensor(batch.input_ids, device=device),
+            attention_mask=torch.tensor(batch.attention, device=device),
             max_new_tokens=params.max_new_tokens,
             do_sample=False,
             temperature=None,
@@ -242,32 +219,44 @@ class TransformersSampler(ChatTokens):
         )
         sequences = out.sequences if store is not None else out
         new_tokens = sequences[:, width:]
-        logps = chosen.finish(sequences)
-        replies = []
-        for row in range(len(prompts)):
-            ids = new_tokens[row].tolist()[: budgets[row]]  # the EOS RowBudget forced past a budget goes
-            length, finish = _trim(ids, self._eos_ids, pad)
-            replies.append((ids[:length], finish))
+        replies = [_trim(new_tokens[row].tolist()[: budgets[row]], self._eos_ids)  # RowBudget's forced EOS goes
+                   for row in range(len(prompts))]
         if store is not None:
             prefix_cache.keep(torch, store, getattr(out, prefix_cache.cache_name()), batch.attention, prompts,
                               [ids for ids, _ in replies], width)
-        completions = []
-        for row, (prompt, (ids, finish)) in enumerate(zip(prompts, replies)):
-            length = len(ids)
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            for stop in params.stop:
-                if stop in text:
-                    text, finish = text[: text.index(stop)], "stop"
-            completions.append(
-                Completion(
-                    text=text,
-                    prompt_ids=list(prompt),
-                    completion_ids=ids,
-                    logprobs=[float(x) for x in logps[row, :length]],
-                    finish_reason=finish,
-                )
-            )
-        return completions
+        logps = chosen.finish(sequences)
+        return [self._completion(prompt, ids, finish, logps[row, :len(ids)], params.stop)
+                for row, (prompt, (ids, finish)) in enumerate(zip(prompts, replies))]
+
+    def _processors(self, params: SamplingParams, seeds: list[int], schemas: list[dict | None], budgets: list[int],
+                    width: int) -> tuple[list, ChosenLogprobs]:
+        """The logits processors of one batch, and the one that keeps the chosen tokens' log-probabilities."""
+        # Sampling happens in a logits processor with one generator per row; generate's own
+        # search is then greedy over a one-hot score, so no draw is shared between rows.
+        processors: list = [RowSeededSampling(seeds, params.temperature, params.top_p)] if params.temperature > 0 else []
+        if params.repetition_penalty != 1.0:
+            from transformers import RepetitionPenaltyLogitsProcessor
+
+            # the reply's own tokens only: penalising the prompt's words pushes a small model into symbols
+            processors.insert(0, RepetitionPenaltyLogitsProcessor(params.repetition_penalty, prompt_ignore_length=width))
+        if any(schema is not None for schema in schemas):
+            from espl_bench.agents.grammar import GrammarMask
+
+            processors.insert(0, GrammarMask(self._matchers(schemas), self._eos_ids))
+        if min(budgets) < params.max_new_tokens:
+            processors.append(RowBudget(budgets, width, min(self._eos_ids)))
+        # First: it keeps the very scores generate hands on, before any of ours replaces them.
+        chosen = ChosenLogprobs(params.temperature)
+        processors.insert(0, chosen)
+        return processors, chosen
+
+    def _completion(self, prompt: list[int], ids: list[int], finish: str, logps, stops: Sequence[str]) -> Completion:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for stop in stops:
+            if stop in text:
+                text, finish = text[: text.index(stop)], "stop"
+        return Completion(text=text, prompt_ids=list(prompt), completion_ids=ids, logprobs=[float(x) for x in logps],
+                          finish_reason=finish)
 
     def _matchers(self, schemas: Sequence[dict | None]) -> list:
         from espl_bench.agents.grammar import Grammars
@@ -447,12 +436,12 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
-def _trim(ids: list[int], eos_ids: set[int], pad: int) -> tuple[int, str]:
-    """Length to keep (EOS included, padding after it dropped) and the finish reason."""
+def _trim(ids: list[int], eos_ids: set[int]) -> tuple[list[int], str]:
+    """The reply's tokens (EOS included, padding after it dropped) and the finish reason."""
     for i, tok in enumerate(ids):
         if tok in eos_ids:
-            return i + 1, "stop"
-    return len(ids), "length"
+            return ids[: i + 1], "stop"
+    return ids, "length"
 
 
 def model_context(model) -> int | None:

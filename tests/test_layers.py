@@ -61,3 +61,31 @@ def test_the_contracts_fail_on_an_import_that_breaks_them(tmp_path, module, line
     verdicts = {ln.rsplit(" ", 1)[0]: ln.rsplit(" ", 1)[1] for ln in result.stdout.splitlines()
                 if ln.endswith((" KEPT", " BROKEN"))}
     assert {name for name, verdict in verdicts.items() if verdict == "BROKEN"} == broken, result.stdout[-3000:]
+
+
+# The layers a newcomer reads first: a function there reads at once (issue 24: under 60 lines).
+SHORT_FUNCTIONS = ("espl/method", "espl/training", "agents")
+LONGEST = 60
+
+
+def long_functions(folder: Path, root: Path = ROOT) -> list[str]:
+    import ast
+
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_in_the_core_layers_runs_past_sixty_lines():
+    assert [f for folder in SHORT_FUNCTIONS for f in long_functions(ROOT / folder)] == []
+
+
+def test_the_length_check_finds_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(LONGEST))
+    (tmp_path / "m.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
+    assert long_functions(tmp_path, root=tmp_path) == [f"m.py:5 long ({LONGEST + 1} lines)"]

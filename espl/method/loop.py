@@ -183,21 +183,11 @@ class EsplLoop:
         cfg, parts, spec = self.cfg, self.parts, self.cfg.spec
         started = time.monotonic()
         spent_before = {name: meter() for name, meter in parts.meters.items()}
-        timings: dict[str, float] = {}
-        clock = [started, ""]
-
-        def phase(name: str) -> None:
-            now = time.monotonic()
-            if clock[1]:
-                timings[clock[1]] = round(now - clock[0], 2)
-            clock[0], clock[1] = now, name
-            progress(name)
-            sys.audit("espl_bench.point", t, name)  # tests hook points here (tests/faults.py)
-
+        phase = PhaseClock(t, progress, started)
         # 1-3. select M programs from the K most recent, then sample (or take the batch sampled
         # during the previous step under --max-staleness)
         drawn, staled = self._batch(t, phase)
-        programs, problems, rollouts = drawn.programs, drawn.problems, drawn.rollouts
+        programs, rollouts = drawn.programs, drawn.rollouts
         # 6. rank programs by mean reward and update their TrueSkill ratings
         scores = _mean_by_program(rollouts)
         rated = update_ratings(programs, scores, tolerance=cfg.tie_tolerance) if spec.rated else {}
@@ -217,15 +207,7 @@ class EsplLoop:
         self.pending = upcoming.result() if upcoming is not None else None
         train_stats = parts.learner.wait()
         step = PhaseSpan(start=step_start, end=time.time())
-        for outcome in outcomes:
-            if outcome.child is not None:
-                refused = parts.admit(outcome.child)
-                if refused:
-                    outcome.reject(f"the child cannot be used as a prompt: {refused}")
-                    log.warning("%s child refused: %s", outcome.kind, refused)
-                else:
-                    self.pool.add(outcome.child)
-        counts = reflection_counts(outcomes)
+        self._admit(outcomes)
         test = None
         if cfg.eval_every and t % cfg.eval_every == 0 or t == cfg.iterations:
             phase("eval")
@@ -233,33 +215,34 @@ class EsplLoop:
         phase("")
         metrics = IterationMetrics(
             iteration=t,
-            train_reward=sum(scores.values()) / len(scores) if scores else 0.0,
-            train_success=_rate(rollouts, "success"),
-            train_problem_success=_problem_success(rollouts, problems),
+            **_reward_metrics(scores, rollouts, drawn.problems),
             groups=batch.groups,
             flat_groups=batch.flat,
             left_out_groups=batch.left_out,
-            valid_rate=_rate(rollouts, "valid"),
-            invalid_action_rate=_invalid_rate(rollouts),
-            env_errors=sum(r.error is not None for r in rollouts),
-            program_scores=scores,
             ratings={k: Rating(mu=mu, sigma=sd) for k, (mu, sd) in rated.items()},
-            reflections={o.kind: o.label for o in outcomes},
-            reflection_counts=counts,
-            reflection_calls=sum(o.calls for o in outcomes),
-            reflection_failures=counts.failed,
-            children=[o.child.id for o in outcomes if o.child],
+            **_reflection_metrics(outcomes),
             rollouts=len(rollouts) + staled.discarded_rollouts,
             generated_tokens=sum(r.generated_tokens for r in rollouts) + staled.discarded_tokens,
             learner={k: v for k, v in train_stats.items() if k in LEARNER_METRICS or k.startswith("sampling/")},
             test=test,
             usage={name: usage_delta(meter(), spent_before[name]) for name, meter in parts.meters.items()},
             seconds=round(time.monotonic() - started, 2),
-            phase_seconds=timings,
+            phase_seconds=phase.timings,
             staleness=self._staleness(t, drawn, staled, step) if cfg.max_staleness or staled.regenerated else None,
             importance=_importance(train_stats),
         )
         return IterationResult(rollouts, outcomes, metrics)
+
+    def _admit(self, outcomes: list[ReflectionOutcome]) -> None:
+        """The children that can be used as prompts join the pool; the others are refused, with why."""
+        for outcome in outcomes:
+            if outcome.child is not None:
+                refused = self.parts.admit(outcome.child)
+                if refused:
+                    outcome.reject(f"the child cannot be used as a prompt: {refused}")
+                    log.warning("%s child refused: %s", outcome.kind, refused)
+                else:
+                    self.pool.add(outcome.child)
 
     # -- --max-staleness: the next iteration's batch sampled during this one's step ----------------
 
@@ -404,6 +387,45 @@ def _importance(stats: dict[str, float]) -> ImportanceWeights | None:
         return None
     return ImportanceWeights(mean=stats["importance/mean"], max=stats["importance/max"],
                              truncated_share=stats["importance/truncated_share"], cap=stats["importance/cap"])
+
+
+class PhaseClock:
+    """Called with each phase's name as an iteration enters it: times the phase that ended,
+    reports progress, and marks the point for the kill tests (tests/faults.py)."""
+
+    def __init__(self, t: int, progress: Callable[[str], None], started: float):
+        self.t, self.progress = t, progress
+        self.timings: dict[str, float] = {}
+        self._since, self._name = started, ""
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        if self._name:
+            self.timings[self._name] = round(now - self._since, 2)
+        self._since, self._name = now, name
+        self.progress(name)
+        sys.audit("espl_bench.point", self.t, name)  # tests hook points here (tests/faults.py)
+
+
+def _reward_metrics(scores: dict[str, float], rollouts: list[Rollout], problems: list[int]) -> dict:
+    """The iteration's train-side rates (IterationMetrics fields)."""
+    return {"train_reward": sum(scores.values()) / len(scores) if scores else 0.0,
+            "train_success": _rate(rollouts, "success"),
+            "train_problem_success": _problem_success(rollouts, problems),
+            "valid_rate": _rate(rollouts, "valid"),
+            "invalid_action_rate": _invalid_rate(rollouts),
+            "env_errors": sum(r.error is not None for r in rollouts),
+            "program_scores": scores}
+
+
+def _reflection_metrics(outcomes: list[ReflectionOutcome]) -> dict:
+    """What reflection did this iteration (IterationMetrics fields)."""
+    counts = reflection_counts(outcomes)
+    return {"reflections": {o.kind: o.label for o in outcomes},
+            "reflection_counts": counts,
+            "reflection_calls": sum(o.calls for o in outcomes),
+            "reflection_failures": counts.failed,
+            "children": [o.child.id for o in outcomes if o.child]}
 
 
 def _mean_by_program(rollouts: list[Rollout]) -> dict[str, float]:

@@ -102,6 +102,49 @@ class _Stop(Exception):
     """Raised inside ``rollout_func`` to end the trainer's loop early on close()."""
 
 
+def grpo_config(settings: LearnerSettings):
+    """The run's learner settings as TRL's GRPOConfig: the one place they are translated."""
+    from trl import GRPOConfig
+
+    rows = settings.rows_per_device()
+    micro = _largest_divisor_at_most(rows, settings.micro_batch_size)
+    return GRPOConfig(
+        output_dir=str(settings.output_dir),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=rows // micro,
+        num_generations=settings.group_size,
+        temperature=settings.temperature,
+        max_steps=settings.total_steps,
+        learning_rate=settings.learning_rate,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=0.0,
+        loss_type=settings.loss_type,
+        scale_rewards=settings.scale_rewards,
+        max_completion_length=settings.max_completion_length,
+        **checkpointing_option(GRPOConfig, settings.gradient_checkpointing),
+        use_cpu=not _cuda_available(),
+        **grpo_precision(settings.dtype, settings.attn_implementation),
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=2,
+        save_only_model=False,
+        logging_steps=1,
+        report_to=[] if settings.report_to == "none" else [settings.report_to],
+        run_name=settings.run_name,
+        project=TRACKER_PROJECT,
+        disable_tqdm=True,
+        shuffle_dataset=False,
+        seed=settings.seed,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
+        **trl_vllm_options(settings),
+        **importance_sampling_options(settings),
+    )
+
+
 class TRLLearner:
     """GRPO weight updates through TRL with a LoRA adapter; see the module docstring."""
 
@@ -111,11 +154,6 @@ class TRLLearner:
     skips_left_out_steps = True
 
     def __init__(self, settings: LearnerSettings, follower: bool = False):
-        from datasets import Dataset
-        from peft import LoraConfig
-        from transformers import TrainerCallback
-        from trl import GRPOConfig, GRPOTrainer
-
         from espl_bench.training import distributed
 
         self.settings = settings
@@ -124,51 +162,6 @@ class TRLLearner:
         # other ranks (followers) receive them; see espl_bench.training.distributed.
         self.follower = follower
         self.world, self.rank = distributed.world_size(), distributed.rank()
-        rows = settings.rows_per_device()
-        micro = _largest_divisor_at_most(rows, settings.micro_batch_size)
-        args = GRPOConfig(
-            output_dir=str(settings.output_dir),
-            per_device_train_batch_size=micro,
-            gradient_accumulation_steps=rows // micro,
-            num_generations=settings.group_size,
-            temperature=settings.temperature,
-            max_steps=settings.total_steps,
-            learning_rate=settings.learning_rate,
-            adam_beta1=0.9,
-            adam_beta2=0.95,
-            lr_scheduler_type="constant",
-            warmup_steps=0,
-            beta=0.0,
-            loss_type=settings.loss_type,
-            scale_rewards=settings.scale_rewards,
-            max_completion_length=settings.max_completion_length,
-            **checkpointing_option(GRPOConfig, settings.gradient_checkpointing),
-            use_cpu=not _cuda_available(),
-            **grpo_precision(settings.dtype, settings.attn_implementation),
-            save_strategy="steps",
-            save_steps=1,
-            save_total_limit=2,
-            save_only_model=False,
-            logging_steps=1,
-            report_to=[] if settings.report_to == "none" else [settings.report_to],
-            run_name=settings.run_name,
-            project=TRACKER_PROJECT,
-            disable_tqdm=True,
-            shuffle_dataset=False,
-            seed=settings.seed,
-            dataloader_num_workers=0,
-            ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
-            **trl_vllm_options(settings),
-            **importance_sampling_options(settings),
-        )
-        slots = settings.rows_per_step // settings.group_size
-        placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
-        peft_config = LoraConfig(
-            r=settings.lora_rank,
-            lora_alpha=settings.lora_alpha,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
         self._inbox: queue.Queue = queue.Queue(maxsize=1)
         # submitted/completed count optimizer steps; a step is complete when the trainer comes
         # back for the next batch (its checkpoint is on disk by then) or its loop has ended.
@@ -181,30 +174,7 @@ class TRLLearner:
         self._last_logs: dict[str, float] = {}
         self._left_out_step = False
         self._skip_compute = False  # this step's rows are all left out: no forward, no backward
-        learner = self
-
-        class _Logs(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    learner._last_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
-
-        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-        # TRL and peft still call transformers' old checkpointing names; nothing a user can act on.
-        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning)
-        self.trainer = GRPOTrainer(
-            model=settings.model_path,
-            reward_funcs=[_reward_from_rollout],
-            args=args,
-            train_dataset=placeholder,
-            peft_config=peft_config,
-            rollout_func=self._rollout_func,
-            callbacks=[_Logs()],
-        )
-        from transformers.trainer_callback import PrinterCallback
-
-        self.trainer.remove_callback(PrinterCallback)  # metrics go to our logs, not stdout
-        if settings.report_to == "tensorboard" and settings.logging_dir:
-            _log_into(self.trainer, settings.logging_dir)
+        self.trainer = self._trainer(grpo_config(settings))
         if settings.correct_sampler_logprobs:
             # TRL's importance-sampling correction for samples from a vLLM server TRL does not drive
             trl_internals.use_external_vllm(self.trainer)
@@ -220,13 +190,44 @@ class TRLLearner:
             trl_internals.push_weights(self.trainer)
         if self.world > 1 and not follower:
             kind = self.trainer.accelerator.distributed_type.value
-            log.info("learner: %d processes (%s), %d rows each per step", self.world, kind, rows)
+            log.info("learner: %d processes (%s), %d rows each per step", self.world, kind, settings.rows_per_device())
             if kind == "MULTI_CPU" and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
                 log.warning("accelerate shards parameters (FSDP) on GPUs only; on CPUs the processes run as plain "
                             "data parallel")
         self.tokenizer = self.trainer.processing_class
         self._thread: threading.Thread | None = None
         self.cores = None  # a CoreShare once share_cores() is called
+
+    def _trainer(self, args):
+        """TRL's GRPOTrainer on the policy with a LoRA adapter, fed by :meth:`_rollout_func`."""
+        from datasets import Dataset
+        from peft import LoraConfig
+        from transformers import TrainerCallback
+        from transformers.trainer_callback import PrinterCallback
+        from trl import GRPOTrainer
+
+        settings = self.settings
+        slots = settings.rows_per_step // settings.group_size
+        placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
+        peft_config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+        learner = self
+
+        class _Logs(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    learner._last_logs = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        # TRL and peft still call transformers' old checkpointing names; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning)
+        trainer = GRPOTrainer(model=settings.model_path, reward_funcs=[_reward_from_rollout], args=args,
+                              train_dataset=placeholder, peft_config=peft_config, rollout_func=self._rollout_func,
+                              callbacks=[_Logs()])
+        trainer.remove_callback(PrinterCallback)  # metrics go to our logs, not stdout
+        if settings.report_to == "tensorboard" and settings.logging_dir:
+            _log_into(trainer, settings.logging_dir)
+        return trainer
 
     def share_cores(self, share) -> None:
         """Run each step on its share of the CPU's cores while the in-process reflector decodes

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from espl_bench.errors import ConfigError
-from espl_bench.methods import METHODS, MethodSpec, TestRule, resolve_rule
+from espl_bench.method_table import METHODS, MethodSpec, TestRule, resolve_rule
 
 Method = Literal["espl", "rl", "evolution", "self-reflection", "gepa"]
 SamplerKind = Literal["transformers", "vllm", "litellm", "trl-vllm"]
@@ -132,7 +132,7 @@ class RunConfig(BaseModel):
 
     @property
     def spec(self) -> MethodSpec:
-        """The method as a value (:mod:`espl_bench.methods`)."""
+        """The method as a value (:mod:`espl_bench.method_table`)."""
         return METHODS[self.method]
 
     @property

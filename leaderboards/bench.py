@@ -73,7 +73,7 @@ def run_suite(args: argparse.Namespace) -> int:
     records = _records(entries)
     results = Path(args.results or out / "results.json")
     results.parent.mkdir(parents=True, exist_ok=True)
-    from espl_bench.leaderboards.scores import dump_scores
+    from espl_bench.leaderboards.regression import dump_scores
 
     dump_scores(records, results)
     sys.stdout.write(render_report(entries) if todo else "")
@@ -253,7 +253,7 @@ def _settle(entry: Entry, outcome: RunOutcome) -> None:
 
 def _records(entries: list[Entry]) -> list:
     """The score records of the entries with records, in the suite's order."""
-    from espl_bench.leaderboards.scores import ScoreRecord
+    from espl_bench.leaderboards.regression import ScoreRecord
     from espl_bench.records import RunSummary
 
     records = []

@@ -98,7 +98,7 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from espl_bench.leaderboards.scores import (
+    from espl_bench.leaderboards.regression import (
         ScoreFileError,
         compare_files,
         render_table,

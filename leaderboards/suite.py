@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from espl_bench.methods import METHODS as _SPECS
+from espl_bench.method_table import METHODS as _SPECS
 
 SUITE_VERSION = "8"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection;
 # 5: the in-process reflector decodes in bfloat16 where the CPU has it; a reply of at most 64 tokens is not summarised;

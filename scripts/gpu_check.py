@@ -8,7 +8,7 @@ packages a bare CUDA image lacks: sample ``problems x samples`` completions with
 :class:`~espl_bench.agents.sampler.TransformersSampler` (each row seeded from its coordinates;
 its lean path, checked on every call: no ``output_logits``, the chosen tokens' log-probabilities
 kept by ``ChosenLogprobs``), score them, and take one GRPO step with
-:class:`~espl_bench.training.learner.TRLLearner` (LoRA, the run's defaults) in ``--dtype``
+:class:`~espl_bench.training.trl_learner.TRLLearner` (LoRA, the run's defaults) in ``--dtype``
 (bfloat16 unless told). It prints, per iteration, generated tokens, tokens/s and the step time.
 
 Peak memory, per phase: on CUDA ``torch.cuda.max_memory_allocated`` (reset before each phase),
@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from espl_bench.agents.sampler import TransformersSampler
-    from espl_bench.training.learner import LearnerSettings, TRLLearner
     from espl_bench.training.memory import SAMPLER_BATCH
+    from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
 
     cuda = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))

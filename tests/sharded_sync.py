@@ -6,7 +6,7 @@ SCHEME is ``fsdp2`` (torch's ``fully_shard`` per decoder layer, then the root: w
 Accelerate applies both only on GPUs, so no trainer is built: each rank shards a LoRA policy
 itself, builds TRL's own ``VLLMGeneration`` in colocate and in server mode over
 :mod:`tests.fakes`' engines, and calls
-:meth:`~espl_bench.training.learner.TRLLearner.sync_final_weights` as every rank does when its
+:meth:`~espl_bench.training.trl_learner.TRLLearner.sync_final_weights` as every rank does when its
 trainer ends. The stand-in for accelerate's ``Accelerator`` carries only what TRL reads of it.
 
 Written under OUT: ``expected.pt`` (rank 0: the merged weights of an unsharded copy, by peft),
@@ -68,7 +68,7 @@ def shard(model, scheme: str) -> tuple[object, dict]:
 def main(scheme: str, model_path: str, out: Path) -> None:
     from trl.generation import vllm_generation
 
-    from espl_bench.training.learner import TRLLearner
+    from espl_bench.training.trl_learner import TRLLearner
     from tests.fakes import fake_vllm
 
     if scheme == "zero3":

@@ -6,7 +6,7 @@ import torch
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.advantage import training_batch
 from espl_bench.method.learning import TrainingSample, is_flat
-from espl_bench.training.learner import LearnerSettings, TRLLearner
+from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
 
 
 def rollout(slot: int, problem: int, sample: int, reward: float) -> Rollout:

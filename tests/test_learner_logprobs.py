@@ -4,7 +4,7 @@ import pytest
 
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.method.learning import TrainingSample
-from espl_bench.training.learner import LearnerSettings, TRLLearner
+from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
 
 
 def settings(tiny_model, tmp_path, temperature):

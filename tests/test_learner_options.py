@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from espl_bench.training.learner import checkpointing_option
+from espl_bench.training.trl_learner import checkpointing_option
 
 
 @dataclass

@@ -15,8 +15,8 @@ from espl_bench.method.loop import EsplLoop, Parts
 from espl_bench.method.program import Pool
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
-from espl_bench.training.learner import LearnerSettings, TRLLearner
 from espl_bench.training.policy import STALE_IS_MODE
+from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
 from tests.fakes import ScriptedReflector
 
 REVISION = '```json\n[{"op": "add", "text": "Work out each operation separately."}]\n```'

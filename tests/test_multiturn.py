@@ -8,7 +8,7 @@ from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.method.learning import TrainingSample
 from espl_bench.running.cli import main
-from espl_bench.training.learner import LearnerSettings, TRLLearner
+from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
 from tests.test_rollout import CountdownEnv
 
 

@@ -14,8 +14,8 @@ from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError
 from espl_bench.method.learning import TrainingSample
 from espl_bench.running.cli import main
-from espl_bench.training.learner import LearnerSettings, TRLLearner, grpo_precision
 from espl_bench.training.policy import load_frozen
+from espl_bench.training.trl_learner import LearnerSettings, TRLLearner, grpo_precision
 
 SMALL = ["--iterations", "1", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",
          "--reflector-max-tokens", "16", "--eval-problems", "2", "--eval-samples", "2", "--micro-batch-size", "4"]

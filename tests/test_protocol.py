@@ -17,10 +17,10 @@ from espl_bench.method.loop import EsplLoop, Parts
 from espl_bench.method.program import Pool
 from espl_bench.method.reflection import Crossover, Mutation
 from espl_bench.method.selection import make_selector
-from espl_bench.methods import METHODS
+from espl_bench.method_table import METHODS
 from espl_bench.records import EvalItems
 from espl_bench.running.cli import main
-from espl_bench.scoring.evaluation import evaluate, evaluate_prompts, item_specs
+from espl_bench.scoring.evaluation import evaluate_prompts, item_specs
 from tests.fakes import ScriptedReflector
 
 SMALL = ["--iterations", "2", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",
@@ -34,18 +34,18 @@ def test_an_episode_depends_on_its_coordinates_not_on_its_batch(tiny_model):
     engine = RolloutEngine(lambda: make_env("espl/Arithmetic-v0"), sampler)
     items = EvalItems("test", (0, 1, 2), 2, seed=5)
     params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=1.0)
-    alone = evaluate(engine, "Be brief.", "p", items, params)
+    alone = evaluate_prompts(engine, [("Be brief.", "p")], items, params)[0]
     # the same episodes inside a bigger batch, in another order, next to another prompt's
     others = item_specs(EvalItems("test", (7, 3), 3, seed=9), "Be careful.")
     mixed = engine.run([*others, *reversed(item_specs(items, "Be brief."))], params)
     replies = {(r.spec.index, r.spec.id.sample): r.response for r in mixed if r.spec.system_prompt == "Be brief."}
     again = {(r.spec.index, r.spec.id.sample): r.response for r in engine.run(item_specs(items, "Be brief."), params)}
     assert replies == again and len(again) == 6
-    assert evaluate(engine, "Be brief.", "p", items, params) == alone
+    assert evaluate_prompts(engine, [("Be brief.", "p")], items, params)[0] == alone
     assert len(set(again.values())) > 1  # the samples of one problem differ: each has its own seed
     # several prompts scored in one batch (the breakdown's cells) give what separate calls give
     together = evaluate_prompts(engine, [("Be careful.", "q"), ("Be brief.", "p")], items, params)
-    assert together == [evaluate(engine, "Be careful.", "q", items, params), alone]
+    assert together == [evaluate_prompts(engine, [("Be careful.", "q")], items, params)[0], alone]
 
 
 def _script(tmp_path, rules):

@@ -1,4 +1,4 @@
-"""TRL's ``GRPOTrainer`` internals the TRL learner relies on (:mod:`espl_bench.training.learner`).
+"""TRL's ``GRPOTrainer`` internals the TRL learner relies on (:mod:`espl_bench.training.trl_learner`).
 
 Checked against trl 1.16.0, the floor of ``trl>=1.16,<2`` (``pyproject.toml``) and the version
 installed here and by the floors CI step (``tests/floors.txt`` runs the check there too). What it touches:

@@ -24,6 +24,7 @@ loads). A run killed mid-search restarts the search on ``--resume``.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 
@@ -32,15 +33,13 @@ from espl_bench.agents.reflector import ReflectorCallError
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
-from espl_bench.method.loop import (
-    EsplLoop,
-    IterationResult,
-    Parts,
-    sampling,
-)
+from espl_bench.method.loop import Parts
 from espl_bench.method.program import Pool, Program
+from espl_bench.method.protocol import IterationResult
 from espl_bench.method.rollout_stats import invalid_rate, rate
-from espl_bench.records import GepaSelection, IterationMetrics
+from espl_bench.method.scored_program import scored_program
+from espl_bench.records import CellResult, GepaSelection, IterationMetrics, PendingBatch
+from espl_bench.scoring.evaluator import Evaluator, sampling
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +145,25 @@ def feedback(rollout: Rollout) -> str:
     return " ".join(parts)
 
 
-class GepaLoop(EsplLoop):
-    """Runs one GEPA search as the run's single committed step (interface of ``EsplLoop``)."""
+class GepaLoop:
+    """One GEPA search as the run's single committed step (a :class:`~espl_bench.method.protocol.Loop`)."""
+
+    def __init__(self, cfg: RunConfig, parts: Parts, pool: Pool, rng: random.Random):
+        self.cfg, self.parts, self.pool, self.rng = cfg, parts, pool, rng
+        self.evaluator = Evaluator(cfg, parts.plan, parts.cells)
+
+    def test_program(self) -> Program:
+        """The program the run is scored with: its test-time rule (GEPA's best by validation mean)."""
+        return scored_program(self.cfg.test_rule, self.pool)
+
+    def score_test_program(self) -> CellResult:
+        return self.evaluator.score(self.parts.engine, [self.test_program()])[0]
+
+    def pending_record(self) -> PendingBatch | None:
+        return None  # the search samples inside its one step: nothing is sampled ahead
+
+    def restore_pending(self, record: PendingBatch | None) -> None:
+        pass
 
     def schedule(self, done: int) -> range:
         return range(done + 1, 2)
@@ -193,7 +209,7 @@ class GepaLoop(EsplLoop):
         self._adopt(result, t)
         searched = time.monotonic()
         progress("eval")
-        test = self.evaluate()
+        test = self.score_test_program()
         rollouts = adapter.rollouts
         metrics = IterationMetrics(
             iteration=t,

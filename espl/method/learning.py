@@ -19,7 +19,7 @@ Error policy:
     carry no tokens into the loss, and a batch of nothing else changes no weight.
 
 Thread safety: one caller (the loop's thread) calls ``submit``/``wait`` in turn; the
-implementation may train in a worker thread of its own (:class:`espl_bench.training.learner.TRLLearner`
+implementation may train in a worker thread of its own (:class:`espl_bench.training.trl_learner.TRLLearner`
 does, so the update overlaps reflection).
 """
 

@@ -3,13 +3,12 @@
 The loop only orchestrates: sampling, rating, reflection, learning and storage sit behind their
 seams (``RolloutEngine``, :mod:`espl_bench.method.rating`, ``Mutation``/``Crossover``, ``Learner``,
 ``RunDir``), so it runs the same with fakes in tests and with real models in a run. What a method
-switches on or off comes from its spec (:mod:`espl_bench.methods`); test scores come from the
+switches on or off comes from its spec (:mod:`espl_bench.method_table`); test scores come from the
 evaluation protocol (:mod:`espl_bench.scoring.evaluation`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import sys
@@ -20,12 +19,13 @@ from dataclasses import dataclass, field
 
 from espl_bench.agents.llm_router import usage_delta
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout, RolloutEngine
-from espl_bench.agents.sampler import SamplingParams, derive_seed
+from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.method.advantage import group_size, training_batch
 from espl_bench.method.learning import Learner
 from espl_bench.method.program import Pool, Program
+from espl_bench.method.protocol import IterationResult
 from espl_bench.method.rating import update_ratings
 from espl_bench.method.reflection import (
     SOURCES,
@@ -36,11 +36,10 @@ from espl_bench.method.reflection import (
 )
 from espl_bench.method.rollout_stats import invalid_rate as _invalid_rate
 from espl_bench.method.rollout_stats import rate as _rate
+from espl_bench.method.scored_program import scored_program
 from espl_bench.method.selection import Selector
-from espl_bench.method.test_time import scored_program
 from espl_bench.records import (
     CellResult,
-    EvalItems,
     ImportanceWeights,
     IterationMetrics,
     PendingBatch,
@@ -50,7 +49,7 @@ from espl_bench.records import (
     Staleness,
 )
 from espl_bench.scoring.cells import CellStore
-from espl_bench.scoring.evaluation import evaluate_prompts
+from espl_bench.scoring.evaluator import Evaluator, sampling
 
 log = logging.getLogger(__name__)
 
@@ -125,26 +124,6 @@ class Staled:
     discarded_tokens: int = 0
 
 
-@dataclass
-class IterationResult:
-    rollouts: list[Rollout]
-    outcomes: list[ReflectionOutcome]
-    metrics: IterationMetrics
-
-
-def sampling(cfg: RunConfig) -> SamplingParams:
-    """How the policy samples; seeds come from each episode's coordinates, not from here."""
-    return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-
-
-def test_items(cfg: RunConfig, plan: SplitPlan, problems: int | None = None, samples: int | None = None) -> EvalItems:
-    """The run's test items: the first ``--eval-problems`` problems of the test split."""
-    test = plan.test
-    n = min(problems or cfg.eval_problems, test.size)
-    return EvalItems(test.split, tuple(test.indices[:n]), samples or cfg.eval_samples, cfg.eval_seed,
-                     cfg.prompt_placement)
-
-
 def reflection_counts(outcomes: list[ReflectionOutcome]) -> ReflectionCounts:
     """How many children an iteration really produced, by source, how many attempts did not, and
     the edits the admission rule refused, by reason (a child exists only when its edits passed)."""
@@ -166,6 +145,8 @@ def _sum_counts(counts) -> dict[str, int]:
 
 
 class EsplLoop:
+    """E-SPL's iteration in the order of Algorithm 1 (a :class:`~espl_bench.method.protocol.Loop`)."""
+
     def __init__(self, cfg: RunConfig, parts: Parts, pool: Pool, rng: random.Random):
         self.cfg = cfg
         self.parts = parts
@@ -174,6 +155,7 @@ class EsplLoop:
         # --max-staleness: the next iteration's batch, sampled during this iteration's step and
         # committed with it (pending_record); restored on resume (restore_pending)
         self.pending: Batch | None = None
+        self.evaluator = Evaluator(cfg, parts.plan, parts.cells)
 
     def schedule(self, done: int) -> range:
         """The iterations still to run after ``done`` committed ones."""
@@ -211,7 +193,7 @@ class EsplLoop:
         test = None
         if cfg.eval_every and t % cfg.eval_every == 0 or t == cfg.iterations:
             phase("eval")
-            test = self.evaluate()
+            test = self.score_test_program()
         phase("")
         metrics = IterationMetrics(
             iteration=t,
@@ -346,32 +328,12 @@ class EsplLoop:
         return self.parts.crossover(best, unique, wins, problem_text, t)
 
     def test_program(self) -> Program:
-        """The program the run is scored with: its test-time rule (:func:`espl_bench.methods.test_program`)."""
+        """The program the run is scored with: its test-time rule (:func:`espl_bench.method_table.test_program`)."""
         return scored_program(self.cfg.test_rule, self.pool)
 
-    def evaluate_prompts(self, engine: RolloutEngine, programs: list[Program], weights: str,
-                         items: EvalItems | None = None) -> list[CellResult]:
-        """The evaluation protocol for several programs on the run's test items (or ``items``), in
-        one batch; base-weights cells another run already scored come from ``parts.cells``."""
-        items = items or test_items(self.cfg, self.parts.plan)
-        weights = weights if self.cfg.trains_weights else "base"
-        params, store = sampling(self.cfg), self.parts.cells if weights == "base" else None
-        # claimed: a parallel run that wants one of these cells waits for this one, then reads it
-        with store.claimed([p.render() for p in programs], items, params) if store else contextlib.nullcontext():
-            found = {i: store.get(p.render(), p.id, items, params) for i, p in enumerate(programs)} if store else {}
-            todo = [i for i in range(len(programs)) if found.get(i) is None]
-            scored = evaluate_prompts(engine, [(programs[i].render(), programs[i].id) for i in todo], items, params,
-                                      weights=weights) if todo else []
-            for i, cell in zip(todo, scored):
-                found[i] = cell
-                if store is not None:
-                    store.put(programs[i].render(), cell, params)
-        return [found[i] for i in range(len(programs))]
-
-    def evaluate(self, engine: RolloutEngine | None = None, program: Program | None = None,
-                 items: EvalItems | None = None, weights: str = "trained") -> CellResult:
-        """The evaluation protocol on the run's test items (or ``items``)."""
-        return self.evaluate_prompts(engine or self.parts.engine, [program or self.test_program()], weights, items)[0]
+    def score_test_program(self) -> CellResult:
+        """The evaluation protocol on the run's test items, for the program the run is scored with."""
+        return self.evaluator.score(self.parts.engine, [self.test_program()])[0]
 
 
 def _in_pool(pool: Pool, program: Program) -> Program:

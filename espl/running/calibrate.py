@@ -4,7 +4,7 @@ RL gets a signal only from groups whose rewards differ (:func:`espl_bench.method
 is the rule), and a prompt has room to help only below the ceiling. Calibration measures, for
 each setting of a difficulty grid (:mod:`espl_bench.envs.difficulty`), the model's success with
 the root program on the first ``problems`` *train* problems, ``samples`` samples each (the
-evaluation protocol, :func:`espl_bench.scoring.evaluation.evaluate`, on the train split: it never
+evaluation protocol, :class:`espl_bench.scoring.evaluator.Evaluator`, on the train split: it never
 sees a test problem), and the fraction of those problems whose samples disagree (the groups an
 RL step at group size ``samples`` could learn from).
 
@@ -31,11 +31,10 @@ from espl_bench.config import RunConfig
 from espl_bench.envs.registry import make_env
 from espl_bench.envs.splits import SplitPlan
 from espl_bench.method.learning import is_flat
-from espl_bench.method.loop import sampling
 from espl_bench.method.program import Pool
 from espl_bench.records import EvalItems
 from espl_bench.rundir import atomic_write, dump_json
-from espl_bench.scoring.evaluation import evaluate
+from espl_bench.scoring.evaluator import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def measure(cfg: RunConfig, env_kwargs: dict[str, Any], engine_for: Callable[[Ca
     items = EvalItems(train.split, tuple(train.indices[:problems]), samples, seed, cfg.prompt_placement)
     root = Pool.with_root(preamble=cfg.preamble).root()
     started = time.monotonic()
-    cell = evaluate(engine_for(lambda: make_env(cfg.env, **kwargs), plan), root.render(), root.id, items, sampling(cfg))
+    cell = Evaluator(cfg, plan).score(engine_for(lambda: make_env(cfg.env, **kwargs), plan), [root], "base", items)[0]
     replies = max(1, cell.turns)
     return CalibrationPoint(env_kwargs, stats.interval([sum(row) / len(row) for row in cell.successes]),
                             sum(not is_flat(row) for row in cell.rewards) / len(cell.rewards), len(items.indices),

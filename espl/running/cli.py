@@ -79,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             if distributed.rank() > 0:
                 logging.getLogger().setLevel(logging.WARNING)
-                from espl_bench.training.learner import follow_leader
+                from espl_bench.training.trl_learner import follow_leader
 
                 distributed.leave(follow_leader())
             with distributed.leading():

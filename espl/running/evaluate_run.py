@@ -9,13 +9,12 @@ last committed weights and test-time program. The result goes to
 
 from __future__ import annotations
 
-from espl_bench.method.loop import sampling, test_items
 from espl_bench.method.program import Pool
-from espl_bench.method.test_time import scored_program
+from espl_bench.method.scored_program import scored_program
 from espl_bench.records import Breakdown, CellResult
 from espl_bench.running.build import open_rescoring
 from espl_bench.scoring.breakdown import breakdown
-from espl_bench.scoring.evaluation import evaluate_prompts
+from espl_bench.scoring.evaluator import Evaluator, test_items
 
 
 def evaluate_run(run: str, *, problems: int | None = None, samples: int | None = None) -> tuple[Breakdown, str]:
@@ -29,12 +28,12 @@ def _evaluate(rundir, cfg, plan, weights, problems: int | None, samples: int | N
     done = rundir.latest()
     pool = Pool.from_record(rundir.pool(done))
     program, root = scored_program(cfg.test_rule, pool), pool.root()
-    trained = weights.trained(rundir, done)
+    trained, evaluator = weights.trained(rundir, done), Evaluator(cfg, plan)
 
     def score(row: str, columns: list[str]) -> list[CellResult]:
         chosen = [root if column == "root" else program for column in columns]
         engine = trained if row == "trained" or not cfg.trains_weights else weights.base()
-        return evaluate_prompts(engine, [(c.render(), c.id) for c in chosen], items, sampling(cfg), weights=row)
+        return evaluator.score(engine, chosen, row, items)
 
     result = breakdown(score, trained=cfg.trains_weights, root=root.id, program=program.id,
                        same_prompt=program.render() == root.render())

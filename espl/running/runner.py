@@ -8,16 +8,19 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
 from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.baselines.gepa import selection as gepa_selection
 from espl_bench.config import RunConfig
+from espl_bench.envs.splits import SplitPlan
 from espl_bench.errors import RecordError, RunDirError
 from espl_bench.locks import owned
-from espl_bench.method.loop import EsplLoop, IterationResult
+from espl_bench.method.loop import EsplLoop, Parts
 from espl_bench.method.program import Pool
+from espl_bench.method.protocol import IterationResult, Loop
 from espl_bench.method.reflection import template_hashes
 from espl_bench.records import (
     Breakdown,
@@ -25,7 +28,6 @@ from espl_bench.records import (
     CellResult,
     IterationMetrics,
     IterationState,
-    PendingBatch,
     Precision,
     Provenance,
     ReflectionCounts,
@@ -42,8 +44,8 @@ from espl_bench.scoring.breakdown import breakdown
 
 log = logging.getLogger(__name__)
 
-# The loop each method runs (espl_bench.methods names it).
-LOOPS = {"espl": EsplLoop, "gepa": GepaLoop}
+# The loop each method runs (espl_bench.method_table names it).
+LOOPS: dict[str, Callable[[RunConfig, Parts, Pool, random.Random], Loop]] = {"espl": EsplLoop, "gepa": GepaLoop}
 
 
 def _rng_state(rng: random.Random) -> list:
@@ -118,7 +120,7 @@ def budget(history: list[IterationMetrics], extra: Breakdown | None = None) -> B
         seconds_by_phase=seconds)
 
 
-def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], elapsed: float,
+def summary(cfg: RunConfig, loop: Loop, plan: SplitPlan, history: list[IterationMetrics], elapsed: float,
             extra: Breakdown | None = None) -> RunSummary:
     tests = [m.test for m in history if m.test is not None]
     program = loop.test_program()
@@ -128,7 +130,7 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
         reflector=cfg.reflector if cfg.reflects else None,
         iterations_completed=len(history), iterations_planned=len(history) + len(loop.schedule(len(history))),
         train_reward=[round(m.train_reward, 4) for m in history],
-        splits=loop.parts.plan.to_dict(),
+        splits=plan.to_dict(),
         test=tests[-1] if tests else None,
         test_program=TestProgram(id=program.id, rule=cfg.test_rule, mu=program.mu, sigma=program.sigma,
                                  text=program.render()),
@@ -155,9 +157,8 @@ def summary(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics], ela
     )
 
 
-def final_breakdown(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetrics]) -> Breakdown:
+def final_breakdown(cfg: RunConfig, loop: Loop, parts: Parts, history: list[IterationMetrics]) -> Breakdown:
     """The weights x prompt breakdown of the finished run (:mod:`espl_bench.scoring.breakdown`) on its test items."""
-    parts = loop.parts
     program, root = loop.test_program(), loop.pool.root()
     same = program.render() == root.render()
     last = next((m.test for m in reversed(history) if m.test is not None), None)
@@ -175,7 +176,7 @@ def final_breakdown(cfg: RunConfig, loop: EsplLoop, history: list[IterationMetri
                 base_engine[0] = parts.base_engine()
             engine = base_engine[0]
         log.info("breakdown: %s weights, %s", weights, ", ".join(f"{p} prompt ({c.id})" for p, c in zip(prompts, chosen)))
-        return loop.evaluate_prompts(engine, chosen, weights=weights)
+        return loop.evaluator.score(engine, chosen, weights)
 
     return breakdown(score, trained=cfg.trains_weights and parts.base_engine is not None, root=root.id,
                      program=program.id, same_prompt=same, known=known)
@@ -207,17 +208,17 @@ def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, d
         if not cfg.resume:
             rundir.create(_header(cfg))
         loop = LOOPS[cfg.spec.loop](cfg, parts, pool, rng)
-        if done and isinstance(loop, EsplLoop):  # --max-staleness: the batch the last commit prefetched
+        if done:  # --max-staleness: the batch the last commit prefetched
             loop.restore_pending(rundir.load(done).state.pending)
         planned = done + len(loop.schedule(done))
         if planned == done:
             log.info("the run in %s already has %d committed iterations", cfg.out, done)
         extra = _load_breakdown(rundir) if planned == done else None
-        _iterate(cfg, rundir, loop, done, planned, history, started, tracker)
+        _iterate(cfg, rundir, loop, parts.plan, done, planned, history, started, tracker)
         if history and extra is None:
-            extra = final_breakdown(cfg, loop, history)
+            extra = final_breakdown(cfg, loop, parts, history)
             rundir.write_breakdown(extra)
-    final = summary(cfg, loop, history, time.monotonic() - started, extra)
+    final = summary(cfg, loop, parts.plan, history, time.monotonic() - started, extra)
     if history:
         if planned == done:
             final = _keep_session_record(final, rundir.summary_data())
@@ -225,7 +226,7 @@ def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, d
     return final
 
 
-def _iterate(cfg: RunConfig, rundir: RunDir, loop: EsplLoop, done: int, planned: int,
+def _iterate(cfg: RunConfig, rundir: RunDir, loop: Loop, plan: SplitPlan, done: int, planned: int,
              history: list[IterationMetrics], started: float, tracker: Tracker | None = None) -> None:
     """The iterations still to run, each committed as it ends, with a progress bar."""
     bar = tqdm(total=planned, initial=done, desc=cfg.method, unit="it", dynamic_ncols=True)
@@ -233,7 +234,7 @@ def _iterate(cfg: RunConfig, rundir: RunDir, loop: EsplLoop, done: int, planned:
         for t in loop.schedule(done):
             result = loop.iteration(t, progress=lambda name, t=t: bar.set_postfix_str(f"iter {t}: {name}"))
             history.append(result.metrics)
-            _commit(rundir, cfg, loop, t, result, history, time.monotonic() - started)
+            _commit(rundir, cfg, loop, plan, t, result, history, time.monotonic() - started)
             log_iteration(tracker, result.metrics)
             bar.update(t - bar.n)
             m = result.metrics
@@ -271,22 +272,16 @@ def _kept(record, value):
         return None
 
 
-def _pending(loop: EsplLoop) -> PendingBatch | None:
-    """The next iteration's batch, sampled during this one's step (--max-staleness), committed with
-    this iteration so that a resumed run trains on the same rollouts (None: there is none)."""
-    return loop.pending_record() if isinstance(loop, EsplLoop) else None
-
-
-def _commit(rundir: RunDir, cfg: RunConfig, loop: EsplLoop, t: int, result: IterationResult,
+def _commit(rundir: RunDir, cfg: RunConfig, loop: Loop, plan: SplitPlan, t: int, result: IterationResult,
             history: list[IterationMetrics], elapsed: float) -> None:
     record = IterationRecord(
         iteration=t,
         state=IterationState(iteration=t, rng=_rng_state(loop.rng), learner_step=t if cfg.trains_weights else 0,
-                             pending=_pending(loop)),
+                             pending=loop.pending_record()),
         pool=loop.pool.to_record(),
         metrics=result.metrics,
         rollouts=tuple(r.to_record() for r in result.rollouts),
         reflections=tuple(o.to_record() for o in result.outcomes),
         adapter=rundir.checkpoint(t) if cfg.trains_weights else None,
     )
-    rundir.commit(record, summary=summary(cfg, loop, history, elapsed), best_prompt=loop.test_program().render())
+    rundir.commit(record, summary=summary(cfg, loop, plan, history, elapsed), best_prompt=loop.test_program().render())

@@ -3,7 +3,7 @@
 The validation split comes from the run's split plan (:class:`envs.splits.SplitPlan`: the env's
 own validation split, or the first train problems the run held out and never trained on). Each
 committed iteration is scored as it would be deployed, through the evaluation protocol
-(:mod:`espl_bench.scoring.evaluation`): its test-time program (the run's rule, :mod:`espl_bench.methods`) with that
+(:mod:`espl_bench.scoring.evaluation`): its test-time program (the run's rule, :mod:`espl_bench.method_table`) with that
 iteration's weights. The test split is never read.
 
 The result goes to ``RUN/selection.json`` (atomically, through :mod:`espl_bench.rundir`) and a
@@ -16,12 +16,11 @@ from __future__ import annotations
 import logging
 
 from espl_bench.errors import ConfigError
-from espl_bench.method.loop import sampling
 from espl_bench.method.program import Pool
-from espl_bench.method.test_time import scored_program
+from espl_bench.method.scored_program import scored_program
 from espl_bench.records import EvalItems
 from espl_bench.running.build import open_rescoring
-from espl_bench.scoring.evaluation import evaluate
+from espl_bench.scoring.evaluator import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +34,10 @@ def _select(run: str, rundir, cfg, plan, weights, samples: int) -> dict:
     if plan.validation.size == 0:
         raise ConfigError(f"the run in {run} has no validation split; fix: start it with --validation-problems N (N > 0)")
     items = EvalItems(plan.validation.split, tuple(plan.validation.indices), samples, cfg.eval_seed, cfg.prompt_placement)
-    rows = []
+    rows, evaluator = [], Evaluator(cfg, plan)
     for t in range(1, rundir.latest() + 1):
         program = scored_program(cfg.test_rule, Pool.from_record(rundir.pool(t)))
-        cell = evaluate(weights.trained(rundir, t), program.render(), program.id, items, sampling(cfg))
+        cell = evaluator.score(weights.trained(rundir, t), [program], "trained", items)[0]
         rows.append({"iteration": t, "program": program.id, "success": cell.success,
                      "interval": cell.interval.to_dict(),
                      "mean_reward": sum(map(sum, cell.rewards)) / cell.rollouts, "prompt": program.render()})

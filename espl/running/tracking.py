@@ -28,7 +28,7 @@ from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError
 from espl_bench.records import IterationMetrics
 from espl_bench.rundir import TRACKING as FOLDER
-from espl_bench.training.learner import TRACKER_PROJECT as PROJECT  # unless WANDB_PROJECT names another
+from espl_bench.training.trl_learner import TRACKER_PROJECT as PROJECT  # unless WANDB_PROJECT names another
 
 log = logging.getLogger(__name__)
 

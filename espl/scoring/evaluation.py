@@ -1,8 +1,9 @@
 """The evaluation protocol: a (weights, prompt) pair scored on a fixed list of items.
 
-Every score espl-bench reports comes from :func:`evaluate`: the loop's test evaluations, GEPA's
-final one, ``select-best`` (on the validation split), ``espl-bench evaluate`` and the weights x
-prompt breakdown. Its rules:
+Every score espl-bench reports comes from :func:`evaluate_prompts`, called by the run's
+:class:`~espl_bench.scoring.evaluator.Evaluator`: the loops' test evaluations, GEPA's final one,
+``select-best`` (on the validation split), ``calibrate`` (on the train split), ``espl-bench
+evaluate`` and the weights x prompt breakdown. Its rules:
 
 * The items are fixed by the run's split plan and sizes (:class:`EvalItems`): the first
   ``problems`` problems of the split, ``samples`` samples each. They never depend on the method.
@@ -31,15 +32,10 @@ def item_specs(items: EvalItems, prompt: str, cell: int = 0) -> list[EpisodeSpec
             for index in items.indices for n in range(items.samples)]
 
 
-def evaluate(engine: RolloutEngine, prompt: str, program: str, items: EvalItems, params: SamplingParams,
-             *, weights: str = "") -> CellResult:
-    """Score ``prompt`` with the engine's current weights on ``items`` (see the module docstring)."""
-    return evaluate_prompts(engine, [(prompt, program)], items, params, weights=weights)[0]
-
-
 def evaluate_prompts(engine: RolloutEngine, prompts: Sequence[tuple[str, str]], items: EvalItems,
                      params: SamplingParams, *, weights: str = "") -> list[CellResult]:
-    """:func:`evaluate` for several ``(prompt, program)`` pairs with the same weights, in one batch:
+    """Score each ``(prompt, program)`` pair with the engine's current weights on ``items`` (see the
+    module docstring), all with the same weights, in one batch:
     a decoding step costs far less than twice as much for twice the rows, and each sample's seed
     is its own, so the results are those of separate calls."""
     specs = [spec for cell, (prompt, _) in enumerate(prompts) for spec in item_specs(items, prompt, cell)]

@@ -29,8 +29,8 @@ from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSamp
 from espl_bench.config import RunConfig
 from espl_bench.errors import ConfigError, ModelNotFound, RunDirError
 from espl_bench.method.learning import FrozenLearner, Learner, TrainingSample
-from espl_bench.training.learner import LearnerSettings, TRLLearner
 from espl_bench.training.models import resolve_model
+from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Policy:
 class AdapterSync:
     """A learner whose every finished step is loaded into a vLLM server as the LoRA adapter ``policy``.
 
-    Same contract as :class:`~espl_bench.training.learner.Learner`. ``wait()`` returns once the step's
+    Same contract as :class:`~espl_bench.training.trl_learner.Learner`. ``wait()`` returns once the step's
     checkpoint is on disk *and* the server samples from it; ``metrics["synced_step"]`` says which.
     A failed load raises (a server that cannot take the weights would silently train off-policy).
     """
@@ -151,10 +151,10 @@ def check_adapter_sync(sampler, model, folder: Path, name: str = "policy") -> No
 class EngineSync:
     """A learner whose TRL-driven vLLM engine samples from every finished step (``--sampler trl-vllm``).
 
-    Same contract as :class:`~espl_bench.training.learner.Learner`; ``metrics["synced_step"]`` says which step's
+    Same contract as :class:`~espl_bench.training.trl_learner.Learner`; ``metrics["synced_step"]`` says which step's
     weights the engine holds. TRL pushes the weights when it requests the next step's batch; the
     last step's push is made by every learner process as its trainer ends
-    (:meth:`~espl_bench.training.learner.TRLLearner.sync_final_weights`), so the final evaluation
+    (:meth:`~espl_bench.training.trl_learner.TRLLearner.sync_final_weights`), so the final evaluation
     samples from the final weights under FSDP and ZeRO-3 too.
     """
 

@@ -1,13 +1,13 @@
-"""The test-time program: which program of the pool a run is scored with, by rule (:mod:`espl_bench.methods`)."""
+"""The test-time program: which program of the pool a run is scored with, by rule (:mod:`espl_bench.method_table`)."""
 
 from __future__ import annotations
 
 from espl_bench.method.program import Pool, Program
-from espl_bench.methods import TestRule
+from espl_bench.method_table import TestRule
 
 
 def scored_program(rule: TestRule, pool: Pool) -> Program:
-    """The program a run is scored with under ``rule`` (the rules: :mod:`espl_bench.methods`)."""
+    """The program a run is scored with under ``rule`` (the rules: :mod:`espl_bench.method_table`)."""
     if rule == "latest":
         return pool.latest()
     if rule == "root":

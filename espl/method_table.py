@@ -3,7 +3,7 @@
 :data:`METHODS` is the one table every part of espl-bench reads (config checks, the loop, the
 runner, ``select-best``, ``evaluate``, the board); nothing else tests a method's name.
 
-Test-time rules (which program a run is scored with; :func:`espl_bench.method.test_time.scored_program`
+Test-time rules (which program a run is scored with; :func:`espl_bench.method.scored_program.scored_program`
 applies them):
 
 * ``lcb``: the best TrueSkill lower bound mu - 2 sigma. Ratings come from training rollouts only,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from espl_bench.config import RunConfig
-from espl_bench.leaderboards.scores import (
+from espl_bench.leaderboards.regression import (
     ScoreFileError,
     ScoreRecord,
     compare,

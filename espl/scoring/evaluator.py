@@ -10,6 +10,7 @@ it, so a number on the board is produced by one piece of code whichever command 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Protocol
 
 from espl_bench.agents.rollout import RolloutEngine
@@ -56,7 +57,7 @@ class Evaluator:
         self.trains_weights = cfg.trains_weights
         self.cells = cells
 
-    def score(self, engine: RolloutEngine, programs: list[Scored], weights: str = "trained",
+    def score(self, engine: RolloutEngine, programs: Sequence[Scored], weights: str = "trained",
               items: EvalItems | None = None) -> list[CellResult]:
         """One cell per program, evaluated in one batch."""
         items = items or self.items
@@ -64,12 +65,16 @@ class Evaluator:
         store = self.cells if weights == "base" else None
         # claimed: a parallel run that wants one of these cells waits for this one, then reads it
         with store.claimed([p.render() for p in programs], items, self.params) if store else contextlib.nullcontext():
-            found = {i: store.get(p.render(), p.id, items, self.params) for i, p in enumerate(programs)} if store else {}
-            todo = [i for i in range(len(programs)) if found.get(i) is None]
+            found: dict[int, CellResult] = {}
+            if store is not None:
+                for i, program in enumerate(programs):
+                    if (cell := store.get(program.render(), program.id, items, self.params)) is not None:
+                        found[i] = cell
+            todo = [i for i in range(len(programs)) if i not in found]
             scored = evaluate_prompts(engine, [(programs[i].render(), programs[i].id) for i in todo], items,
                                       self.params, weights=weights) if todo else []
             for i, cell in zip(todo, scored):
                 found[i] = cell
                 if store is not None:
                     store.put(programs[i].render(), cell, self.params)
-        return [cell for i in range(len(programs)) if (cell := found[i]) is not None]
+        return [found[i] for i in range(len(programs))]

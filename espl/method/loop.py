@@ -325,6 +325,7 @@ class EsplLoop:
             # The reference code recombines only around a best program that won a problem outright.
             return ReflectionOutcome(kind="crossover", status="skipped", reason="the best program won no problem outright")
         problem_text = {r.problem_id: r.observation for r in rollouts if r.observation}
+        assert self.parts.crossover is not None  # evolve() crosses only when there is an operator
         return self.parts.crossover(best, unique, wins, problem_text, t)
 
     def test_program(self) -> Program:
@@ -393,14 +394,14 @@ def _reflection_metrics(outcomes: list[ReflectionOutcome]) -> dict:
 def _mean_by_program(rollouts: list[Rollout]) -> dict[str, float]:
     sums: dict[str, list[float]] = {}
     for r in rollouts:
-        sums.setdefault(r.spec.id.program, []).append(r.reward)
+        sums.setdefault(r.spec.id.program or "", []).append(r.reward)  # the loop names every episode's program
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
 def _problem_success(rollouts: list[Rollout], problems: list[int]) -> list[float]:
     """Each training problem's success over its programs and samples, in the iteration's order
     (the unit a learning curve's interval resamples: samples of one problem are not independent)."""
-    by_problem: dict[int, list[bool]] = {}
+    by_problem: dict[int | None, list[bool]] = {}
     for r in rollouts:
         by_problem.setdefault(r.spec.id.problem, []).append(bool(r.success))
     return [round(sum(v) / len(v), 6) for j in range(len(problems)) if (v := by_problem.get(j))]

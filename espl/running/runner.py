@@ -5,6 +5,7 @@ This is the shell around :mod:`espl_bench.method.loop`: models, files, progress 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -12,6 +13,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
+from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.baselines.gepa import GepaLoop
 from espl_bench.baselines.gepa import selection as gepa_selection
 from espl_bench.config import RunConfig
@@ -103,7 +105,7 @@ def _prepare(cfg: RunConfig, rundir: RunDir) -> tuple[Pool, random.Random, int, 
 def budget(history: list[IterationMetrics], extra: Breakdown | None = None) -> Budget:
     """The run's budget ledger: what it spent on training, validation, evaluation and reflection."""
     evaluations = [m.test for m in history if m.test is not None]
-    cells = [c for name, c in (extra.cells.items() if extra else ()) if name not in extra.reused]
+    cells = [c for name, c in extra.cells.items() if name not in extra.reused] if extra is not None else []
     seconds: dict[str, float] = {}
     for m in history:
         for name, value in m.phase_seconds.items():
@@ -166,15 +168,15 @@ def final_breakdown(cfg: RunConfig, loop: Loop, parts: Parts, history: list[Iter
     if last is not None and last.program == program.id:
         row = "trained" if cfg.trains_weights else "base"
         known[f"{row}/{'root' if same else 'program'}"] = last
-    base_engine = [None]
+    base_engines: list[RolloutEngine] = []  # built on first use, once
 
     def score(weights: str, prompts: list[str]) -> list[CellResult]:
         chosen = [root if prompt == "root" else program for prompt in prompts]
         engine = parts.engine
-        if weights == "base" and cfg.trains_weights:
-            if base_engine[0] is None:
-                base_engine[0] = parts.base_engine()
-            engine = base_engine[0]
+        if weights == "base" and cfg.trains_weights and parts.base_engine is not None:
+            if not base_engines:
+                base_engines.append(parts.base_engine())
+            engine = base_engines[0]
         log.info("breakdown: %s weights, %s", weights, ", ".join(f"{p} prompt ({c.id})" for p, c in zip(prompts, chosen)))
         return loop.evaluator.score(engine, chosen, weights)
 
@@ -226,13 +228,17 @@ def _run_parts(cfg: RunConfig, rundir: RunDir, pool: Pool, rng: random.Random, d
     return final
 
 
+def _show_phase(bar: tqdm, t: int, name: str) -> None:
+    bar.set_postfix_str(f"iter {t}: {name}")
+
+
 def _iterate(cfg: RunConfig, rundir: RunDir, loop: Loop, plan: SplitPlan, done: int, planned: int,
              history: list[IterationMetrics], started: float, tracker: Tracker | None = None) -> None:
     """The iterations still to run, each committed as it ends, with a progress bar."""
     bar = tqdm(total=planned, initial=done, desc=cfg.method, unit="it", dynamic_ncols=True)
     try:
         for t in loop.schedule(done):
-            result = loop.iteration(t, progress=lambda name, t=t: bar.set_postfix_str(f"iter {t}: {name}"))
+            result = loop.iteration(t, progress=functools.partial(_show_phase, bar, t))
             history.append(result.metrics)
             _commit(rundir, cfg, loop, plan, t, result, history, time.monotonic() - started)
             log_iteration(tracker, result.metrics)

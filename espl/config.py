@@ -1,7 +1,9 @@
 """The one typed run configuration: the single source for CLI flags and config files.
 
 Every field becomes a ``--flag`` (underscores as dashes) and a key in a YAML or TOML file; the
-CLI overrides the file. Invalid values raise :class:`ConfigError` naming the field, the value and
+CLI overrides the file. The fields fall into :data:`SECTIONS` (the task, the loop's sizes, the
+policy, serving it, evolution, the reflector, training, evaluation, tracking): ``--help`` lists
+them by section, and a file may nest its keys under the section names or list them flat. Invalid values raise :class:`ConfigError` naming the field, the value and
 the fix. Defaults follow the paper where it is specific (M=3 programs, 10 problems, 5 samples,
 window 10, lambda 2, crossover 0.2, at most 2 ops, 32 words, delta sigma 1, lr 4e-5, no KL, no
 std scaling); sampling lengths are sized for a CPU.
@@ -242,6 +244,44 @@ class RunConfig(BaseModel):
                              f"(set by the run), not {bad}; fix: remove them")
 
 
+# The fields by section, in --help's order and as a config file may nest them (each field in
+# exactly one; tests/test_cli.py checks). A file's flat keys are read as before.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "task": ("env", "env_kwargs", "method", "seed", "out", "resume", "force", "validation_problems"),
+    "loop": ("iterations", "batch_size", "group_size", "programs"),
+    "policy": ("model", "sampler", "dtype", "attn_implementation", "max_context", "max_new_tokens", "temperature",
+               "top_p", "preamble", "prompt_placement"),
+    "serving": ("vllm_url", "vllm_python", "vllm_args", "trl_vllm_mode", "trl_vllm_args", "vllm_devices",
+                "vllm_gpu_memory", "vllm_tensor_parallel", "vllm_startup_timeout", "max_concurrency", "policy_kwargs"),
+    "evolution": ("selection", "window", "max_pool_size", "ucb_lambda", "crossover_prob", "max_ops",
+                  "revision_fallback", "max_words", "principle_language", "sigma_inflation", "tie_tolerance",
+                  "crossover_requires_win", "test_program", "gepa_validation_problems"),
+    "reflector": ("reflector", "reflector_max_tokens", "reflector_dtype", "share_cores", "reflector_timeout",
+                  "reflector_retries", "reflection_deadline"),
+    "training": ("learning_rate", "lora_rank", "lora_alpha", "loss_type", "scale_rewards", "baseline",
+                 "skip_flat_groups", "max_staleness", "micro_batch_size", "gradient_checkpointing"),
+    "evaluation": ("eval_every", "eval_problems", "eval_samples", "eval_seed", "cell_store"),
+    "tracking": ("report_to", "run_group"),
+}
+
+
+def flatten_sections(data: dict, source: str) -> dict:
+    """A config file's keys, flat: ``{section: {field: value}}`` entries opened into their fields."""
+    flat: dict = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for field, inner in value.items():
+                field = str(field).replace("-", "_")
+                if field not in SECTIONS[key]:
+                    home = next((name for name, fields in SECTIONS.items() if field in fields), None)
+                    fix = f"move it under [{home}]" if home else "remove it (see espl-bench run --help)"
+                    raise ConfigError(f"{source}: option {field!r} is not in section [{key}]; fix: {fix}")
+                flat[field] = inner
+        else:
+            flat[key] = value
+    return flat
+
+
 # Where and how the vLLM server we start runs: no part of a run's identity.
 SERVER_PLACEMENT = ("vllm_devices", "vllm_gpu_memory", "vllm_tensor_parallel", "vllm_startup_timeout")
 
@@ -264,21 +304,28 @@ def field_help() -> dict[str, tuple[Any, str]]:
 
 def add_run_flags(parser: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
     """A ``--flag`` for every field but ``exclude`` (unset flags stay out of the namespace), and ``--config``."""
-    parser.add_argument("--config", help="YAML or TOML file with any of these options (flags override it)")
-    for name, (default, help_text) in field_help().items():
-        if name in exclude:
-            continue
-        flag = "--" + name.replace("_", "-")
-        annotation = RunConfig.model_fields[name].annotation
-        shown = f"{help_text} (default: {default})" if default not in (None, {}, []) else help_text
-        if annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
-        elif _choices(annotation):
-            parser.add_argument(flag, choices=_choices(annotation), default=argparse.SUPPRESS, help=shown)
-        elif annotation in (int, float):
-            parser.add_argument(flag, type=annotation, default=argparse.SUPPRESS, help=shown)
-        else:
-            parser.add_argument(flag, default=argparse.SUPPRESS, help=shown)
+    parser.add_argument("--config", help="YAML or TOML file with any of these options, flat or under the section "
+                        "names below (flags override it)")
+    helps = field_help()
+    for section, names in SECTIONS.items():
+        group = parser.add_argument_group(f"{section} options")
+        for name in names:
+            if name not in exclude:
+                _add_flag(group, name, *helps[name])
+
+
+def _add_flag(parser, name: str, default: Any, help_text: str) -> None:
+    flag = "--" + name.replace("_", "-")
+    annotation = RunConfig.model_fields[name].annotation
+    shown = f"{help_text} (default: {default})" if default not in (None, {}, []) else help_text
+    if annotation is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=shown)
+    elif _choices(annotation):
+        parser.add_argument(flag, choices=_choices(annotation), default=argparse.SUPPRESS, help=shown)
+    elif annotation is int or annotation is float:
+        parser.add_argument(flag, type=annotation, default=argparse.SUPPRESS, help=shown)
+    else:
+        parser.add_argument(flag, default=argparse.SUPPRESS, help=shown)
 
 
 def _choices(annotation) -> tuple:
@@ -313,7 +360,7 @@ def load_file(path: str) -> dict:
         raise ConfigError(f"config file {path!r} is not valid {p.suffix[1:].upper()}: {exc}".splitlines()[0]) from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path!r} must hold a mapping of options")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+    return flatten_sections({k.replace("-", "_"): v for k, v in data.items()}, f"config file {path!r}")
 
 
 # Fields given as JSON on the command line, with an example for the error message.

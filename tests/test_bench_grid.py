@@ -71,6 +71,15 @@ def kept_runs(keep, identity) -> None:
             write_identity(folder, identity)
 
 
+@pytest.fixture
+def emulated_bf16(monkeypatch):
+    """A CPU that emulates bfloat16 (as CI's does), so ``auto`` resolves to float32 on any host."""
+    from espl_bench.agents import devices
+
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
+
+
+@pytest.mark.usefixtures("emulated_bf16")
 @pytest.mark.parametrize("flags, differs", [(["--dtype", "bfloat16"], "dtype float32 vs bfloat16"),
                                             (["--sampler", "vllm"], "sampler transformers vs vllm"),
                                             (["--temperature", "0.9"], 'settings {} vs {"temperature": 0.9}'),
@@ -90,6 +99,7 @@ def test_keep_refuses_records_of_another_identity(flags, differs, tmp_path, monk
     assert f"(they differ in {differs}" in line and "; fix: give the options its records were made with" in line
 
 
+@pytest.mark.usefixtures("emulated_bf16")
 def test_collect_refuses_to_mix_identities_and_bench_refuses_suite_owned_options(tmp_path, caplog):
     made = node_identity(build_config({"env": "espl/Arithmetic-v0"}), SUITE_VERSION, {})
     kept_runs(tmp_path / "keep", made)

@@ -33,9 +33,12 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from espl_bench.agents import prefix_cache
+
+if TYPE_CHECKING:
+    from espl_bench.agents.grammar import Grammars
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +94,7 @@ class Sampler(Protocol):
 class ChatTokens:
     """Prompt token ids from the chat template, one definition for every sampler (uses ``self.tokenizer``)."""
 
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer (its type comes with the model)
 
     def encode(self, conversation: list[Message]) -> list[int]:
         """Token ids of ``conversation`` rendered by the chat template, ready for the reply."""
@@ -126,7 +129,7 @@ class TransformersSampler(ChatTokens):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._eos_ids = eos_ids(model, tokenizer)
-        self._grammars = None  # compiled on the first structured request
+        self._grammars: Grammars | None = None  # compiled on the first structured request
         self._reusable = not slides(model)  # a sliding-window cache does not hold the whole sequence
 
     # The in-process reflector batches requests of different token budgets together (see budgets).
@@ -189,8 +192,9 @@ class TransformersSampler(ChatTokens):
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams, seeds: list[int],
                         schemas: list[dict | None], budgets: list[int]) -> list[Completion]:
-        if self.fast_forward and all(schema is not None for schema in schemas) and not params.stop:
-            return self._fast_forward_batch(prompts, params, seeds, schemas, budgets)
+        structured = [schema for schema in schemas if schema is not None]
+        if self.fast_forward and len(structured) == len(schemas) and not params.stop:
+            return self._fast_forward_batch(prompts, params, seeds, structured, budgets)
         torch = self._torch
         pad = self.tokenizer.pad_token_id
         device = self.model.device  # the learner's model sits on the GPU when there is one
@@ -446,14 +450,14 @@ def _trim(ids: list[int], eos_ids: set[int]) -> tuple[list[int], str]:
 
 def model_context(model) -> int | None:
     """The positions ``model`` was built for (None when its config does not say)."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return getattr(text, "max_position_embeddings", None) or None
 
 
 def slides(model) -> bool:
     """Whether some attention layer of ``model`` sees only a sliding window of the sequence."""
-    config = getattr(model, "config", None)
+    config: Any = getattr(model, "config", None)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     if "sliding_attention" in (getattr(text, "layer_types", None) or ()):
         return True

@@ -93,3 +93,12 @@ def ray_cluster(faults_file):
              runtime_env={"env_vars": {**HOOKED, "ESPL_TEST_FAULTS": str(faults_file)}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def emulated_bf16(monkeypatch):
+    """A CPU that emulates bfloat16 (as CI's does), so ``--dtype auto`` resolves to float32 on any
+    host: tests that compare weights exactly, or identities by dtype, must not depend on the CPU."""
+    from espl_bench.agents import devices
+
+    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)

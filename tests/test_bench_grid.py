@@ -71,14 +71,6 @@ def kept_runs(keep, identity) -> None:
             write_identity(folder, identity)
 
 
-@pytest.fixture
-def emulated_bf16(monkeypatch):
-    """A CPU that emulates bfloat16 (as CI's does), so ``auto`` resolves to float32 on any host."""
-    from espl_bench.agents import devices
-
-    monkeypatch.setattr(devices, "native_bf16_cpu", lambda: False)
-
-
 @pytest.mark.usefixtures("emulated_bf16")
 @pytest.mark.parametrize("flags, differs", [(["--dtype", "bfloat16"], "dtype float32 vs bfloat16"),
                                             (["--sampler", "vllm"], "sampler transformers vs vllm"),

@@ -32,7 +32,8 @@ from tests.fakes import DENSE_PLUGIN, HFEngine, fake_vllm, launch_espl
 
 FLAGS = ["run", "--env", "dense_plugin:Short-v0", "--method", "rl", "--sampler", "trl-vllm", "--programs", "1",
          "--batch-size", "2", "--group-size", "4", "--eval-problems", "1", "--eval-samples", "1",
-         "--max-new-tokens", "16", "--learning-rate", "0.005", "--validation-problems", "0", "--seed", "3"]
+         "--max-new-tokens", "16", "--learning-rate", "0.005", "--validation-problems", "0", "--seed", "3",
+         "--dtype", "float32"]  # weights are compared exactly: not bfloat16, which auto picks on a CPU that has it
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ What each part holds (bytes; ``b`` = bytes per value of the policy's dtype):
 * a vLLM server: it takes its memory share of each of its GPUs up front (weights split over the
   tensor-parallel GPUs, the rest KV cache), and needs at least its weights, one longest sequence's
   KV cache and :data:`VLLM_WORKSPACE`; on a CPU, its weights plus ``VLLM_CPU_KVCACHE_SPACE``;
-* the process itself: :data:`CPU_PROCESS` (torch, transformers, TRL, litellm imported; measured)
+* the process itself: :data:`CPU_PROCESS` (torch, transformers, TRL, litellm imported; measured; more
+  with a CUDA build of torch, :func:`cpu_process_bytes`)
   or :data:`CUDA_CONTEXT` per GPU process.
 
 Sampling and the weight update do not overlap in a run (the loop samples while the learner is
@@ -46,6 +47,16 @@ log = logging.getLogger(__name__)
 
 GiB = 1024**3
 CPU_PROCESS = int(0.65 * GiB)  # peak RSS of `python -c "import espl_bench.running.cli, trl, peft, litellm"` (measured)
+# The same with a CUDA build of torch running on a CPU (its CUDA libraries mapped at import):
+# 0.83 GiB against the CPU build's 0.54, measured 2026-12-06 with torch 2.11.0+cu130 and 2.13.0+cpu.
+CPU_PROCESS_CUDA_BUILD = int(1.0 * GiB)
+
+
+def cpu_process_bytes() -> int:
+    """The process's own memory on a CPU, for the torch build installed here."""
+    import torch
+
+    return CPU_PROCESS_CUDA_BUILD if torch.version.cuda else CPU_PROCESS
 CUDA_CONTEXT = int(0.6 * GiB)  # CUDA context and cuBLAS workspace of one process
 VLLM_WORKSPACE = int(1.5 * GiB)  # vLLM's activation profile and CUDA graphs beside weights and KV cache
 VLLM_CPU_KV = 2 * GiB  # VLLM_CPU_KVCACHE_SPACE of the server a run starts
@@ -322,7 +333,7 @@ def cpu_devices(cfg: RunConfig, shape: ModelShape, machine: Machine, rows: Rows)
     from espl_bench.training.placement import place_vllm
 
     dtype, ram = cfg.dtype, machine.host_bytes
-    base = Part("process: Python, torch, transformers, TRL, litellm", CPU_PROCESS)
+    base = Part("process: Python, torch, transformers, TRL, litellm", cpu_process_bytes())
     procs = _learner_procs(cfg, machine)
     tenants = [_process(cfg, shape, dtype, rows, rank, rank < procs, "cpu", ram, base) for rank in range(max(procs, 1))]
     if cfg.sampler == "vllm" and not cfg.vllm_url:

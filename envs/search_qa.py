@@ -168,7 +168,7 @@ def build_world(hops: int, distractors: int, corpus_size: int, train_size: int, 
     chosen = {"test": starts[:test_size], "validation": starts[test_size:validation_end],
               "train": starts[validation_end:validation_end + train_size]}
     texts = [(e.name, _text(e, rng)) for e in entities]
-    picked = {}
+    picked: dict = {}
     for split, group in chosen.items():
         picked[split] = []
         for e, chains in group:

@@ -41,7 +41,8 @@ class TwentyQuestionsGame(_TextArenaTwentyQuestions):
         self.hardcore, self.max_turns = hardcore, max_turns
         self.gamemaster = lambda prompt: ask_gamemaster(gamemaster, prompt, completion_kwargs)
         self.gamemaster_options = ["Yes", "No", "I don't know"]
-        self.gamemaster_context, self.gamemaster_history = None, []
+        self.gamemaster_context = None
+        self.gamemaster_history: list = []
         # textarena lowercases a guess and reads only letters and spaces inside [...], so words
         # like "TV presenter" or "yo-yo" could never be guessed: lowercase them or leave them out
         self.word_list = {theme: [w.lower() for w in words if re.fullmatch(r"[A-Za-z ]+", w)]

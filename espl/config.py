@@ -323,7 +323,7 @@ def _add_flag(parser, name: str, default: Any, help_text: str) -> None:
     elif _choices(annotation):
         parser.add_argument(flag, choices=_choices(annotation), default=argparse.SUPPRESS, help=shown)
     elif annotation is int or annotation is float:
-        parser.add_argument(flag, type=annotation, default=argparse.SUPPRESS, help=shown)
+        parser.add_argument(flag, type=int if annotation is int else float, default=argparse.SUPPRESS, help=shown)
     else:
         parser.add_argument(flag, default=argparse.SUPPRESS, help=shown)
 

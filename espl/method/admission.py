@@ -84,7 +84,7 @@ class Verdict:
         return self.reason is None
 
     def describe(self) -> str:
-        return "admitted" if self.admitted else f"{self.reason.value}: {self.detail}"
+        return "admitted" if self.reason is None else f"{self.reason.value}: {self.detail}"
 
 
 _KEEP_FORMAT = {"\u200c", "\u200d"}  # zero-width (non-)joiners: Persian, Indic scripts need them

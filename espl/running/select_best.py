@@ -14,6 +14,7 @@ the earlier (cheaper) iteration. Each row carries its interval: iterations whose
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from espl_bench.errors import ConfigError
 from espl_bench.method.program import Pool
@@ -34,7 +35,8 @@ def _select(run: str, rundir, cfg, plan, weights, samples: int) -> dict:
     if plan.validation.size == 0:
         raise ConfigError(f"the run in {run} has no validation split; fix: start it with --validation-problems N (N > 0)")
     items = EvalItems(plan.validation.split, tuple(plan.validation.indices), samples, cfg.eval_seed, cfg.prompt_placement)
-    rows, evaluator = [], Evaluator(cfg, plan)
+    rows: list[dict[str, Any]] = []
+    evaluator = Evaluator(cfg, plan)
     for t in range(1, rundir.latest() + 1):
         program = scored_program(cfg.test_rule, Pool.from_record(rundir.pool(t)))
         cell = evaluator.score(weights.trained(rundir, t), [program], "trained", items)[0]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -75,7 +76,8 @@ def open_tracker(cfg: RunConfig) -> Tracker | None:
     """The run's tracker (None for ``--report-to none``), started; see the module docstring."""
     if cfg.report_to == "none":
         return None
-    opener = {"tensorboard": _TensorBoard, "wandb": _Wandb, "trackio": _Trackio}[cfg.report_to]
+    openers: dict[str, Callable[[RunConfig], Tracker]] = {"tensorboard": _TensorBoard, "wandb": _Wandb, "trackio": _Trackio}
+    opener = openers[cfg.report_to]
     try:
         return opener(cfg)
     except ImportError:

@@ -79,7 +79,7 @@ def mismatches(specs: dict[str, SpecifierSet], version_of: Callable[[str], str |
     found = {name: version_of(name) for name in specs}
     # prereleases=True: a nightly inside the bounds (2.13.0.dev...) is the user's informed choice
     return [Mismatch(name, found[name], specs[name]) for name in CHECKED
-            if name in specs and (found[name] is None or not specs[name].contains(found[name], prereleases=True))]
+            if name in specs and ((v := found[name]) is None or not specs[name].contains(v, prereleases=True))]
 
 
 def check(version_of: Callable[[str], str | None] = installed) -> None:

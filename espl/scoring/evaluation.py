@@ -48,7 +48,7 @@ def cell_from_rollouts(rollouts: Sequence[Rollout], items: EvalItems, program: s
     by_index: dict[int, list[Rollout]] = {index: [] for index in items.indices}
     for r in rollouts:
         by_index[r.spec.index].append(r)
-    ordered = [sorted(by_index[i], key=lambda r: r.spec.id.sample) for i in items.indices]
+    ordered = [sorted(by_index[i], key=lambda r: r.spec.id.sample or 0) for i in items.indices]
     return CellResult(
         items, program,
         successes=tuple(tuple(int(r.success) for r in row) for row in ordered),

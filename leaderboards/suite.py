@@ -73,6 +73,12 @@ BUDGETS: dict[str, RunSizes] = {
                          eval_samples=1, max_new_tokens=64,
                          extra=("--eval-every", "0", "--skip-flat-groups", "--learning-rate", "2e-4",
                                 "--micro-batch-size", "8", "--no-gradient-checkpointing")),
+    # issue 23's long runs: the calibrated sizes for 30 iterations, to see whether RL's training
+    # success rises beyond noise over the steps (the learning curve is the train side, per iteration)
+    "long": RunSizes("long", iterations=30, programs=2, batch_size=4, group_size=4, eval_problems=300,
+                     eval_samples=1, max_new_tokens=64,
+                     extra=("--eval-every", "0", "--skip-flat-groups", "--learning-rate", "2e-4",
+                            "--micro-batch-size", "8", "--no-gradient-checkpointing")),
 }
 
 # The settings `espl-bench calibrate` chose for the embedded model (calibration/<env>/config.yaml,
@@ -176,6 +182,11 @@ SUITES: dict[str, Suite] = {
         ("espl/Arithmetic-v0", "espl/ToolUse-v0", "rg/letter_counting-v0"), (0, 1, 2), BUDGETS["board"])),
     # the experiment on leaderboards/board/: every calibrated env, every method, seeds in order
     "calibrated": Suite("calibrated", SUITE_VERSION, _calibrated((0, 1, 2, 3, 4), BUDGETS["calibrated"])),
+    # long runs on the calibrated letter counting: rl's three seeds first, then espl's
+    "long": Suite("long", SUITE_VERSION, tuple(
+        SuiteConfig("rg/letter_counting-v0", method, DEFAULT_MODEL, seed, BUDGETS["long"],
+                    json.dumps(CALIBRATED["rg/letter_counting-v0"], sort_keys=True))
+        for method in ("rl", "espl") for seed in (0, 1, 2))),
 }
 
 

@@ -161,5 +161,5 @@ def test_suite_is_versioned_and_its_arguments_are_run_config_fields():
                                                                           config.seed)
         assert parsed.iterations == config.budget.iterations
         assert SuiteId.from_obj(config.suite_id.to_dict()) == config.suite_id
-    with pytest.raises(KeyError, match="known: board, calibrated, smoke, standard"):
+    with pytest.raises(KeyError, match="known: board, calibrated, long, smoke, standard"):
         get_suite("nope")

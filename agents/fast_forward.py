@@ -93,17 +93,21 @@ class _Decode:
         matcher = self.matchers[r]
         self.logps[r].append(float(self.torch.log_softmax(self.logits[r] / self.scale, dim=-1)[token]))
         if token in self.eos_ids or not matcher.consume_token(token) or matcher.is_error():
-            return self._end(r, [token], "stop")
+            self._end(r, [token], "stop")
+            return None
         forced = [] if matcher.is_stopped() else list(matcher.compute_ff_tokens())
         forced = forced[: max(0, self.budgets[r] - len(self.new[r]) - 1)]
         if forced and not matcher.consume_tokens(forced):  # cannot happen for forced tokens: ends the row
-            return self._end(r, [token], "stop")
+            self._end(r, [token], "stop")
+            return None
         chunk = [token, *forced]
         self.logps[r].extend([0.0] * len(forced))
         if matcher.is_stopped():
-            return self._end(r, chunk, "stop")
+            self._end(r, chunk, "stop")
+            return None
         if len(self.new[r]) + len(chunk) >= self.budgets[r]:
-            return self._end(r, chunk, "length")
+            self._end(r, chunk, "length")
+            return None
         self.new[r].extend(chunk)
         return chunk
 

@@ -72,7 +72,9 @@ class VLLMSampler(ChatTokens):
     def __init__(self, server: VLLMServer | str, model_path: str | Path | None = None, *, tokenizer=None,
                  max_concurrency: int = 64, request_timeout: float = 900.0):
         self.server = server if isinstance(server, VLLMServer) else VLLMServer.connect(server)
-        self.url = self.server.url
+        if self.server.url is None:
+            raise ValueError("the vLLM server has no URL: start it (VLLMServer.start) before sampling from it")
+        self.url: str = self.server.url
         self.max_concurrency = max_concurrency
         self.request_timeout = request_timeout
         base = self._base_model_card()

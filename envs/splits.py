@@ -127,8 +127,9 @@ class SplitPlan:
     @classmethod
     def for_env(cls, env, validation_problems: int) -> SplitPlan:
         if not hasattr(getattr(env, "unwrapped", env), "split_size"):
-            return cls(*(SplitRange(name, 0, SEEDED[name] if name != "validation" else
-                                    min(validation_problems, SEEDED[name])) for name in SPLITS), seeded=True)
+            seeded = [SplitRange(name, 0, SEEDED[name] if name != "validation" else min(validation_problems, SEEDED[name]))
+                      for name in SPLITS]
+            return cls(seeded[0], seeded[1], seeded[2], seeded=True)
         train, test = split_size(env, "train"), split_size(env, "test")
         offered = split_size(env, "validation")
         if offered > 0:

@@ -26,6 +26,7 @@ import math
 import operator
 import random
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 from espl_bench.envs.splits import content_split
@@ -95,9 +96,9 @@ def convert(value, from_unit=None, to_unit=None) -> str:
 # -- calculator: a whitelist interpreter over the ast, since eval() would run any Python ---------
 
 MAX_EXPRESSION_CHARS, MAX_NODES, MAX_EXPONENT, MAX_MAGNITUDE = 200, 100, 100, 1e100
-_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+_BINARY: dict[type, Callable[[float, float], float]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.Pow: operator.pow}
-_UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
+_UNARY: dict[type, Callable[[float], float]] = {ast.UAdd: operator.pos, ast.USub: operator.neg}
 
 
 def calculator(expression) -> str:
@@ -115,7 +116,7 @@ def calculator(expression) -> str:
 
 
 def _evaluate(node: ast.AST) -> float:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
         result = float(node.value)
     elif isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left, right = _evaluate(node.left), _evaluate(node.right)

@@ -10,6 +10,7 @@ the engines' numeric mismatch).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.agents.sampler import AdapterDisabled, TransformersSampler
@@ -50,7 +51,7 @@ class RunWeights:
         self.cfg, self.plan = cfg, plan
         # the precision the run trained and sampled in (its --dtype on this machine)
         self.model, self.tokenizer = load_frozen(resolve_model(cfg.model), resolve_dtype(cfg.dtype), cfg.attn_implementation)
-        self.peft = None
+        self.peft: Any = None  # a PeftModel once the first adapter is loaded
 
     def close(self) -> None:
         """Drop the models (a long session re-scoring many runs must not keep them all)."""

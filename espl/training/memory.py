@@ -362,7 +362,7 @@ def gpu_devices(cfg: RunConfig, shape: ModelShape, machine: Machine, rows: Rows)
     for index, gpu in enumerate(ids):
         tenants = []
         if placed and gpu in placed.devices:
-            share = int(placed.gpu_memory * cap)
+            share = int((placed.gpu_memory or 0.0) * cap)  # a GPU placement always sets it
             parts = vllm_parts(shape, placed.dtype, placed.tensor_parallel, placed.max_model_len or shape.context, share)
             tenants.append(Tenant("vLLM server", share, tuple(parts)))
         if cfg.sampler == "trl-vllm" and cfg.trl_vllm_mode == "colocate" and index < procs:

@@ -44,7 +44,7 @@ def embedded_gguf() -> Path:
         ) from None
     for f in dist.files or []:
         if str(f).endswith(_GGUF_SUFFIX):
-            path = Path(dist.locate_file(f))
+            path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 return path
     raise ModelNotFound(
@@ -94,7 +94,7 @@ def _convert(target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The GGUF quantizer marks the model untrainable and refuses save_pretrained; the weights are
     # already dequantized to fp32, so dropping the quantizer yields an ordinary model.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # transformers types it as always set
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,11 @@ class Verdict:
     def admitted(self) -> bool:
         return self.reason is None
 
+    @property
+    def why(self) -> str:
+        """The reason's name as metrics and the CLI show it ("admitted" when there is none)."""
+        return "admitted" if self.reason is None else self.reason.value
+
     def describe(self) -> str:
         return "admitted" if self.reason is None else f"{self.reason.value}: {self.detail}"
 

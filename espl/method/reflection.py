@@ -90,7 +90,7 @@ class ReflectionOutcome:
 
     def refuse(self, verdict: Verdict) -> None:
         """Count an edit the admission rule refused."""
-        self.rejected[verdict.reason.value] = self.rejected.get(verdict.reason.value, 0) + 1
+        self.rejected[verdict.why] = self.rejected.get(verdict.why, 0) + 1
 
     def reject(self, reason: str) -> None:
         """No child after all (the loop refused it): the outcome becomes a failure."""
@@ -237,14 +237,14 @@ class _Session:
     def _usable(self, answer: str, allowed: set[str], valid_ids: set[str], max_ops: int) -> list[EditOp]:
         """The answer's valid edits minus those the admission rule refuses (at least one must
         remain); the log entry of the call says whether it was usable and why edits were refused."""
-        entry = next((e for e in reversed(self.outcome.log) if e.get("answer") is answer), {})
+        entry: dict = next((e for e in reversed(self.outcome.log) if e.get("answer") is answer), {})
         try:
             ops = parse_ops(answer, allowed=allowed, valid_ids=valid_ids, max_ops=max_ops)
             verdicts = [None if op.op == "remove" else self.admit(op.text) for op in ops]
             refused = [v for v in verdicts if v is not None and not v.admitted]
             kept = [op for op, v in zip(ops, verdicts) if v is None or v.admitted]
             if refused:
-                entry["refused"] = [{"text": v.text, "reason": v.reason.value, "detail": v.detail} for v in refused]
+                entry["refused"] = [{"text": v.text, "reason": v.why, "detail": v.detail} for v in refused]
                 with self._lock:
                     for verdict in refused:
                         self.outcome.refuse(verdict)
@@ -252,7 +252,7 @@ class _Session:
                 echo = all(v.reason in (Reason.ECHO, Reason.PLACEHOLDER) for v in refused)
                 raise ReflectionParseError(
                     ("every edit copies the example or placeholder of the instructions" if echo else
-                     "no edit is plain advice (" + "; ".join(sorted({v.reason.value for v in refused})) + ")")
+                     "no edit is plain advice (" + "; ".join(sorted({v.why for v in refused})) + ")")
                     + "; write principles of your own, drawn from the attempts, as plain sentences")
         except ReflectionParseError as exc:
             entry["valid"], entry["parse_error"] = False, str(exc)
@@ -271,7 +271,7 @@ class _Session:
             verdict = self.admit(text) if text not in old else None
             if verdict is not None and not verdict.admitted:
                 self.record({"purpose": "child", "refused": [
-                    {"text": text, "reason": verdict.reason.value, "detail": verdict.detail}]})
+                    {"text": text, "reason": verdict.why, "detail": verdict.detail}]})
                 with self._lock:
                     self.outcome.refuse(verdict)
                 return f"a principle of the child is not admitted ({verdict.describe()}): {text!r}"
@@ -449,7 +449,7 @@ def win_matrix(rollouts: list[Rollout]) -> tuple[dict[str, dict[str, float]], di
     """Per-program, per-problem mean reward (the paper's Phi) and the problems each program won outright."""
     sums: dict[str, dict[str, list[float]]] = {}
     for r in rollouts:
-        sums.setdefault(r.spec.id.program, {}).setdefault(r.problem_id, []).append(r.reward)
+        sums.setdefault(r.spec.id.program or "", {}).setdefault(r.problem_id, []).append(r.reward)
     phi = {p: {q: sum(v) / len(v) for q, v in row.items()} for p, row in sums.items()}
     problems = sorted({q for row in phi.values() for q in row})
     wins: dict[str, list[str]] = {p: [] for p in phi}

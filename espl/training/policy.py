@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from espl_bench.adapters import trl as trl_internals
 from espl_bench.agents.sampler import AdapterDisabled, Sampler, TransformersSampler, model_context
@@ -213,7 +214,7 @@ def load_frozen(model_path: str, dtype: str | None = None, attn_implementation: 
 
     check_attention(attn_implementation)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
         # no dtype: the checkpoint's own (transformers' "auto")
         model = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs(dtype or "auto", attn_implementation))
     except OSError as exc:
@@ -246,9 +247,10 @@ def transformers_policy(cfg: RunConfig, rundir, train_size: int, resume_step: in
         raise ConfigError("the accelerate config shards the policy across processes (FSDP or ZeRO-3), so the "
                           "in-process sampler cannot generate on rank 0 alone; fix: add --sampler vllm, or "
                           "launch with configs/accelerate/ddp.yaml or deepspeed_zero2.yaml")
+    learner: Learner
     if cfg.trains_weights:
-        learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False))
-        model, tokenizer = learner.model, learner.tokenizer
+        trl_learner = _trl_learner(_settings(cfg, model_path, rundir, train_size, resume_step, False))
+        learner, model, tokenizer = trl_learner, trl_learner.model, trl_learner.tokenizer
     else:
         model, tokenizer = load_frozen(model_path, resolve_dtype(cfg.dtype), cfg.attn_implementation)
         learner = FrozenLearner()
@@ -283,7 +285,7 @@ def _core_share(cfg: RunConfig, learner):
     return share
 
 
-def _local_reference(model_path: str, frozen: Sampler | None = None,
+def _local_reference(model_path: str, frozen: TransformersSampler | None = None,
                      dtype: str = "auto", cores=None) -> tuple[Callable[[], tuple[str, dict]], list]:
     """The default reflector: the frozen reference policy in-process (``frozen`` when its weights are
     already in ``dtype``, else a copy in ``dtype`` loaded on demand), served to litellm by this

@@ -15,7 +15,8 @@ from tests.fakes import DENSE_PLUGIN, launch_espl
 
 FLAGS = ["--env", "dense_plugin:Short-v0", "--method", "rl", "--iterations", "2", "--programs", "1",
          "--batch-size", "2", "--group-size", "4", "--eval-problems", "1", "--eval-samples", "1",
-         "--max-new-tokens", "16", "--learning-rate", "0.005", "--validation-problems", "0", "--seed", "3"]
+         "--max-new-tokens", "16", "--learning-rate", "0.005", "--validation-problems", "0", "--seed", "3",
+         "--dtype", "float32"]  # updates are compared up to float noise: not bfloat16, which auto picks on a CPU that has it
 VOLATILE = {"seconds", "phase_seconds", "seconds_this_session"}
 # The launcher's rendezvous port is picked here; the processes talk over loopback only.
 pytestmark = pytest.mark.allow_hosts(["127.0.0.1"])

@@ -216,10 +216,12 @@ class VLLMServer:
         return self
 
     def _wait_healthy(self, deadline: float) -> None:
+        process = self.process
+        assert process is not None  # start() launched it
         with httpx.Client(timeout=2) as client:
             while True:
-                if self.process.poll() is not None:
-                    raise SamplerUnavailable(f"the vLLM server for {self.model} exited with code {self.process.returncode} "
+                if process.poll() is not None:
+                    raise SamplerUnavailable(f"the vLLM server for {self.model} exited with code {process.returncode} "
                                              f"during startup; fix: read {self.log_path} (tail: {self.log_tail()})")
                 try:
                     if client.get(f"{self.url}/health").status_code == 200:
@@ -262,7 +264,7 @@ class VLLMServer:
 
     def stop(self, timeout: float = 20) -> None:
         """End the server's whole process group: SIGTERM, then SIGKILL after ``timeout``. Idempotent."""
-        if self.process is None or not self.owned or self._stopped:
+        if self.process is None or self.pgid is None or not self.owned or self._stopped:
             return
         self._stopped = True
         _RUNNING.discard(self)
@@ -284,9 +286,11 @@ class VLLMServer:
 
     def log_tail(self, lines: int = 6, width: int = 700) -> str:
         """The end of the server log on one line, its last error lines first (tracebacks are long)."""
+        if self.log_path is None:
+            return "no log"
         try:
             text = [line.strip() for line in self.log_path.read_text(errors="replace").splitlines() if line.strip()]
-        except (OSError, AttributeError):
+        except OSError:
             return "no log"
         # The first error is usually the root cause (a crash logs many follow-up errors after it).
         found = (re.search(r"\b\w*(Error|Exception)\b:.*", line) for line in text if "WARNING" not in line)

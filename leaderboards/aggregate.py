@@ -275,11 +275,11 @@ def load_runs(roots: Iterable[str | Path]) -> list[RunRecord]:
 
 def _common_problems(runs: list[RunRecord]) -> list[str]:
     """Problem ids every run's test result holds, in the first run's order."""
-    tested = [r for r in runs if r.test is not None]
-    if not tested:
+    tests = [r.test for r in runs if r.test is not None]
+    if not tests:
         return []
-    shared = set.intersection(*(set(r.test.problem_ids) for r in tested))
-    return [p for p in tested[0].test.problem_ids if p in shared]
+    shared = set.intersection(*(set(test.problem_ids) for test in tests))
+    return [p for p in tests[0].problem_ids if p in shared]
 
 
 def _matrix(cells: list[CellResult], problems: list[str]) -> np.ndarray:
@@ -311,7 +311,7 @@ def _row(env: str, method: str, model: str, runs: list[RunRecord], problems: lis
         log.warning("leaderboard: %s %s %s has several runs with the same seed: %s", env, method, model,
                     ", ".join(str(r.path) for r in runs))
     tested = [r for r in runs if r.test is not None]
-    matrix = _matrix([r.test for r in tested], problems) if tested and problems else None
+    matrix = _matrix([r.test for r in tested if r.test is not None], problems) if tested and problems else None
     keys = sorted({k for r in tested for k in r.pass_at}, key=lambda k: int(k[5:]) if k[5:].isdigit() else 0)
     names = set.intersection(*(set(r.cells) for r in runs)) if runs and all(r.cells for r in runs) else set()
     cells: dict[str, stats.Interval] = {}
@@ -329,7 +329,7 @@ def _row(env: str, method: str, model: str, runs: list[RunRecord], problems: lis
     return LeaderboardRow(
         env, method, model, runs, stats.interval(matrix) if matrix is not None else None,
         pass_at={k: statistics.fmean(r.pass_at[k] for r in tested if k in r.pass_at) for k in keys},
-        invalid_action_rate=statistics.fmean(r.invalid_action_rate for r in tested) if tested else None,
+        invalid_action_rate=statistics.fmean(_known(r.invalid_action_rate) for r in tested) if tested else None,
         per_run={k: statistics.fmean(b[k] for b in budgets) for k in BUDGET_KEYS},
         cells=cells, effects=effects,
         children={k: statistics.fmean(r.children.get(k, 0) for r in runs) for k in ("revision", "fallback", "crossover")},
@@ -447,7 +447,7 @@ def row_curve(row: LeaderboardRow, label: str | None = None) -> Curve:
     return Curve(label or row.method, ts,
                  [statistics.fmean(p.train_success for p in by_t[t]) for t in ts],
                  [statistics.fmean(p.cum_rollouts for p in by_t[t]) for t in ts],
-                 [t for t, _ in tested], [statistics.fmean(p.test_success for p in ps) for _, ps in tested],
+                 [t for t, _ in tested], [statistics.fmean(_known(p.test_success) for p in ps) for _, ps in tested],
                  [statistics.fmean(p.cum_rollouts for p in ps) for _, ps in tested],
                  [b[0] for b in bands], [b[1] for b in bands])
 
@@ -489,3 +489,9 @@ def ancestors(nodes: list[TreeNode], program_id: str) -> list[TreeNode]:
                 seen.add(parent)
                 queue.append(parent)
     return order
+
+
+def _known(value: float | None) -> float:
+    """A value the caller's filter already knows is there (a tested run's rate, a tested point's success)."""
+    assert value is not None
+    return value

@@ -140,12 +140,12 @@ def _run_grid(suite: Suite, entries: list[Entry], todo: list[Entry], args: argpa
               out: Path) -> None:
     """Run ``todo`` on the chosen executor, once the runs with records are known to have been made
     as these would be (the identity is probed where the runs run)."""
-    from espl_bench.leaderboards.executors import make_executor
+    from espl_bench.leaderboards.executors import RayExecutor, make_executor
 
     executor = make_executor(args.executor, args.address, args.max_parallel)
     try:
         gpus = args.gpus_per_run if args.gpus_per_run is not None else (
-            1.0 if args.executor == "ray" and executor.gpus() > 0 else 0.0)
+            1.0 if isinstance(executor, RayExecutor) and executor.gpus() > 0 else 0.0)
         specs = [_spec(e, suite, given, out, args.cpus_per_run, gpus) for e in todo or entries[:1]]
         identity = executor.probe(specs[0])
         done = [e for e in entries if e.source]
@@ -189,9 +189,15 @@ def _flags(values: dict) -> list[str]:
     return flags
 
 
+def _source(entry: Entry) -> Path:
+    """Where a finished entry's records are (set by :func:`_has_records` for every finished entry)."""
+    assert entry.source is not None
+    return entry.source
+
+
 def _refuse_other_identities(done: list[Entry], identity: SuiteIdentity) -> None:
     for entry in done:
-        made = read_identity(entry.source)
+        made = read_identity(_source(entry))
         if made != identity:
             where = "--keep" if entry.source == entry.kept else "--out"
             raise ConfigError(f"{entry.source} in {where} was made as {made.describe()}, and this grid runs as "
@@ -202,7 +208,7 @@ def _refuse_other_identities(done: list[Entry], identity: SuiteIdentity) -> None
 
 def _one_identity(done: list[Entry]) -> None:
     """Records collected into one results file must share one identity."""
-    made = [(e, read_identity(e.source)) for e in done]
+    made = [(e, read_identity(_source(e))) for e in done]
     for entry, identity in made[1:]:
         first, first_identity = made[0]
         if identity != first_identity:
@@ -260,7 +266,7 @@ def _records(entries: list[Entry]) -> list:
     for entry in entries:
         if entry.source is not None:
             summary = _summary(entry.source)
-        elif entry.outcome is not None and entry.outcome.finished:
+        elif entry.outcome is not None and entry.outcome.finished and entry.outcome.summary is not None:
             summary = RunSummary.from_dict(json.loads(entry.outcome.summary), f"{entry.name}/{SUMMARY}")
         else:
             continue
@@ -282,7 +288,7 @@ def render_report(entries: list[Entry]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:3], widths)), row[3]]).rstrip() for row in rows]
     ran = [e for e in entries if e.outcome is not None]
-    finished = sum(e.outcome.finished for e in ran)
+    finished = sum(e.outcome.finished for e in ran if e.outcome is not None)
     lines.append(f"{finished} finished, {len(ran) - finished} failed, {sum(1 for e in ran if e.retried)} retried, "
                  f"{len(entries) - len(ran)} had records already")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ gap before an episode's first differing token, and where that token is).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -38,7 +39,7 @@ class Plain:
 
 def run(engine: RolloutEngine, specs: list[EpisodeSpec], params: SamplingParams, reuse: bool) -> tuple[dict, list]:
     started = time.monotonic()
-    with prefix_cache.session() if reuse else _nothing() as store:
+    with prefix_cache.session() if reuse else contextlib.nullcontext() as store:
         rollouts = engine.run(specs, params)
     seconds = time.monotonic() - started
     tokens = sum(r.generated_tokens for r in rollouts)
@@ -47,14 +48,6 @@ def run(engine: RolloutEngine, specs: list[EpisodeSpec], params: SamplingParams,
     return {"seconds": round(seconds, 1), "generated_tokens": tokens, "tokens_per_second": round(tokens / seconds, 1),
             "turns": sum(r.turns for r in rollouts), "prompt_tokens_encoded": encoded,
             "prompt_tokens_reused": store.counts.reused if store is not None else 0}, rollouts
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _prompt_tokens(rollout) -> int:

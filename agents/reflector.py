@@ -61,7 +61,10 @@ class ReflectorCallError(RuntimeError):
 class Reflector(Protocol):
     """The LLM behind mutation, crossover and GEPA's proposals; see the module docstring."""
 
-    honours_schema: bool  # whether a schema passed to complete() binds the answer
+    @property
+    def honours_schema(self) -> bool:
+        """Whether a schema passed to :meth:`complete` binds the answer."""
+        ...
 
     def complete(self, messages: list[dict], *, purpose: str = "", max_tokens: int | None = None,
                  schema: dict | None = None, stop: list[str] | None = None) -> str:

@@ -161,12 +161,18 @@ class TextArenaEnv(TextEnv):
         """(game seed, game overrides, content key) of problem ``index`` of ``split``."""
         seed = derive("textarena", self.game_id, split, index) % 2**31
         if self.family == "GuessTheNumber":
-            return seed, {}, f"secret {self.configs[split][index]}"
+            return seed, {}, f"secret {self._config(split, index)}"
         if self.family == "TowerOfHanoi":
-            return seed, {"num_disks": self.configs[split][index]}, f"{self.configs[split][index]} disks"
+            return seed, {"num_disks": self._config(split, index)}, f"{self._config(split, index)} disks"
         key = tuple(sorted((k, repr(v)) for k, v in self.game_kwargs.items()))
         seed = _drawn_seed(self, key, split, index)
         return seed, {}, self._content(seed)
+
+    def _config(self, split: str, index: int) -> Any:
+        """Problem ``index`` of ``split`` of a family whose problems are enumerated (``configs``)."""
+        if self.configs is None:
+            raise RuntimeError(f"{self.family} draws its problems; it has no enumerated configs")
+        return self.configs[split][index]
 
     def _private_random(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
         # textarena calls random.seed() in reset and draws from the global module (Minesweeper
@@ -189,7 +195,7 @@ class TextArenaEnv(TextEnv):
         self._game, self._rng_state = self._make_game(**overrides), None
         self._private_random(self._game.reset, num_players=1, seed=self._seed)
         if self.family == "GuessTheNumber":  # the split's secret, in place of the one reset drew
-            self._game.game_number = self._game.state.game_state["game_number"] = self.configs[split][index]
+            self._game.game_number = self._game.state.game_state["game_number"] = self._config(split, index)
         self._problem_id = f"{self.spec.id if self.spec else self.game_id}/{split}/{index}"
         self._turn, self._invalid, self._over = 0, 0, False
         return self._observe(), {"problem_id": self._problem_id, "split": split, "index": index, "seed": self._seed,
@@ -223,7 +229,7 @@ class TextArenaEnv(TextEnv):
             progress = textarena_internals.completion_fraction(self._game) if self.partial_credit else None
             raw = progress or 0.0
             observation += f"\n\nGame over: the turn limit ({self.max_turns} turns) was reached."
-        success = bool(done and valid and raw >= 1)
+        success = bool(done and valid and raw is not None and raw >= 1)
         reward = _clip(raw) if valid and raw is not None else 0.0
         self._over = done or truncated
         info = {

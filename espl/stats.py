@@ -150,8 +150,9 @@ class Variance:
 
     def average(self) -> Variance:
         """Each mean square averaged over the leading axes (a simulation's expected mean squares)."""
-        return Variance((np.mean(self.problem[0]), self.problem[1]),
-                        tuple(((np.mean(s), sdf), (np.mean(r), rdf)) for (s, sdf), (r, rdf) in self.seeds))
+        return Variance((np.asarray(np.mean(self.problem[0])), self.problem[1]),
+                        tuple(((np.asarray(np.mean(s)), sdf), (np.asarray(np.mean(r)), rdf))
+                              for (s, sdf), (r, rdf) in self.seeds))
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,8 @@ def _mean_squares(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _satterthwaite(parts: list[Term]) -> tuple[np.ndarray, np.ndarray]:
     """``sum(c * MS)`` and its Satterthwaite degrees of freedom, from (``c * MS``, df) terms."""
-    var = sum(term for term, _ in parts)
-    spread = sum(term**2 / df for term, df in parts)
+    var = np.asarray(sum(term for term, _ in parts))  # terms broadcast against each other
+    spread = np.asarray(sum(term**2 / df for term, df in parts))
     with np.errstate(divide="ignore", invalid="ignore"):
         df = np.where(spread > 0, var**2 / np.where(spread > 0, spread, 1.0), inf)
     return var, df
@@ -446,7 +447,7 @@ def tiers(results: Mapping[str, object], alpha: float = ALPHA, level: float = LE
             pair = crossed([(1.0, mats[a]), (-1.0, mats[b])])
             detectable = detectable_difference(pair.variance.expected(), per_pair) if d.method == "t" else None
             raw.append((a, b, d, _pair_p(mats[a], mats[b], d), detectable))
-    adjusted = holm([r[3] for r in raw]) if raw else []
+    adjusted = holm([r[3] for r in raw]) if raw else np.zeros(0)
     pairs = tuple(PairTest(a, b, d, p, float(q), bool(q <= alpha), det) for (a, b, d, p, det), q in zip(raw, adjusted))
     return Tiers(pairs, letters(order, {frozenset((t.a, t.b)) for t in pairs if t.separated}), alpha)
 

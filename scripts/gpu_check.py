@@ -125,7 +125,8 @@ def run_config(args: argparse.Namespace):
     from espl_bench.config import RunConfig
 
     return RunConfig.model_construct(env="espl/Arithmetic-v0", method="rl", model=str(args.model_config), programs=1,
-                     batch_size=args.problems, group_size=args.samples, max_new_tokens=args.max_new_tokens,
+                     iterations=args.iterations, batch_size=args.problems, group_size=args.samples,
+                     max_new_tokens=args.max_new_tokens,
                      micro_batch_size=args.micro_batch_size, lora_rank=16, gradient_checkpointing=False,
                      dtype=args.dtype, sampler="transformers")
 
@@ -262,11 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     model_path = random_policy(args.model_config, work / "policy")
     rows = args.problems * args.samples
-    settings = LearnerSettings(
-        model_path=str(model_path), output_dir=work / "learner", rows_per_step=rows, group_size=args.samples,
-        total_steps=args.iterations, learning_rate=4e-5, lora_rank=16, lora_alpha=32, loss_type="dr_grpo",
-        scale_rewards="none", max_completion_length=args.max_new_tokens, micro_batch_size=args.micro_batch_size,
-        seed=0, temperature=0.7, gradient_checkpointing=False, dtype=args.dtype)
+    settings = LearnerSettings(run=run_config(args), model_path=str(model_path), output_dir=work / "learner",
+                               rows_per_step=rows, group_size=args.samples, dtype=args.dtype)
     peaks = PeakMemory(cuda)
     learner = TRLLearner(settings)
     # The run's own sampler batch (memory.SAMPLER_BATCH), so that the plan's figures are this check's.

@@ -323,3 +323,17 @@ def install_fake_trl_vllm(record: Path) -> None:
     for name, value in fake_vllm([], record=record).items():
         setattr(vllm_generation, name, value)
     policy._require_cuda_vllm = lambda: None  # the CUDA gate is what is faked
+
+
+def learner_settings(model: Path, output_dir: Path, *, rows_per_step: int, group_size: int, dtype: str = "float32",
+                     correct_sampler_logprobs: bool = False, **run):
+    """The TRL learner's settings for a tiny model: a run config with a small LoRA, a high learning
+    rate and one step (``run`` overrides any of its options)."""
+    from espl_bench.config import RunConfig
+    from espl_bench.training.trl_learner import LearnerSettings
+
+    options = {"iterations": 1, "learning_rate": 1e-2, "lora_rank": 4, "lora_alpha": 8, "loss_type": "dr_grpo",
+               "scale_rewards": "none", "micro_batch_size": 4, "temperature": 0.7, **run}
+    return LearnerSettings(run=RunConfig(env="espl/Arithmetic-v0", model=str(model), **options),
+                           model_path=str(model), output_dir=output_dir, rows_per_step=rows_per_step,
+                           group_size=group_size, dtype=dtype, correct_sampler_logprobs=correct_sampler_logprobs)

@@ -6,7 +6,8 @@ import torch
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.method.advantage import training_batch
 from espl_bench.method.learning import TrainingSample, is_flat
-from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
+from espl_bench.training.trl_learner import TRLLearner
+from tests.fakes import learner_settings
 
 
 def rollout(slot: int, problem: int, sample: int, reward: float) -> Rollout:
@@ -37,10 +38,8 @@ def test_flat_groups_are_counted_and_left_out_only_with_the_option(skip):
 
 
 def _settings(tiny_model, tmp_path):
-    return LearnerSettings(model_path=str(tiny_model), output_dir=tmp_path, rows_per_step=4, group_size=2,
-                           total_steps=2, learning_rate=1e-2, lora_rank=4, lora_alpha=8, loss_type="dapo",
-                           scale_rewards="none", max_completion_length=4, micro_batch_size=4, seed=0,
-                           temperature=1.0)
+    return learner_settings(tiny_model, tmp_path, rows_per_step=4, group_size=2, iterations=2, loss_type="dapo",
+                            max_new_tokens=4, temperature=1.0)
 
 
 def _lora(learner) -> dict[str, torch.Tensor]:

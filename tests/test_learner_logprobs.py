@@ -4,14 +4,13 @@ import pytest
 
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.method.learning import TrainingSample
-from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
+from espl_bench.training.trl_learner import TRLLearner
+from tests.fakes import learner_settings
 
 
 def settings(tiny_model, tmp_path, temperature):
-    return LearnerSettings(model_path=str(tiny_model), output_dir=tmp_path, rows_per_step=4, group_size=2,
-                           total_steps=1, learning_rate=1e-2, lora_rank=4, lora_alpha=8, loss_type="dr_grpo",
-                           scale_rewards="none", max_completion_length=12, micro_batch_size=4, seed=0,
-                           temperature=temperature, correct_sampler_logprobs=True)
+    return learner_settings(tiny_model, tmp_path, rows_per_step=4, group_size=2, max_new_tokens=12,
+                            temperature=temperature, correct_sampler_logprobs=True)
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.3])

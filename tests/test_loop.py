@@ -51,11 +51,10 @@ def build(tiny_model, tmp_path, method, **overrides):
                     learning_rate=1e-2, crossover_prob=1.0, out=str(tmp_path), **overrides)
     env = make_env(cfg.env)
     if cfg.trains_weights:
-        learner = TRLLearner(LearnerSettings(model_path=str(tiny_model), output_dir=tmp_path / "learner",
-                                             rows_per_step=cfg.selected_programs * 4, group_size=2, total_steps=2,
-                                             learning_rate=cfg.learning_rate, lora_rank=4, lora_alpha=8,
-                                             loss_type="dr_grpo", scale_rewards="none", max_completion_length=8,
-                                             micro_batch_size=4, seed=0, temperature=0.7,
+        learner = TRLLearner(LearnerSettings(run=cfg.model_copy(update={"lora_rank": 4, "lora_alpha": 8,
+                                                                        "micro_batch_size": 4}),
+                                             model_path=str(tiny_model), output_dir=tmp_path / "learner",
+                                             rows_per_step=cfg.selected_programs * 4, group_size=2,
                                              # as the policy builder does under --max-staleness
                                              correct_sampler_logprobs=cfg.max_staleness > 0,
                                              importance_sampling_mode=STALE_IS_MODE if cfg.max_staleness else None))

@@ -8,7 +8,8 @@ from espl_bench.agents.rollout import EpisodeSpec, RolloutEngine
 from espl_bench.agents.sampler import SamplingParams, TransformersSampler
 from espl_bench.method.learning import TrainingSample
 from espl_bench.running.cli import main
-from espl_bench.training.trl_learner import LearnerSettings, TRLLearner
+from espl_bench.training.trl_learner import TRLLearner
+from tests.fakes import learner_settings
 from tests.test_rollout import CountdownEnv
 
 
@@ -37,10 +38,8 @@ def test_env_tokens_are_masked_and_model_tokens_kept(tiny_sampler):
 
 
 def test_learner_forwards_env_mask_to_trl(tiny_model, tmp_path):
-    learner = TRLLearner(LearnerSettings(model_path=str(tiny_model), output_dir=tmp_path, rows_per_step=2, group_size=2,
-                                         total_steps=1, learning_rate=1e-2, lora_rank=4, lora_alpha=8,
-                                         loss_type="dr_grpo", scale_rewards="none", max_completion_length=16,
-                                         micro_batch_size=2, seed=0, temperature=0.7))
+    learner = TRLLearner(learner_settings(tiny_model, tmp_path, rows_per_step=2, group_size=2, max_new_tokens=16,
+                                          micro_batch_size=2))
     batch = [TrainingSample([1, 2], [5, 6, 7], [-1.0, 0.0, -1.0], 1.0, [1, 0, 1]),
              TrainingSample([1, 2], [5, 8, 7], [-1.0, 0.0, -1.0], 0.0, [1, 0, 1])]
     assert learner._rollout_func_output(batch)["env_mask"] == [[1, 0, 1], [1, 0, 1]]

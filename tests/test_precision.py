@@ -15,7 +15,8 @@ from espl_bench.errors import ConfigError
 from espl_bench.method.learning import TrainingSample
 from espl_bench.running.cli import main
 from espl_bench.training.policy import load_frozen
-from espl_bench.training.trl_learner import LearnerSettings, TRLLearner, grpo_precision
+from espl_bench.training.trl_learner import TRLLearner, grpo_precision
+from tests.fakes import learner_settings
 
 SMALL = ["--iterations", "1", "--programs", "2", "--batch-size", "2", "--group-size", "2", "--max-new-tokens", "8",
          "--reflector-max-tokens", "16", "--eval-problems", "2", "--eval-samples", "2", "--micro-batch-size", "4"]
@@ -50,10 +51,8 @@ def test_flash_attention_without_its_package_is_one_clear_error(tiny_model):
 
 
 def settings(tiny_model, tmp_path, dtype):
-    return LearnerSettings(model_path=str(tiny_model), output_dir=tmp_path, rows_per_step=4, group_size=2,
-                           total_steps=1, learning_rate=1e-2, lora_rank=4, lora_alpha=8, loss_type="dr_grpo",
-                           scale_rewards="none", max_completion_length=12, micro_batch_size=4, seed=0,
-                           temperature=0.7, correct_sampler_logprobs=True, dtype=dtype)
+    return learner_settings(tiny_model, tmp_path, rows_per_step=4, group_size=2, max_new_tokens=12,
+                            correct_sampler_logprobs=True, dtype=dtype)
 
 
 def lora_weights(model) -> dict[str, torch.Tensor]:

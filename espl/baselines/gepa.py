@@ -27,6 +27,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from espl_bench.agents.llm_router import usage_delta
 from espl_bench.agents.reflector import ReflectorCallError
@@ -40,6 +41,10 @@ from espl_bench.method.rollout_stats import invalid_rate, rate
 from espl_bench.method.scored_program import scored_program
 from espl_bench.records import CellResult, GepaSelection, IterationMetrics, PendingBatch
 from espl_bench.scoring.evaluator import Evaluator, sampling
+
+if TYPE_CHECKING:
+    from gepa import GEPAResult
+    from gepa.core.adapter import ProposalFn
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +96,7 @@ class EnvAdapter:
     and its position in the sequence GEPA paid for.
     """
 
-    propose_new_texts = None  # GEPA's own reflective proposer
+    propose_new_texts: ProposalFn | None = None  # GEPA's own reflective proposer
 
     def __init__(self, parts: Parts, cfg: RunConfig, on_spent: Callable[[int], None] = lambda rollouts: None):
         self.parts, self.cfg, self.on_spent = parts, cfg, on_spent
@@ -185,6 +190,8 @@ class GepaLoop:
         # A search is one long step: the progress bar shows the rollout budget it has spent.
         adapter = EnvAdapter(parts, cfg, lambda spent: progress(f"gepa search, {spent}/{cfg.rollout_budget} rollouts"))
         reflector = parts.reflector
+        if reflector is None:
+            raise RuntimeError("the gepa loop was built without a reflector (build_parts gives it one)")
         calls = [0, 0]  # reflector calls, failures
 
         def reflection_lm(prompt) -> str:
@@ -200,7 +207,7 @@ class GepaLoop:
         started = time.monotonic()
         spent_before = {name: meter() for name, meter in parts.meters.items()}
         progress("gepa search")
-        result = gepa.optimize(
+        result: GEPAResult = gepa.optimize(
             seed_candidate={COMPONENT: self.pool.programs[0].render()}, trainset=trainset, valset=valset,
             adapter=adapter, reflection_lm=reflection_lm, max_metric_calls=cfg.rollout_budget,
             stop_callbacks=[lambda state: adapter.refused],

@@ -18,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from espl_bench.agents.llm_router import usage_delta
+from espl_bench.agents.reflector import Reflector
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout, RolloutEngine
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
@@ -69,7 +70,7 @@ class Parts:
     crossover: Crossover | None
     plan: SplitPlan  # where train, validation and test problems come from
     eos_id: int
-    reflector: object | None = None  # the Reflector behind mutation and crossover (GEPA calls it directly)
+    reflector: Reflector | None = None  # the reflector behind mutation and crossover (GEPA calls it directly)
     # name -> cumulative usage snapshot (calls, tokens, dollars) of a metered model (reflector, API policy)
     meters: dict[str, Callable[[], dict]] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)  # servers to stop, in order

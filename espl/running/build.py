@@ -19,6 +19,7 @@ from espl_bench.agents.reflector import (
     DEFAULT_REFLECTOR,
     LOCAL_PROVIDER,
     LiteLLMReflector,
+    Reflector,
 )
 from espl_bench.agents.rollout import RolloutEngine
 from espl_bench.config import RunConfig
@@ -127,7 +128,7 @@ def cell_store(cfg: RunConfig) -> CellStore | None:
     return CellStore(cfg.cell_store, scope)
 
 
-def _reflector(cfg: RunConfig, policy: Policy) -> tuple[object | None, dict]:
+def _reflector(cfg: RunConfig, policy: Policy) -> tuple[Reflector | None, dict]:
     """The run's reflector and its usage meter; the default is the policy's frozen reference model."""
     if not cfg.reflects:
         return None, {}

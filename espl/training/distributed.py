@@ -26,7 +26,6 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import timedelta
 from typing import NoReturn
 
@@ -135,8 +134,7 @@ def announce(settings) -> None:
     """Leader: send the learner's settings so the followers build the same trainer (handshake)."""
     global _handshake_sent
     if world_size() > 1 and rank() == 0 and not _handshake_sent:
-        payload = {k: str(v) if k == "output_dir" else v for k, v in asdict(settings).items()}
-        broadcast_json(payload)
+        broadcast_json(settings.payload())
         _handshake_sent = True
 
 

@@ -187,16 +187,12 @@ def _settings(cfg: RunConfig, model_path: str, rundir, train_size: int, resume_s
     if wrong:  # before any model loads, on the leader (the followers wait for its handshake)
         raise ConfigError(wrong)
     return LearnerSettings(
-        model_path=model_path, output_dir=rundir.learner, rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
-        group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size,
-        total_steps=cfg.iterations, learning_rate=cfg.learning_rate, lora_rank=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
-        max_completion_length=cfg.max_new_tokens, micro_batch_size=cfg.micro_batch_size,
-        gradient_checkpointing=cfg.gradient_checkpointing, seed=cfg.seed, temperature=cfg.temperature,
+        run=cfg, model_path=model_path, output_dir=rundir.learner,
+        rows_per_step=m * min(cfg.batch_size, train_size) * cfg.group_size,
+        group_size=cfg.group_size if cfg.baseline == "normal" else m * cfg.group_size, dtype=resolve_dtype(cfg.dtype),
         resume_step=resume_step, correct_sampler_logprobs=correct_sampler_logprobs or cfg.max_staleness > 0,
         trl_vllm=trl_vllm, importance_sampling_mode=STALE_IS_MODE if cfg.max_staleness else None,
-        report_to=cfg.report_to, logging_dir=str(rundir.tracking), run_name=rundir.root.resolve().name,
-        dtype=resolve_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation)
+        logging_dir=str(rundir.tracking), run_name=rundir.root.resolve().name)
 
 
 def _cannot_load(model_path: str, exc: OSError) -> ModelNotFound:
@@ -216,7 +212,7 @@ def load_frozen(model_path: str, dtype: str | None = None, attn_implementation: 
     try:
         tokenizer: Any = AutoTokenizer.from_pretrained(model_path)
         # no dtype: the checkpoint's own (transformers' "auto")
-        model = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs(dtype or "auto", attn_implementation))
+        model: Any = AutoModelForCausalLM.from_pretrained(model_path, **model_kwargs(dtype or "auto", attn_implementation))
     except OSError as exc:
         raise _cannot_load(model_path, exc) from None
     model.requires_grad_(False)
@@ -230,7 +226,7 @@ def _trl_learner(settings: LearnerSettings) -> TRLLearner:
     from espl_bench.training import distributed
 
     settings.rows_per_device()  # a layout the processes cannot share fails before they start
-    check_attention(settings.attn_implementation)
+    check_attention(settings.run.attn_implementation)
     distributed.announce(settings)
     try:
         return TRLLearner(settings)

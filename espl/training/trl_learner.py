@@ -19,12 +19,15 @@ import queue
 import shutil
 import threading
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from espl_bench.adapters import trl as trl_internals
 from espl_bench.method.learning import TrainingSample
+
+if TYPE_CHECKING:
+    from espl_bench.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +36,19 @@ TRACKER_PROJECT = "espl-bench"
 
 @dataclass(frozen=True)
 class LearnerSettings:
-    """What the TRL learner needs beyond the run config (derived by the runner)."""
+    """The TRL learner's input: the run's own options, read as the run set them (``run``; only
+    :func:`grpo_config` and the LoRA config turn them into TRL's and peft's), and what the runner
+    derives from the run (sizes, paths, what the sampler needs). Nothing of ``run`` is copied here,
+    so the config is translated once."""
 
+    run: RunConfig  # learning rate, LoRA, loss, micro-batches, checkpointing, seed, temperature, tracker
     model_path: str
     output_dir: Path
-    rows_per_step: int
-    group_size: int
-    total_steps: int
-    learning_rate: float
-    lora_rank: int
-    lora_alpha: int
-    loss_type: str
-    scale_rewards: str
-    max_completion_length: int
-    micro_batch_size: int
-    seed: int
-    # The sampling temperature: TRL scores completions under logits / temperature, which must be
-    # the distribution they were sampled from (else the policy gradient and the sampler
-    # importance ratio are for another policy).
-    temperature: float
-    gradient_checkpointing: bool = True  # far less memory on long (multi-turn) rows
+    rows_per_step: int  # programs x problems x samples of one step, over all processes
+    group_size: int  # rows sharing one advantage baseline (programs x samples under --baseline marginalize)
+    # The run's --dtype resolved on the leader's machine; under accelerate launch it also decides
+    # the mixed precision, whatever the launch config says.
+    dtype: str = "float32"
     resume_step: int = 0  # optimizer steps already committed; 0 starts fresh
     # The samples come from another engine (a vLLM server): apply TRL's importance-sampling
     # correction with the sampler's logprobs, for the numeric mismatch between the two engines.
@@ -63,14 +59,20 @@ class LearnerSettings:
     # TRL drives vLLM itself (--sampler trl-vllm, CUDA): GRPOConfig's vllm_* options, e.g.
     # {"vllm_mode": "colocate"}. TRL then pushes the whole weights into that engine every step.
     trl_vllm: dict | None = None
-    # --report-to: TRL's own report_to, logging into the run's tracker run (espl_bench.running.tracking)
-    report_to: str = "none"
     logging_dir: str | None = None  # TensorBoard's event files (RUN/tracking)
     run_name: str | None = None
-    # The policy's concrete dtype (--dtype resolved on this machine); under accelerate launch it
-    # also decides the mixed precision, whatever the launch config says.
-    dtype: str = "float32"
-    attn_implementation: str | None = None  # None: transformers' choice (sdpa where supported)
+
+    def payload(self) -> dict:
+        """These settings as JSON values (the handshake that builds a follower's learner)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "run": self.run.model_dump(mode="json"),
+                "output_dir": str(self.output_dir)}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> LearnerSettings:
+        from espl_bench.config import RunConfig
+
+        return cls(**{**payload, "run": RunConfig.model_validate(payload["run"]),
+                      "output_dir": Path(payload["output_dir"])})
 
     def rows_per_device(self) -> int:
         """This process's share of a step's rows (all of them without ``accelerate launch``)."""
@@ -103,41 +105,43 @@ class _Stop(Exception):
 
 
 def grpo_config(settings: LearnerSettings):
-    """The run's learner settings as TRL's GRPOConfig: the one place they are translated."""
+    """The run's options and the runner's sizes as TRL's GRPOConfig: the one place the run's
+    training options become TRL's."""
     from trl import GRPOConfig
 
+    run = settings.run
     rows = settings.rows_per_device()
-    micro = _largest_divisor_at_most(rows, settings.micro_batch_size)
+    micro = _largest_divisor_at_most(rows, run.micro_batch_size)
     return GRPOConfig(
         output_dir=str(settings.output_dir),
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=rows // micro,
         num_generations=settings.group_size,
-        temperature=settings.temperature,
-        max_steps=settings.total_steps,
-        learning_rate=settings.learning_rate,
+        temperature=run.temperature,
+        max_steps=run.iterations,
+        learning_rate=run.learning_rate,
         adam_beta1=0.9,
         adam_beta2=0.95,
         lr_scheduler_type="constant",
         warmup_steps=0,
         beta=0.0,
-        loss_type=settings.loss_type,
-        scale_rewards=settings.scale_rewards,
-        max_completion_length=settings.max_completion_length,
-        **checkpointing_option(GRPOConfig, settings.gradient_checkpointing),
+        loss_type=run.loss_type,
+        scale_rewards=run.scale_rewards,
+        max_completion_length=run.max_new_tokens,
+        **checkpointing_option(GRPOConfig, run.gradient_checkpointing),
         use_cpu=not _cuda_available(),
-        **grpo_precision(settings.dtype, settings.attn_implementation),
+        **grpo_precision(settings.dtype, run.attn_implementation),
         save_strategy="steps",
         save_steps=1,
         save_total_limit=2,
         save_only_model=False,
         logging_steps=1,
-        report_to=[] if settings.report_to == "none" else [settings.report_to],
+        report_to=[] if run.report_to == "none" else [run.report_to],
         run_name=settings.run_name,
         project=TRACKER_PROJECT,
         disable_tqdm=True,
         shuffle_dataset=False,
-        seed=settings.seed,
+        seed=run.seed,
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,  # every LoRA weight takes part in every forward
         **trl_vllm_options(settings),
@@ -209,7 +213,7 @@ class TRLLearner:
         settings = self.settings
         slots = settings.rows_per_step // settings.group_size
         placeholder = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"slot {i}"}] for i in range(slots)]})
-        peft_config = LoraConfig(r=settings.lora_rank, lora_alpha=settings.lora_alpha, target_modules="all-linear",
+        peft_config = LoraConfig(r=settings.run.lora_rank, lora_alpha=settings.run.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
         learner = self
 
@@ -225,7 +229,7 @@ class TRLLearner:
                               train_dataset=placeholder, peft_config=peft_config, rollout_func=self._rollout_func,
                               callbacks=[_Logs()])
         trainer.remove_callback(PrinterCallback)  # metrics go to our logs, not stdout
-        if settings.report_to == "tensorboard" and settings.logging_dir:
+        if settings.run.report_to == "tensorboard" and settings.logging_dir:
             _log_into(trainer, settings.logging_dir)
         return trainer
 
@@ -558,7 +562,7 @@ def follow_leader() -> int:
     if payload is None:
         log.debug("rank %d: the leader trains no weights; nothing to do", distributed.rank())
         return 0
-    settings = LearnerSettings(**{**payload, "output_dir": Path(payload["output_dir"])})
+    settings = LearnerSettings.from_payload(payload)
     log.debug("rank %d: training with %s", distributed.rank(), settings)
     TRLLearner(settings, follower=True).follow()
     return 0

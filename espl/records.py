@@ -231,8 +231,9 @@ class ReflectionCounts(BaseModel):
     failed: int = 0
     skipped: int = 0
     copied_edits_rejected: int = 0  # edits refused as a copy of the templates or a placeholder
-    # every edit the admission rule refused (espl_bench.method.admission), by reason; copies included
-    rejected_edits: dict[str, int] = Field(default_factory=dict)
+    # every edit the admission rule refused (espl_bench.method.admission), by reason; copies
+    # included. None: written before the rule (suite version 7), so nothing was refused by it.
+    rejected_edits: dict[str, int] | None = None
     edit_calls: dict[str, int] = Field(default_factory=dict)  # by path: schema (structured output) | fallback
 
 

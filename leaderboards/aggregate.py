@@ -85,6 +85,8 @@ class RunRecord:
     budget: Budget = field(default_factory=Budget)  # the run's ledger (espl_bench.running.runner.budget)
     cells: dict[str, CellResult] = field(default_factory=dict)  # the weights x prompt breakdown
     children: dict[str, int] = field(default_factory=dict)  # by source: revision, fallback, crossover
+    # edits the admission rule refused, by reason; None: the run predates the rule (suite version 7)
+    refused: dict[str, int] | None = None
     points: list[IterationPoint] = field(default_factory=list)
     provenance: Provenance | None = None  # code version and libraries (espl_bench.running.provenance); None if unrecorded
     gepa: GepaSelection | None = None  # a GEPA run's winning candidate; None: not GEPA, or not recorded
@@ -131,6 +133,7 @@ class LeaderboardRow:
     cells: dict[str, stats.Interval] = field(default_factory=dict)
     effects: dict[str, stats.Interval] = field(default_factory=dict)
     children: dict[str, float] = field(default_factory=dict)  # per run, by source
+    refused: float | None = None  # edits the admission rule refused per run; None: a run predates the rule
     letters: str = ""  # compact letter display: rows that share a letter are not separated
     matrix: np.ndarray | None = None  # seeds x problems, the board's problems
 
@@ -253,7 +256,7 @@ def load_run(folder: str | Path) -> RunRecord:
         reflector_tokens=reflector.tokens, cost_usd=summary.cost_usd,
         test_program_id=summary.test_program.id, best_prompt=summary.test_program.text, budget=summary.budget,
         cells=dict(summary.breakdown.cells) if summary.breakdown else {}, children=dict(summary.reflection.children),
-        points=_points(history), provenance=summary.provenance, gepa=summary.gepa)
+        refused=summary.reflection.rejected_edits, points=_points(history), provenance=summary.provenance, gepa=summary.gepa)
 
 
 def env_label(env: str, kwargs: dict | None) -> str:
@@ -333,6 +336,8 @@ def _row(env: str, method: str, model: str, runs: list[RunRecord], problems: lis
         per_run={k: statistics.fmean(b[k] for b in budgets) for k in BUDGET_KEYS},
         cells=cells, effects=effects,
         children={k: statistics.fmean(r.children.get(k, 0) for r in runs) for k in ("revision", "fallback", "crossover")},
+        refused=None if any(r.refused is None for r in runs) else statistics.fmean(sum(r.refused.values()) for r in runs
+                                                                                  if r.refused is not None),
         matrix=matrix)
 
 

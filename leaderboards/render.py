@@ -86,6 +86,8 @@ def row_columns(board: EnvBoard) -> list[tuple[str, RowCell]]:
             ("invalid action rate", lambda r: _num(r.invalid_action_rate)),
             ("children per run (revision / fallback / crossover)",
              lambda r: " / ".join(f"{r.children.get(k, 0):g}" for k in ("revision", "fallback", "crossover"))),
+            ("edits refused per run", lambda r: "– (runs before the admission rule)" if r.refused is None
+             else f"{r.refused:g}"),
             ("seeds", lambda r: str(r.n_seeds))]
 
 
@@ -330,6 +332,13 @@ def _gepa_fact(run: RunRecord) -> list[tuple[str, str]]:
     return [("GEPA's winner", text)]
 
 
+def _refused(refused: dict[str, int] | None) -> str:
+    if refused is None:
+        return "not recorded (the run predates the admission rule, suite version 7)"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(refused.items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{sum(refused.values())} ({reasons})" if reasons else "0"
+
+
 def run_page(run: RunRecord, board_anchor: str) -> str:
     """The page of one run: facts, best prompt, lineage and evolutionary tree."""
     nodes = load_tree(run)
@@ -343,6 +352,7 @@ def run_page(run: RunRecord, board_anchor: str) -> str:
              *((f"weights x prompt: {name}", _ci(cell.interval)) for name, cell in run.cells.items()),
              ("children (revision / fallback / crossover)",
               " / ".join(str(run.children.get(k, 0)) for k in ("revision", "fallback", "crossover"))),
+             ("edits refused by the admission rule", _refused(run.refused)),
              *((f"budget: {k}", str(v)) for k, v in run.budget.model_dump().items() if not isinstance(v, dict)),
              ("run folder", str(run.path)), ("code", run.code),
              *((k, str(getattr(run.provenance, k))) for k in ("python", "platform", "cuda")

@@ -67,7 +67,8 @@ def cell(success: float, program: str = "p3", weights: str = "trained", shift: i
 def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str = "tiny", seed: int = 0,
               train: tuple[float, ...] = (0.1, 0.3, 0.5), test: tuple[float, ...] = (0.2, 0.3, 0.4),
               rollouts: int = 8, calls: int = 4, jsonl: bool = True, provenance: dict | None = None,
-              breakdown: bool = False, env_kwargs: dict | None = None, shift: int | None = None) -> Path:
+              breakdown: bool = False, env_kwargs: dict | None = None, shift: int | None = None,
+              refused: dict[str, int] | None = None) -> Path:
     """A run folder in the format espl_bench.running.runner writes (schema 2: per-problem test results;
     ``shift``, default the seed, moves the test hits across problems)."""
     shift = seed if shift is None else shift
@@ -100,7 +101,8 @@ def write_run(folder: Path, *, env: str = ENV, method: str = "espl", model: str 
         iterations_planned=n, train_reward=list(train), test=last, breakdown=split,
         test_program=TestProgram(id="p3", rule="lcb", mu=best.mu, sigma=best.sigma, text=best.render()),
         pool_size=len(pool), rollouts=rollouts * n,
-        reflection=ReflectionCounts(children={"revision": 2, "fallback": 1, "crossover": 0}, failed=1),
+        reflection=ReflectionCounts(children={"revision": 2, "fallback": 1, "crossover": 0}, failed=1,
+                                    rejected_edits=refused),
         budget=Budget(training_rollouts=rollouts * n, evaluation_rollouts=40 * n,
                       generated_tokens={"training": 10 * rollouts * n, "evaluation": 100 * n},
                       seconds_by_phase={"rollouts": 1.0 * n, "eval": 0.5 * n}),
@@ -228,7 +230,7 @@ def test_markdown_tables(tmp_path):
     assert [line.split(" | ")[1] for line in body[:3]] == ["rl", "espl", "evolution"]
     espl = next(line for line in body if "| espl |" in line)
     assert f"| {boards[0].rows[1].success.estimate:.3f} [{boards[0].rows[1].success.low:.3f}, " in espl
-    assert "| 2 / 1 / 0 | 3 |" in espl  # children per run by source, seeds
+    assert "| 2 / 1 / 0 | – (runs before the admission rule) | 3 |" in espl  # children by source, refusals, seeds
     assert "| espl | 0.100 [" in md and "| rl | – | – |" in md  # the weights x prompt table
     assert "| espl | 24 | 120 | 540 | 12 | 1200 | 4.5 | 0.0120 |" in md  # budget per run
     # per board: results, weights x prompt, budgets; the pairs where a board has two methods or more
@@ -430,3 +432,22 @@ def test_a_learning_curve_has_a_band_and_its_change_an_interval_over_problem_clu
     assert change.low > 0  # it rose beyond noise
     assert "Training success, last iterations minus first" in render_markdown(build_leaderboard([tmp_path]))
     assert curve_change(row, edge=1) == stats.change(per_problem[0], per_problem[-1])
+
+
+def test_edits_the_admission_rule_refused_are_counted_per_run_and_by_reason(tmp_path):
+    from espl_bench.leaderboards.render import run_page
+
+    root = tmp_path / "runs"
+    write_run(root / "a", seed=0, refused={"placeholder": 3, "markup or code": 1})
+    write_run(root / "b", seed=1, refused={"placeholder": 1})
+    write_run(root / "rl", method="rl", seed=0, refused={})  # no reflection: nothing to refuse
+    write_run(root / "old", method="evolution", seed=0)  # written before the rule: not recorded
+    (board,) = build_leaderboard([root])
+    rows = {row.method: row for row in board.rows}
+    assert (rows["espl"].refused, rows["rl"].refused, rows["evolution"].refused) == (2.5, 0.0, None)
+    espl = next(line for line in render_markdown([board]).splitlines() if line.startswith("| ") and "| espl |" in line)
+    assert "| 2 / 1 / 0 | 2.5 | 2 |" in espl
+    page = run_page(rows["espl"].runs[0] if rows["espl"].runs[0].seed == 0 else rows["espl"].runs[1], "b")
+    assert "4 (placeholder 3, markup or code 1)" in page
+    assert "not recorded (the run predates the admission rule" in run_page(rows["evolution"].runs[0], "b")
+

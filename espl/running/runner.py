@@ -142,9 +142,8 @@ def summary(cfg: RunConfig, loop: Loop, plan: SplitPlan, history: list[Iteration
             children={k: sum(c.children.get(k, 0) for c in counts) for k in ("revision", "fallback", "crossover")},
             failed=sum(c.failed for c in counts), skipped=sum(c.skipped for c in counts),
             copied_edits_rejected=sum(c.copied_edits_rejected for c in counts),
-            rejected_edits={k: sum(c.rejected_edits.get(k, 0) for c in counts)
-                            for k in sorted({k for c in counts for k in c.rejected_edits})},
-            edit_calls={k: sum(c.edit_calls.get(k, 0) for c in counts) for k in sorted({k for c in counts for k in c.edit_calls})}),
+            rejected_edits=_summed([c.rejected_edits or {} for c in counts]),
+            edit_calls=_summed([c.edit_calls for c in counts])),
         reflection_failures=sum(m.reflection_failures for m in history),
         rollouts=sum(m.rollouts for m in history),
         generated_tokens=sum(m.generated_tokens for m in history),
@@ -291,3 +290,8 @@ def _commit(rundir: RunDir, cfg: RunConfig, loop: Loop, plan: SplitPlan, t: int,
         adapter=rundir.checkpoint(t) if cfg.trains_weights else None,
     )
     rundir.commit(record, summary=summary(cfg, loop, plan, history, elapsed), best_prompt=loop.test_program().render())
+
+
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Counts by key added over iterations, keys sorted."""
+    return {k: sum(c.get(k, 0) for c in counts) for k in sorted({k for c in counts for k in c})}

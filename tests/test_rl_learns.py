@@ -57,8 +57,12 @@ def run_rl(tiny_model, out, monkeypatch, learning_rate: float | None = None, *ex
         from espl_bench.training import policy
 
         settings = policy._settings
-        monkeypatch.setattr(policy, "_settings", lambda *a, **k: dataclasses.replace(settings(*a, **k),
-                                                                                    learning_rate=learning_rate))
+
+        def with_rate(*a, **k):
+            made = settings(*a, **k)  # model_copy skips validation, so 0 passes
+            return dataclasses.replace(made, run=made.run.model_copy(update={"learning_rate": learning_rate}))
+
+        monkeypatch.setattr(policy, "_settings", with_rate)
     # A random tiny model's logits are nearly flat (sd 0.1, under a final norm that LoRA does not
     # train): at temperature 1 no adapter could make one token likely. At 0.03 they spread as a
     # trained model's do, and the adapter can move the policy within a few steps.

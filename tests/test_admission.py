@@ -47,6 +47,9 @@ JUNK = [
     ("G1: It is delightful thus to take breakfast with you.", Reason.META),
     ("The previous attempt was twenty times the answer.", Reason.META),
     ("I'm ready to assist you with your problem today.", Reason.META),
+    # the one child of the first suite-version-8 arithmetic run (espl seed 0), before this pattern
+    ("This is an example of how to modify your original text (providing additional information).", Reason.META),
+    ("Rewrite the prompt so that every step is clearer and shorter.", Reason.META),
     ("motive aalmined qwpeoz vrtxlk navigation", Reason.NOT_WORDS),
     ("xkcdq wprtz mmnbv lqpzr", Reason.NOT_WORDS),
     ("aa aaa aaaa aaaaa", Reason.NOT_WORDS),

@@ -19,8 +19,9 @@ names the :class:`Reason`:
    marker, emphasis (``*...*``), or any of ``[]{}\\|^~`` left over.
 6. ``answers one problem``: "the answer is 12", or a worked equation (``7 + 6 = 13``).
 7. ``talks about edits or attempts``: the words of the reflection exchange (edit, principle,
-   JSON, revision, reviewer, a principle id such as ``G1``, "the previous attempt", "my answer")
-   or the model talking about itself or to its user ("I will", "please provide").
+   JSON, revision, reviewer, a principle id such as ``G1``, "the previous attempt", "my answer"),
+   the model talking about itself or to its user ("I will", "please provide"), or about rewriting
+   the prompt ("modify your original text", "this is an example").
 8. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words (one of them not
    short, see below), fewer than
    :data:`MIN_LETTERS` distinct letters, or under :data:`WORD_SHARE` of its lettered tokens (a lone
@@ -121,7 +122,11 @@ _META = re.compile(
     r"\b(edit(s|ed|ing)?|principles?|json|revisions?|reviewers?|G\d+)\b"
     r"|\b(the|this|that|these|previous|last|my)\s+attempts?\b"  # "your answer/attempt" is advice's own wording
     r"|\b(previous|last|my)\s+(answer|response|reply)\b"
-    r"|\bI(\s+(will|am|have|would)|'(m|ll|ve|d))\b|\bplease\s+provide\b", re.I)
+    r"|\bI(\s+(will|am|have|would)|'(m|ll|ve|d))\b|\bplease\s+provide\b"
+    # rewriting the prompt itself, or showing how to ("an example of how to modify your original text")
+    r"|\b(modify|modifying|rewrite|rewriting|change|changing|update|updating|revise|revising|improve|improving)"
+    r"\s+(your|the|this|my)\s+(original\s+)?(text|prompt|instructions?|wording)\b"
+    r"|\b(this|here)\s+is\s+an\s+example\b", re.I)
 
 
 def admit(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None) -> Verdict:

@@ -28,7 +28,8 @@ SUITE_VERSION = "8"  # 2: gepa joined the methods; 3: the evaluation protocol, d
 # 6: the in-process reflector's structured answers skip the tokens the grammar forces (other draws, other answers);
 # 7: every edit passes the admission rule (espl/method/admission.py): junk principles no longer become children
 # 8: GEPA's validation set sized from its own guidance (espl/baselines/gepa.py valset_size: 10 problems at the
-#    calibrated budget, where it had batch_size = 4)
+#    calibrated budget, where it had batch_size = 4); from d5154db's successor on, GEPA's proposals pass the admission
+#    rule as whole prompts (the two GEPA runs made at 8 before it, leaderboards/calibrated-v8, were discarded)
 
 METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"

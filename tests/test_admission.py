@@ -263,3 +263,53 @@ def test_the_iteration_metrics_count_refusals_by_reason_and_only_admitted_childr
     assert sum(second.reflection_counts.children.values()) == 0 and second.reflection_failures == 1
     again = IterationMetrics.model_validate_json(second.model_dump_json())
     assert again.reflection_counts.rejected_edits == {"placeholder": 2}
+
+
+# Whole prompts, as GEPA's proposer writes them: the candidate GEPA's seed 1 ended on in the first
+# suite-version-8 arithmetic runs (d5154db, before GEPA's proposals were screened), and others.
+JUNK_PROMPTS = [
+    ("const {assert} = require('jest'); \n const task1;  // You can't have multiple tasks on one command right?\n"
+     " \ntask1(5);   /* [<code>test2</code></script><br/> */ test3();", Reason.PLACEHOLDER),
+    ("You are a helpful AI assistant.\n*Provide the first two lines of your response with bold text for emphasis*.",
+     Reason.MARKUP),
+    ("I'm ready to help. Please provide the task description.", Reason.META),
+    ("## Task\nYour task is to write a new instruction for the assistant.", Reason.ECHO),
+    ("", Reason.EMPTY),
+    ("Reply with the sum inside <answer>12</answer>.", Reason.MARKUP),  # a filled tag is not a format's name
+]
+
+PLAIN_PROMPTS = [
+    "You are a careful problem solver.",
+    "Compute carefully. Reply with only the number inside <answer></answer> tags.",
+    "## Task\nYou add two numbers.\n\n- Add the ones digits first.\n- Write the sum alone on the last line.",
+    "**Counting letters**\n1. Read the word slowly.\n2. Count how often the letter appears, capitals too.",
+]
+
+
+@pytest.mark.parametrize("text,reason", JUNK_PROMPTS)
+def test_a_junk_whole_prompt_is_refused_with_its_reason(text, reason):
+    from espl_bench.baselines.gepa import template_guard
+    from espl_bench.method.admission import admit_prompt
+
+    verdict = admit_prompt(text, guard=template_guard())
+    assert verdict.reason == reason, verdict.describe()
+    assert verdict.text == text  # the prompt as given, not its plain form
+
+
+@pytest.mark.parametrize("text", PLAIN_PROMPTS)
+def test_a_plain_whole_prompt_is_admitted_with_its_markdown(text):
+    from espl_bench.method.admission import admit_prompt
+
+    assert admit_prompt(text).admitted, admit_prompt(text).describe()
+    if "\n" in text:  # its markdown or numbered lines are what a principle may not hold
+        assert admit(text).reason in (Reason.MARKUP, Reason.PLACEHOLDER)
+
+
+def test_principles_check_judges_whole_prompts_with_prompt(tmp_path, capsys):
+    listed = tmp_path / "prompts.json"
+    listed.write_text(json.dumps([PLAIN_PROMPTS[1], JUNK_PROMPTS[0][0]]), encoding="utf-8")
+    assert main(["principles", "check", "--prompt", "--file", str(listed), "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["admitted"], r["reason"]) for r in rows] == [(True, None), (False, "placeholder")]
+    assert main(["principles", "check", "--file", str(listed), "--json"]) == 1  # as principles: both refused
+    assert [r["admitted"] for r in json.loads(capsys.readouterr().out)] == [False, False]

@@ -49,9 +49,11 @@ class PromptSensitiveEngine:
 
     def __init__(self):
         self.calls = 0
+        self.specs: list[EpisodeSpec] = []
 
     def run(self, specs, params):
         self.calls += 1
+        self.specs += specs
         return [Rollout(spec=s, problem_id=f"{s.split}/{s.index}", reward=float(NEW_PROMPT in s.system_prompt),
                         success=NEW_PROMPT in s.system_prompt, valid=True, answer="7", turns=1,
                         messages=[{"role": "system", "content": s.system_prompt},
@@ -137,7 +139,7 @@ def test_the_validation_setting_is_refused_where_it_cannot_apply():
         RunConfig(env="espl/Arithmetic-v0", method="gepa", gepa_validation_problems=20, validation_problems=16)
 
 
-def gepa_loop(tmp_path, **kw):
+def gepa_loop(tmp_path, script_answers=SCRIPT, **kw):
     from espl_bench.agents.offline_reflectors import offline_reflector
     from espl_bench.baselines.gepa import GepaLoop
     from espl_bench.config import RunConfig
@@ -147,7 +149,7 @@ def gepa_loop(tmp_path, **kw):
     from espl_bench.method.selection import make_selector
 
     script = tmp_path / "script.json"
-    script.write_text(json.dumps(SCRIPT))
+    script.write_text(json.dumps(script_answers))
     cfg = RunConfig(env="espl/Arithmetic-v0", method="gepa", eval_problems=3, eval_samples=1, **kw)
     parts = Parts(engine=PromptSensitiveEngine(), learner=FrozenLearner(), selector=make_selector("uniform", 2.0),
                   mutation=None, crossover=None, plan=SplitPlan.of_sizes(60, 5, 16), eos_id=0,
@@ -173,6 +175,20 @@ def test_gepa_validates_on_ten_problems_paid_from_the_same_rollout_budget(tmp_pa
     assert won is not None and won.winner == account["best"] == "p1" and won.root is False and not account["winner_is_root"]
     assert won.winner_score == 1.0 and won.root_score == 0.0 and won.validation_problems == 10
     assert won.candidates == account["candidates"] >= 2
+
+
+def test_a_junk_proposal_is_refused_counted_and_costs_no_rollouts(tmp_path):
+    """GEPA's proposals pass the admission rule: a proposal of code is no candidate, no rollout
+    is spent evaluating it, and the refusals are counted by reason as E-SPL's refused edits are."""
+    junk = [{"contains": "", "answer": "```\nconst {assert} = require('jest'); task1(5);\n```"}]
+    cfg, loop = gepa_loop(tmp_path, junk, iterations=4, programs=2, batch_size=4, group_size=4)
+    metrics = loop.iteration(1).metrics
+    assert [p.id for p in loop.pool.programs] == ["p0"] and loop.test_program().id == "p0"
+    refused = metrics.reflection_counts.rejected_edits
+    assert refused == {"placeholder": metrics.reflection_calls} and metrics.reflection_calls >= 2
+    # every rollout went to the root: its validation pass and the minibatches it was shown on
+    assert metrics.rollouts == cfg.rollout_budget
+    assert all(s.system_prompt == loop.pool.programs[0].render() for s in loop.parts.engine.specs)
 
 
 def test_the_board_says_which_candidate_each_gepa_run_ended_on_and_older_runs_not_recorded(tmp_path):

@@ -1,5 +1,6 @@
 """The evaluation protocol, the method table's test-time rules, and the weights x prompt breakdown."""
 
+import dataclasses
 import json
 import random
 
@@ -126,12 +127,21 @@ def test_every_method_is_scored_with_the_program_its_spec_names(method):
     assert EsplLoop(override, parts, loop.pool, random.Random(0)).test_program().id == "p0"
 
 
+class AdviceEngine(PrincipleEngine):
+    """Rewards a prompt by how many lines of advice it has (GEPA writes whole prompts, not principles)."""
+
+    def run(self, specs, params):
+        return [dataclasses.replace(r, reward=min(1.0, 0.3 * r.spec.system_prompt.count("\n- ")),
+                                    success=r.spec.system_prompt.count("\n- ") >= 2)
+                for r in super().run(specs, params)]
+
+
 def test_gepa_is_scored_with_its_validation_best(tmp_path):
-    new = "Compute carefully.\n\nFollow these principles:\n[G0] a\n[G1] b\n[G2] c"
+    new = "Compute carefully.\n\n- Add the ones digits first.\n- Carry the tens.\n- Write the sum alone."
     script = _script(tmp_path, [{"contains": "", "answer": f"```\n{new}\n```"}])
     cfg = RunConfig(env="espl/Arithmetic-v0", method="gepa", iterations=3, programs=2, batch_size=2, group_size=2,
                     eval_problems=3, eval_samples=1)
-    parts = Parts(engine=PrincipleEngine(), learner=FrozenLearner(), selector=make_selector("uniform"), mutation=None,
+    parts = Parts(engine=AdviceEngine(), learner=FrozenLearner(), selector=make_selector("uniform"), mutation=None,
                   crossover=None, plan=SplitPlan.of_sizes(20, 5, 4), eos_id=0, reflector=offline_reflector(f"script:{script}"))
     loop = GepaLoop(cfg, parts, Pool.with_root(), random.Random(0))
     result = loop.iteration(1)

@@ -16,6 +16,12 @@ then the search stops at once: GEPA never sees that partial evaluation, and a ca
 validation pass did not fit is not adopted. The test split stays unseen until the final evaluation, which is the
 evaluation protocol's, as for every method.
 
+GEPA's proposals pass the admission rule (:func:`~espl_bench.method.admission.admit_prompt`,
+the rule every method's edits pass): :class:`ScreenedReflection` is GEPA's own stateless
+reflection with a refused text dropped, so that proposal is skipped before any rollout is spent
+on it (GEPA skips a proposal with no new text) and counted by reason in the iteration's
+``reflection_counts``, as E-SPL's refused edits are.
+
 One search is one committed step: :class:`GepaLoop` runs the whole search as the run's only
 iteration (GEPA keeps its own state; its on-disk checkpoints are pickles, which this project never
 loads). A run killed mid-search restarts the search on ``--resume``.
@@ -34,17 +40,20 @@ from espl_bench.agents.reflector import ReflectorCallError
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
+from espl_bench.method.admission import admit_prompt
+from espl_bench.method.copies import CopyGuard
 from espl_bench.method.loop import Parts
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.protocol import IterationResult
 from espl_bench.method.rollout_stats import invalid_rate, rate
 from espl_bench.method.scored_program import scored_program
-from espl_bench.records import CellResult, GepaSelection, IterationMetrics, PendingBatch
+from espl_bench.records import CellResult, GepaSelection, IterationMetrics, PendingBatch, ReflectionCounts
 from espl_bench.scoring.evaluator import Evaluator, sampling
 
 if TYPE_CHECKING:
     from gepa import GEPAResult
     from gepa.core.adapter import ProposalFn
+    from gepa.proposer.reflective_mutation.base import LanguageModel
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +144,36 @@ class EnvAdapter:
         return {name: records for name in components_to_update}
 
 
+def template_guard() -> CopyGuard:
+    """What a proposal must not echo: the instructions GEPA's reflector is shown (its default template)."""
+    from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+    return CopyGuard([InstructionProposalSignature.default_prompt_template])
+
+
+class ScreenedReflection:
+    """GEPA's default reflection (a ``gepa`` ``ReflectionLM``) whose proposed texts must pass the
+    admission rule; a refused text is dropped and counted in :attr:`refused` by reason."""
+
+    def __init__(self, reflection_lm: LanguageModel, language: str):
+        from gepa.proposer.reflective_mutation.reflection_lm import StatelessReflectionLM
+
+        self.inner = StatelessReflectionLM(reflection_lm)
+        self.language = language
+        self.guard = template_guard()
+        self.refused: dict[str, int] = {}
+
+    def reflect(self, candidate: dict[str, str], reflective_dataset, components_to_update: list[str]):
+        proposal, _ = self.inner.reflect(candidate, reflective_dataset, components_to_update)
+        for name, text in list(proposal.new_texts.items()):
+            verdict = admit_prompt(text, language=self.language, guard=self.guard)
+            if not verdict.admitted:
+                self.refused[verdict.why] = self.refused.get(verdict.why, 0) + 1
+                log.info("gepa: a proposal refused by the admission rule (%s)", verdict.describe())
+                del proposal.new_texts[name]
+        return proposal, self
+
+
 def feedback(rollout: Rollout) -> str:
     """What went right or wrong in one episode, as GEPA's reflection prompt shows it."""
     if rollout.error:
@@ -204,12 +243,13 @@ class GepaLoop:
                 log.warning("%s", exc)
                 return ""
 
+        screened = ScreenedReflection(reflection_lm, cfg.principle_language)
         started = time.monotonic()
         spent_before = {name: meter() for name, meter in parts.meters.items()}
         progress("gepa search")
         result: GEPAResult = gepa.optimize(
             seed_candidate={COMPONENT: self.pool.programs[0].render()}, trainset=trainset, valset=valset,
-            adapter=adapter, reflection_lm=reflection_lm, max_metric_calls=cfg.rollout_budget,
+            adapter=adapter, reflection_strategy=screened, max_metric_calls=cfg.rollout_budget,
             stop_callbacks=[lambda state: adapter.refused],
             reflection_minibatch_size=minibatch, seed=cfg.seed,
             raise_on_exception=False, logger=_GepaLog(), display_progress_bar=False)
@@ -227,6 +267,7 @@ class GepaLoop:
             env_errors=sum(r.error is not None for r in rollouts),
             reflection_calls=calls[0],
             reflection_failures=calls[1],
+            reflection_counts=ReflectionCounts(rejected_edits=dict(sorted(screened.refused.items()))),
             children=[p.id for p in self.pool.programs[1:]],
             rollouts=len(rollouts),
             validation_rollouts=sum((r.spec.split, r.spec.index) in set(valset) for r in rollouts),

@@ -30,13 +30,17 @@ names the :class:`Reason`:
    tokens of one to three letters, :data:`SHORT_ZIPF`, which are mostly abbreviations), or, in an
    alphabet, words not separated by spaces (``NO;TEXT``).
 
-The rule is a pure function of the text, the language and the templates. It judges one edit's
-text (a principle), not a whole system prompt: GEPA's candidates are whole prompts written by the
-``gepa`` library's own proposer and are not screened by it.
+The rule is a pure function of the text, the language and the templates. :func:`admit` judges
+one edit's text (a principle); :func:`admit_prompt` judges a whole system prompt (a GEPA
+candidate, written by the ``gepa`` library's own proposer) by the same rule, once the markdown
+structure a prompt may use (headings, list items, bold, the empty tag pair naming an answer
+format) is taken away, and sentence by sentence
+for echoes, against GEPA's own reflection template as the instructions it must not echo.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import re
@@ -153,6 +157,29 @@ def admit(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None
         if found := _first(patterns, stripped):
             return Verdict(text, reason, found)
     return _words(text, stripped, language)
+
+
+_STRUCTURE = re.compile(r"^[ \t]*(#{1,6}[ \t]+|[-+*•][ \t]+|\d{1,2}[.)][ \t]+|>[ \t]*)", re.M)
+_FORMAT_TAGS = re.compile(r"<([A-Za-z]\w*)>\s*</\1>")  # names an answer format: "inside <answer></answer> tags"
+_SENTENCES = re.compile(r"(?<=[.:;!?])\s+|\n+")
+_BOLD = re.compile(r"\*\*([^*\n]+)\*\*|__([^_\n]+)__")
+
+
+def admit_prompt(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None) -> Verdict:
+    """Whether a whole system prompt may be a candidate: :func:`admit` on its text with each line's
+    heading, list or quote marker and any bold markers removed (a prompt may be structured; a
+    principle is one plain sentence) and an empty tag pair read as the name of an answer format
+    (``<answer></answer>``), then each sentence of four words or more checked for an
+    echo of the instructions. The verdict carries the prompt as given."""
+    plain = _BOLD.sub(lambda m: m.group(1) or m.group(2), _STRUCTURE.sub("", text))
+    plain = _FORMAT_TAGS.sub(r"\1", plain)
+    verdict = admit(plain, language=language, guard=guard)
+    if verdict.admitted:  # a prompt echoes its instructions sentence by sentence, not as a whole
+        guard = guard or _packaged_guard()
+        echoed = next((s for s in _SENTENCES.split(plain) if len(s.split()) >= 4 and guard.copies(s)), None)
+        if echoed is not None:
+            verdict = Verdict(plain, Reason.ECHO, f"copies a sentence of the reflection prompt: {echoed.strip()[:60]!r}")
+    return dataclasses.replace(verdict, text=text)
 
 
 def _first(patterns: tuple[re.Pattern, ...], text: str) -> str:

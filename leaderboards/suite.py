@@ -29,7 +29,9 @@ SUITE_VERSION = "8"  # 2: gepa joined the methods; 3: the evaluation protocol, d
 # 7: every edit passes the admission rule (espl/method/admission.py): junk principles no longer become children
 # 8: GEPA's validation set sized from its own guidance (espl/baselines/gepa.py valset_size: 10 problems at the
 #    calibrated budget, where it had batch_size = 4); from d5154db's successor on, GEPA's proposals pass the admission
-#    rule as whole prompts (the two GEPA runs made at 8 before it, leaderboards/calibrated-v8, were discarded)
+#    rule as whole prompts (the two GEPA runs made at 8 before it, leaderboards/calibrated-v8, were discarded); later
+#    commits close holes in the rule ("the answer is: 24", "as follows...", "this is just an example"), so each env of a
+#    board at 8 names the commit its runs were made at
 
 METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"

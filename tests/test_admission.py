@@ -55,6 +55,10 @@ JUNK = [
     ("aa aaa aaaa aaaaa", Reason.NOT_WORDS),
     ("NO;TEXT;HERE", Reason.NOT_WORDS),
     ("   ", Reason.EMPTY),
+    # children the v8 arithmetic runs at d5154db ended on (evolution seeds 0 and 3, espl seed 4), before these patterns
+    ("The answer is: 24", Reason.ANSWER),
+    ("Let's take our problem as follows...", Reason.PLACEHOLDER),
+    ("This is just a simple example of how to solve this problem. It should not be taken as an advice.", Reason.META),
 ]
 
 ADVICE = [

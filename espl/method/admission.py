@@ -11,17 +11,18 @@ names the :class:`Reason`:
 2. ``control characters``: C0/C1 controls other than whitespace, bidirectional and zero-width
    format characters (zero-width joiners, which some scripts need, are kept).
 3. ``placeholder``: a bracketed span of any style (``[...]``, ``{...}``, ``<words with spaces>``),
-   a template variable (``$name``), an ellipsis standing for text, or numbered slots (``(1) ... (2)``).
+   a template variable (``$name``), an ellipsis standing for text, a promise of text that never
+   comes ("as follows..."), or numbered slots (``(1) ... (2)``).
 4. ``echoes the instructions``: the copy guard (:mod:`espl_bench.method.copies`) finds the
    templates' own examples, sentences or lines in it.
 5. ``markup or code``: an HTML/XML tag (closed or cut off), an entity (``&#34;``), backticks or
    fences, comment markers, an identifier (``your_input``, ``a.b(``), a leading list or heading
    marker, emphasis (``*...*``), or any of ``[]{}\\|^~`` left over.
-6. ``answers one problem``: "the answer is 12", or a worked equation (``7 + 6 = 13``).
+6. ``answers one problem``: "the answer is 12" ("the answer is: 24"), or a worked equation (``7 + 6 = 13``).
 7. ``talks about edits or attempts``: the words of the reflection exchange (edit, principle,
    JSON, revision, reviewer, a principle id such as ``G1``, "the previous attempt", "my answer"),
    the model talking about itself or to its user ("I will", "please provide"), or about rewriting
-   the prompt ("modify your original text", "this is an example").
+   the prompt ("modify your original text", "this is (just) an example").
 8. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words (one of them not
    short, see below), fewer than
    :data:`MIN_LETTERS` distinct letters, or under :data:`WORD_SHARE` of its lettered tokens (a lone
@@ -104,6 +105,7 @@ _PLACEHOLDERS = (
     re.compile(r"<[^<>=/]*\s[^<>=/]*>"),  # <new principle, at most 32 words> (a tag has no spaces but attributes)
     re.compile(r"\$\w+"),  # a template variable
     re.compile(r"^\W*(\.{3}|…)\W*$"),  # an ellipsis standing for the text
+    re.compile(r"\b(as\s+follows|the\s+following)\W*$", re.I),  # a promise of text that never comes
     re.compile(r"\(\s*1\s*\).*\(\s*2\s*\)|(^|\s)1[.)]\s.*\s2[.)]\s"),  # numbered slots: (1) ... (2)
 )
 _MARKUP = (
@@ -119,7 +121,7 @@ _MARKUP = (
     re.compile(r"(?<![\s\d])[<>]|[<>](?![\s\d])"),  # angle brackets that are not comparisons
 )
 _ANSWER = (
-    re.compile(r"\banswer\s*(?:is|was|should be|would be|=|:)\s*(?:-?\d|['\"]\w)", re.I),  # a number or a quoted value
+    re.compile(r"\banswer\s*(?:is|was|should be|would be|=|:)\s*:?\s*(?:-?\d|['\"]\w)", re.I),  # a number or a quoted value
     re.compile(r"\d\s*[-+*/×x÷]\s*-?\d[\d.]*\s*=\s*-?\d"),  # 7 + 6 = 13
 )
 _META = re.compile(
@@ -130,7 +132,7 @@ _META = re.compile(
     # rewriting the prompt itself, or showing how to ("an example of how to modify your original text")
     r"|\b(modify|modifying|rewrite|rewriting|change|changing|update|updating|revise|revising|improve|improving)"
     r"\s+(your|the|this|my)\s+(original\s+)?(text|prompt|instructions?|wording)\b"
-    r"|\b(this|here)\s+is\s+an\s+example\b", re.I)
+    r"|\b(this|here)\s+is\s+(just\s+)?(an?|one)\s+(\w+\s+)?example\b", re.I)
 
 
 def admit(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None) -> Verdict:

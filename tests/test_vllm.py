@@ -264,13 +264,20 @@ def test_loading_a_lora_adapter_changes_the_policy(sampler, hf, model_dir, tmp_p
         expected = forward_logprobs(adapter, completion.prompt_ids, completion.completion_ids, 0.0)
         assert mean_abs_diff(completion.logprobs, expected) < 0.1
     # The per-step sync: new weights under the same name, even from the same folder.
-    save_random_lora(model_dir, tmp_path / "step-1", seed=2)
+    readapter = save_random_lora(model_dir, tmp_path / "step-1", seed=2)
     sampler.load_adapter(tmp_path / "step-1", "policy")
     retuned = sampler.generate(conversations, greedy)
     assert [c.logprobs for c in retuned] != [c.logprobs for c in tuned]
+    # Back to the base weights: scored as the base model scores them, not as the last adapter
+    # does. Not token equality with ``base``: bf16 greedy decoding on vLLM's CPU build can flip a
+    # near tie between two calls of the same policy (CI saw one in 16 tokens).
     sampler.use_base()
-    again = sampler.generate(conversations, greedy)
-    assert [c.completion_ids for c in again] == [c.completion_ids for c in base]
+    model, _ = hf
+    for completion in sampler.generate(conversations, greedy):
+        ids = completion.prompt_ids, completion.completion_ids
+        as_base = mean_abs_diff(completion.logprobs, forward_logprobs(model, *ids, 0.0))
+        as_adapter = mean_abs_diff(completion.logprobs, forward_logprobs(readapter, *ids, 0.0))
+        assert as_base < 0.1 < as_adapter, (as_base, as_adapter)
 
 
 def test_a_sampler_can_connect_to_a_running_server_by_url(server, caplog):

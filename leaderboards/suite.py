@@ -23,7 +23,7 @@ from typing import Any
 
 from espl_bench.method_table import METHODS as _SPECS
 
-SUITE_VERSION = "8"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection;
+SUITE_VERSION = "9"  # 2: gepa joined the methods; 3: the evaluation protocol, disjoint content splits; 4: structured reflection;
 # 5: the in-process reflector decodes in bfloat16 where the CPU has it; a reply of at most 64 tokens is not summarised;
 # 6: the in-process reflector's structured answers skip the tokens the grammar forces (other draws, other answers);
 # 7: every edit passes the admission rule (espl/method/admission.py): junk principles no longer become children
@@ -31,7 +31,9 @@ SUITE_VERSION = "8"  # 2: gepa joined the methods; 3: the evaluation protocol, d
 #    calibrated budget, where it had batch_size = 4); from d5154db's successor on, GEPA's proposals pass the admission
 #    rule as whole prompts (the two GEPA runs made at 8 before it, leaderboards/calibrated-v8, were discarded); later
 #    commits close holes in the rule ("the answer is: 24", "as follows...", "this is just an example"), so each env of a
-#    board at 8 names the commit its runs were made at
+#    board at 8 names the commit its runs were made at;
+# 9: each evaluation cell is decoded in a call of its own (espl/scoring/evaluation.py): in bfloat16 a cell scored beside
+#    another prompt's is not bit for bit the cell scored alone (at 8 the arithmetic base/root cell differed by a problem)
 
 METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"

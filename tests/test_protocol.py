@@ -44,9 +44,26 @@ def test_an_episode_depends_on_its_coordinates_not_on_its_batch(tiny_model):
     assert replies == again and len(again) == 6
     assert evaluate_prompts(engine, [("Be brief.", "p")], items, params)[0] == alone
     assert len(set(again.values())) > 1  # the samples of one problem differ: each has its own seed
-    # several prompts scored in one batch (the breakdown's cells) give what separate calls give
-    together = evaluate_prompts(engine, [("Be careful.", "q"), ("Be brief.", "p")], items, params)
-    assert together == [evaluate_prompts(engine, [("Be careful.", "q")], items, params)[0], alone]
+
+
+def test_each_cell_is_decoded_in_a_call_of_its_own():
+    """In bfloat16 a row's logits depend on its batch-mates (the v8 arithmetic base/root cell lost a
+    problem when scored beside another prompt), so the breakdown's cells never share a batch."""
+
+    class Recording:
+        def __init__(self):
+            self.calls: list[list[EpisodeSpec]] = []
+
+        def run(self, specs, params):
+            self.calls.append(list(specs))
+            return [Rollout(spec=s, success=s.system_prompt == "B" and s.index == 3) for s in specs]
+
+    engine = Recording()
+    items = EvalItems("test", (3, 1), 2, seed=5)
+    cells = evaluate_prompts(engine, [("A", "pa"), ("B", "pb")], items, SamplingParams(max_new_tokens=4))  # type: ignore[arg-type]
+    assert [{s.system_prompt for s in call} for call in engine.calls] == [{"A"}, {"B"}]
+    assert all(call == item_specs(items, prompt) for call, prompt in zip(engine.calls, "AB"))
+    assert [c.program for c in cells] == ["pa", "pb"] and [c.successes for c in cells] == [((0, 0), (0, 0)), ((1, 1), (0, 0))]
 
 
 def _script(tmp_path, rules):

@@ -9,8 +9,13 @@ evaluate`` and the weights x prompt breakdown. Its rules:
   ``problems`` problems of the split, ``samples`` samples each. They never depend on the method.
 * Each sample is seeded from its own coordinates, ``derive_seed("eval", seed, split, problem,
   sample)`` (and the rollout engine adds the turn): never from the method, the iteration, the
-  run's training seed or what else shares the batch. With the in-process sampler, the same
-  weights and the same prompt therefore give identical episodes, whichever method produced them.
+  run's training seed or what else shares the batch.
+* Each cell is decoded in a call of its own, holding only its items: in bfloat16 a row's logits
+  depend on its batch-mates (padding, the kernels' blocking), so the same cell scored beside
+  another prompt's is not bit for bit the cell scored alone (the v8 arithmetic base/root cell
+  differed by one problem of 100, ``leaderboards/calibrated-v8/README.md``). With the in-process
+  sampler, the same weights and the same prompt therefore give identical episodes, whichever
+  method or run scored them, and a stored cell (:mod:`espl_bench.scoring.cells`) is the cell.
 * The result (:class:`~espl_bench.records.CellResult`) keeps every problem's outcomes, so
   intervals and paired comparisons (:mod:`espl_bench.stats`) can treat the problem as the unit.
 """
@@ -24,24 +29,20 @@ from espl_bench.agents.sampler import SamplingParams, derive_seed
 from espl_bench.records import CellResult, EvalItems
 
 
-def item_specs(items: EvalItems, prompt: str, cell: int = 0) -> list[EpisodeSpec]:
-    """The episodes of ``items`` under ``prompt``, each seeded from its coordinates (``cell`` only
-    tells apart prompts scored in one batch; it is not a coordinate of the seed)."""
-    return [EpisodeSpec(prompt, items.split, index, EpisodeId(problem=index, sample=n, cell=cell),
+def item_specs(items: EvalItems, prompt: str) -> list[EpisodeSpec]:
+    """The episodes of ``items`` under ``prompt``, each seeded from its coordinates."""
+    return [EpisodeSpec(prompt, items.split, index, EpisodeId(problem=index, sample=n, cell=0),
                         seed=derive_seed("eval", items.seed, items.split, index, n), placement=items.placement)
             for index in items.indices for n in range(items.samples)]
 
 
 def evaluate_prompts(engine: RolloutEngine, prompts: Sequence[tuple[str, str]], items: EvalItems,
                      params: SamplingParams, *, weights: str = "") -> list[CellResult]:
-    """Score each ``(prompt, program)`` pair with the engine's current weights on ``items`` (see the
-    module docstring), all with the same weights, in one batch:
-    a decoding step costs far less than twice as much for twice the rows, and each sample's seed
-    is its own, so the results are those of separate calls."""
-    specs = [spec for cell, (prompt, _) in enumerate(prompts) for spec in item_specs(items, prompt, cell)]
-    rollouts = engine.run(specs, params)
-    return [cell_from_rollouts([r for r in rollouts if r.spec.id.cell == cell], items, program, weights=weights)
-            for cell, (_, program) in enumerate(prompts)]
+    """Score each ``(prompt, program)`` pair with the engine's current weights on ``items``, one
+    engine call per pair (see the module docstring: batching cells together would save only the
+    last, partial batch of each, and would make a cell depend on its neighbours in bfloat16)."""
+    return [cell_from_rollouts(engine.run(item_specs(items, prompt), params), items, program, weights=weights)
+            for prompt, program in prompts]
 
 
 def cell_from_rollouts(rollouts: Sequence[Rollout], items: EvalItems, program: str, *, weights: str = "") -> CellResult:

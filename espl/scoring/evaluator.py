@@ -59,7 +59,7 @@ class Evaluator:
 
     def score(self, engine: RolloutEngine, programs: Sequence[Scored], weights: str = "trained",
               items: EvalItems | None = None) -> list[CellResult]:
-        """One cell per program, evaluated in one batch."""
+        """One cell per program, each decoded on its own (:func:`evaluate_prompts`)."""
         items = items or self.items
         weights = weights if self.trains_weights else "base"
         store = self.cells if weights == "base" else None

@@ -6,7 +6,8 @@ Contract:
   sorted them, by mean, with their letters; success as ``mean [95% interval]``; ``–`` where a value
   is unknown), preceded by what the board was measured on, how its letters were made and the
   smallest difference it could detect, and followed by the paired tests, the weights x prompt
-  table, the per-run budgets and, when some GEPA run recorded it, each GEPA run's winning
+  table, the per-run budgets, the admission rule's refusals per method by reason (when some run
+  refused an edit) and, when some GEPA run recorded it, each GEPA run's winning
   candidate and whether it is the root (older runs: "not recorded"). The columns of the leaderboard and of the pairs are declared
   once (:func:`row_columns`, :data:`PAIR_COLUMNS`) for both renderings: a new column is one entry.
 * :func:`render_site` writes into ``out_dir``: ``index.html`` (per env: the table, then an inline
@@ -154,6 +155,26 @@ GEPA_NOTE = ("GEPA's selection per run: the candidate its search ended on (its v
              "time) and whether it is the root, which wins GEPA's ties:")
 
 
+REFUSED_COLUMNS = ("method", "runs", "refused in all (by reason)")
+REFUSED_NOTE = ("Edits the admission rule refused, over all runs of a method (GEPA's: whole proposals), by reason; "
+                "a method whose runs refused none, or predate the rule, is not listed:")
+
+
+def refused_rows(board: EnvBoard) -> list[list[str]]:
+    """Per method, the admission rule's refusals summed over its runs, by reason (the run pages give
+    each run's); none (no section) when no run refused anything, so older boards render as before."""
+    rows = []
+    for row in board.rows:
+        if any(run.refused is None for run in row.runs):
+            continue
+        total: Counter[str] = Counter()
+        for run in row.runs:
+            total.update(run.refused or {})
+        if total:
+            rows.append([row.method, str(len(row.runs)), _refused(dict(total))])
+    return rows
+
+
 def render_markdown(boards: list[EnvBoard]) -> str:
     """One ``##`` section per env: notes, the table, the weights x prompt table, the budgets."""
     from espl_bench.leaderboards.aggregate import BUDGET_KEYS
@@ -183,6 +204,9 @@ def render_markdown(boards: list[EnvBoard]) -> str:
         out += table(["method", *CELL_COLUMNS, *EFFECT_COLUMNS], [[row.method, *_breakdown_cells(row)] for row in board.rows])
         out += ["Budget per run (mean over seeds):", ""]
         out += table(["method", *BUDGET_KEYS], [[row.method, *_budget_cells(row)] for row in board.rows])
+        if refused_rows(board):
+            out += [REFUSED_NOTE, ""]
+            out += table(list(REFUSED_COLUMNS), refused_rows(board))
         if gepa_rows(board):
             out += [GEPA_NOTE, ""]
             out += table(list(GEPA_COLUMNS), gepa_rows(board))
@@ -411,6 +435,9 @@ def _board_html(board: EnvBoard, anchor: str, pages: dict[int, str]) -> str:
             + "<h3>Budget per run (mean over seeds)</h3>"
             + _html_table("budget", ["method", *BUDGET_KEYS],
                           [[escape(row.method), *map(escape, _budget_cells(row))] for row in board.rows])
+            + (f"<h3>Edits refused by the admission rule</h3><p>{escape(REFUSED_NOTE)}</p>"
+               + _html_table("refused", list(REFUSED_COLUMNS), [[escape(c) for c in r] for r in refused_rows(board)])
+               if refused_rows(board) else "")
             + (f"<h3>GEPA's selection</h3><p>{escape(GEPA_NOTE)}</p>"
                + _html_table("gepa", list(GEPA_COLUMNS), [[escape(c) for c in r] for r in gepa_rows(board)])
                if gepa_rows(board) else "")

@@ -19,7 +19,7 @@ from espl_bench.leaderboards.aggregate import (
     load_tree,
     row_curve,
 )
-from espl_bench.leaderboards.render import render_markdown, render_site
+from espl_bench.leaderboards.render import refused_rows, render_markdown, render_site
 from espl_bench.method.program import Pool, Program
 from espl_bench.records import (
     Breakdown,
@@ -450,4 +450,8 @@ def test_edits_the_admission_rule_refused_are_counted_per_run_and_by_reason(tmp_
     page = run_page(rows["espl"].runs[0] if rows["espl"].runs[0].seed == 0 else rows["espl"].runs[1], "b")
     assert "4 (placeholder 3, markup or code 1)" in page
     assert "not recorded (the run predates the admission rule" in run_page(rows["evolution"].runs[0], "b")
+    # the board sums them per method: rl refused nothing, evolution's run predates the rule
+    assert refused_rows(board) == [["espl", "2", "5 (placeholder 4, markup or code 1)"]]
+    assert "| espl | 2 | 5 (placeholder 4, markup or code 1) |" in render_markdown([board])
+    assert refused_rows(build_leaderboard([root / "rl", root / "old"])[0]) == []
 

@@ -186,6 +186,7 @@ def test_a_junk_proposal_is_refused_counted_and_costs_no_rollouts(tmp_path):
     assert [p.id for p in loop.pool.programs] == ["p0"] and loop.test_program().id == "p0"
     refused = metrics.reflection_counts.rejected_edits
     assert refused == {"placeholder": metrics.reflection_calls} and metrics.reflection_calls >= 2
+    assert metrics.reflection_counts.copied_edits_rejected == metrics.reflection_calls  # the copy guard's share
     # every rollout went to the root: its validation pass and the minibatches it was shown on
     assert metrics.rollouts == cfg.rollout_budget
     assert all(s.system_prompt == loop.pool.programs[0].render() for s in loop.parts.engine.specs)

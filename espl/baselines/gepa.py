@@ -40,7 +40,7 @@ from espl_bench.agents.reflector import ReflectorCallError
 from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
-from espl_bench.method.admission import admit_prompt
+from espl_bench.method.admission import admit_prompt, copy_guard_share
 from espl_bench.method.copies import CopyGuard
 from espl_bench.method.loop import Parts
 from espl_bench.method.program import Pool, Program
@@ -267,7 +267,8 @@ class GepaLoop:
             env_errors=sum(r.error is not None for r in rollouts),
             reflection_calls=calls[0],
             reflection_failures=calls[1],
-            reflection_counts=ReflectionCounts(rejected_edits=dict(sorted(screened.refused.items()))),
+            reflection_counts=ReflectionCounts(rejected_edits=dict(sorted(screened.refused.items())),
+                                               copied_edits_rejected=copy_guard_share(screened.refused)),
             children=[p.id for p in self.pool.programs[1:]],
             rollouts=len(rollouts),
             validation_rollouts=sum((r.spec.split, r.spec.index) in set(valset) for r in rollouts),

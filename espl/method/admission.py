@@ -46,6 +46,7 @@ import enum
 import functools
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -75,6 +76,12 @@ class Reason(enum.StrEnum):
     ANSWER = "answers one problem"
     META = "talks about edits or attempts"
     NOT_WORDS = "not words of the language"
+
+
+def copy_guard_share(refused: Mapping[str, int]) -> int:
+    """Of refusals counted by reason, the copy guard's share (``copied_edits_rejected`` in the
+    metrics): echoes of the templates and placeholders."""
+    return refused.get(Reason.ECHO.value, 0) + refused.get(Reason.PLACEHOLDER.value, 0)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from string import Template
 
 from espl_bench.agents.reflector import Reflector, ReflectorCallError
 from espl_bench.agents.rollout import Rollout
-from espl_bench.method.admission import LANGUAGE, Reason, Verdict, admit
+from espl_bench.method.admission import LANGUAGE, Reason, Verdict, admit, copy_guard_share
 from espl_bench.method.copies import CopyGuard
 from espl_bench.method.edits import ReflectionParseError, ops_schema, ops_token_bound, parse_ops
 from espl_bench.method.program import EditOp, Program, apply_edits
@@ -86,7 +86,7 @@ class ReflectionOutcome:
     @property
     def copies(self) -> int:
         """Edits refused for copying the templates' text or a placeholder (the copy guard's share)."""
-        return self.rejected.get(Reason.ECHO.value, 0) + self.rejected.get(Reason.PLACEHOLDER.value, 0)
+        return copy_guard_share(self.rejected)
 
     def refuse(self, verdict: Verdict) -> None:
         """Count an edit the admission rule refused."""

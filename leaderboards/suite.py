@@ -33,7 +33,9 @@ SUITE_VERSION = "9"  # 2: gepa joined the methods; 3: the evaluation protocol, d
 #    commits close holes in the rule ("the answer is: 24", "as follows...", "this is just an example"), so each env of a
 #    board at 8 names the commit its runs were made at;
 # 9: each evaluation cell is decoded in a call of its own (espl/scoring/evaluation.py): in bfloat16 a cell scored beside
-#    another prompt's is not bit for bit the cell scored alone (at 8 the arithmetic base/root cell differed by a problem)
+#    another prompt's is not bit for bit the cell scored alone (at 8 the arithmetic base/root cell differed by a problem);
+#    the admission rule refuses five words in a row of a problem shown and a named letter's count (15 of the 48 distinct
+#    principles in the v8 letter-counting pools were fragments of its passages), before any run at 9 was made
 
 METHODS = tuple(_SPECS)  # the one method table's names
 DEFAULT_MODEL = "smollm2-135m"

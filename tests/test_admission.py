@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from espl_bench.method.admission import Reason, admit
+from espl_bench.method.copies import ProblemCopies
 from espl_bench.method.loop import reflection_counts
 from espl_bench.method.reflection import Crossover, Mutation, win_matrix
 from espl_bench.running.cli import main
@@ -59,6 +60,11 @@ JUNK = [
     ("The answer is: 24", Reason.ANSWER),
     ("Let's take our problem as follows...", Reason.PLACEHOLDER),
     ("This is just a simple example of how to solve this problem. It should not be taken as an advice.", Reason.META),
+    # principles of the v8 letter-counting runs at 9973318, before these patterns
+    ("The answer to this question is 1", Reason.ANSWER),
+    ("The letter 'l' appears only once in the text. 2", Reason.ANSWER),
+    ("go to work in earnest on the letter g is 4 times", Reason.ANSWER),
+    ("The letter h appears more than four times in this text.", Reason.ANSWER),
 ]
 
 ADVICE = [
@@ -77,6 +83,8 @@ ADVICE = [
     "Count the letters of the original text one by one.",
     "The answer is one whole number, so round only at the end.",
     "Re-read your attempt before you answer.",
+    "If the letter e appears twice, count both.",
+    "Check whether the letter r appears more than once.",
 ]
 
 
@@ -317,3 +325,54 @@ def test_principles_check_judges_whole_prompts_with_prompt(tmp_path, capsys):
     assert [(r["admitted"], r["reason"]) for r in rows] == [(True, None), (False, "placeholder")]
     assert main(["principles", "check", "--file", str(listed), "--json"]) == 1  # as principles: both refused
     assert [r["admitted"] for r in json.loads(capsys.readouterr().out)] == [False, False]
+
+
+def _letter_problem(letter, passage):
+    return (f'How many times does the letter "{letter}" appear in the text: "{passage}"?\n\n'
+            "Think step by step, then give only the final answer inside <answer></answer> tags.")
+
+
+# Two letter-counting problems as the env states them; the v8 letter-counting runs at 9973318 held
+# principles that are fragments of such passages.
+SHOWN = [_letter_problem("r", "He pressed a button. After a few seconds a faint rumbling"),
+         _letter_problem("n", "the laws of the country where you are located")]
+
+
+@pytest.mark.parametrize("text", ["He pressed a button After a few seconds a faint rumbling",
+                                  "Remember: the laws of the country where you live."])
+def test_a_fragment_of_a_problem_shown_is_refused(text):
+    verdict = admit(text, problems=ProblemCopies(SHOWN))
+    assert verdict.reason == Reason.PROBLEM, verdict.describe()
+    assert admit(text).admitted  # without the problems the words pass: the check needs what was shown
+
+
+@pytest.mark.parametrize("text", ["Count how many times the letter appears in the text.",
+                                  "Think step by step, then give only the final answer.",  # every problem's own wording
+                                  *ADVICE])
+def test_advice_that_restates_the_task_is_not_a_copy_of_a_problem(text):
+    verdict = admit(text, problems=ProblemCopies(SHOWN))
+    assert verdict.admitted, verdict.describe()
+
+
+def test_one_problem_shown_makes_all_its_runs_copies():
+    assert ProblemCopies(SHOWN[:1]).copied("Then give only the final answer inside tags.") == "then give only the final"
+    assert ProblemCopies([]).copied(SHOWN[0]) == ""
+
+
+def test_an_edit_copying_a_rollouts_problem_makes_no_child():
+    parent, pool, rollouts = setup()
+    for r in rollouts:
+        r.observation = SHOWN[int(r.problem_id[1:])]
+    copy = _junk_edit("A faint rumbling came after a few seconds, he pressed a button after a few seconds.")
+    outcome = Mutation(scripted(critique=copy, revision=copy))(parent, rollouts, iteration=1)
+    assert outcome.child is None and outcome.rejected == {"copies a problem": 2}
+
+
+def test_principles_check_takes_the_problems_shown(tmp_path, capsys):
+    problems = tmp_path / "problems.json"
+    problems.write_text(json.dumps(SHOWN), encoding="utf-8")
+    fragment = "He pressed a button After a few seconds a faint rumbling"
+    assert main(["principles", "check", fragment, ADVICE[0], "--problems", str(problems), "--json"]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["admitted"], r["reason"]) for r in rows] == [(False, "copies a problem"), (True, None)]
+    assert main(["principles", "check", fragment]) == 0

@@ -395,10 +395,10 @@ def test_runs_that_end_on_the_same_cell_are_reported_as_identical_programs(tmp_p
     pairs = {(p.a, p.b): p for p in board.pairs}
     shared = pairs[("evolution", "gepa")].shared
     assert (shared.a, shared.a_runs, shared.b, shared.b_runs) == (2, 3, 3, 3)
-    assert str(shared) == "identical programs in 2 of 3 and 3 of 3 seeds"
+    assert str(shared) == "identical programs in 2 of a's 3 seeds and 3 of b's 3"
     assert all(p.shared is None for key, p in pairs.items() if "rl" in key)  # trained weights: other cells
     md = render_markdown([board])
-    assert "| evolution | gepa |" in md and "identical programs in 2 of 3 and 3 of 3 seeds |" in md
+    assert "| evolution | gepa |" in md and "identical programs in 2 of a's 3 seeds and 3 of b's 3 |" in md
     assert "not counting 1 pair(s) whose runs ended on identical programs" in md
     assert board.detectable == (min(p.detectable for k, p in pairs.items() if "rl" in k),
                                 max(p.detectable for k, p in pairs.items() if "rl" in k))

@@ -41,7 +41,7 @@ from espl_bench.agents.rollout import EpisodeId, EpisodeSpec, Rollout
 from espl_bench.agents.sampler import derive_seed
 from espl_bench.config import RunConfig
 from espl_bench.method.admission import admit_prompt, copy_guard_share
-from espl_bench.method.copies import CopyGuard
+from espl_bench.method.copies import CopyGuard, ProblemCopies
 from espl_bench.method.loop import Parts
 from espl_bench.method.program import Pool, Program
 from espl_bench.method.protocol import IterationResult
@@ -165,8 +165,10 @@ class ScreenedReflection:
 
     def reflect(self, candidate: dict[str, str], reflective_dataset, components_to_update: list[str]):
         proposal, _ = self.inner.reflect(candidate, reflective_dataset, components_to_update)
+        # the problems GEPA's reflector was shown (make_reflective_dataset's "Inputs"): not to be copied
+        problems = ProblemCopies({str(r.get("Inputs", "")) for records in reflective_dataset.values() for r in records})
         for name, text in list(proposal.new_texts.items()):
-            verdict = admit_prompt(text, language=self.language, guard=self.guard)
+            verdict = admit_prompt(text, language=self.language, guard=self.guard, problems=problems)
             if not verdict.admitted:
                 self.refused[verdict.why] = self.refused.get(verdict.why, 0) + 1
                 log.info("gepa: a proposal refused by the admission rule (%s)", verdict.describe())

@@ -15,15 +15,20 @@ names the :class:`Reason`:
    comes ("as follows..."), or numbered slots (``(1) ... (2)``).
 4. ``echoes the instructions``: the copy guard (:mod:`espl_bench.method.copies`) finds the
    templates' own examples, sentences or lines in it.
-5. ``markup or code``: an HTML/XML tag (closed or cut off), an entity (``&#34;``), backticks or
+5. ``copies a problem``: it holds a run of five words of a problem shown to the reflector
+   (:class:`~espl_bench.method.copies.ProblemCopies`; a fragment of a letter-counting passage is
+   words of the language but no advice). Checked only when the caller passes the problems.
+6. ``markup or code``: an HTML/XML tag (closed or cut off), an entity (``&#34;``), backticks or
    fences, comment markers, an identifier (``your_input``, ``a.b(``), a leading list or heading
    marker, emphasis (``*...*``), or any of ``[]{}\\|^~`` left over.
-6. ``answers one problem``: "the answer is 12" ("the answer is: 24"), or a worked equation (``7 + 6 = 13``).
-7. ``talks about edits or attempts``: the words of the reflection exchange (edit, principle,
+7. ``answers one problem``: "the answer is 12" ("the answer is: 24", "the answer to this question
+   is 1"), a worked equation (``7 + 6 = 13``), or a count of a named letter ("the letter 'l'
+   appears only once", unless it is a condition: "if the letter e appears twice").
+8. ``talks about edits or attempts``: the words of the reflection exchange (edit, principle,
    JSON, revision, reviewer, a principle id such as ``G1``, "the previous attempt", "my answer"),
    the model talking about itself or to its user ("I will", "please provide"), or about rewriting
    the prompt ("modify your original text", "this is (just) an example").
-8. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words (one of them not
+9. ``not words of the language``: fewer than :data:`MIN_WORDS` distinct words (one of them not
    short, see below), fewer than
    :data:`MIN_LETTERS` distinct letters, or under :data:`WORD_SHARE` of its lettered tokens (a lone
    letter, a symbol such as "x" or "the letter r", is not counted) with a
@@ -31,7 +36,7 @@ names the :class:`Reason`:
    tokens of one to three letters, :data:`SHORT_ZIPF`, which are mostly abbreviations), or, in an
    alphabet, words not separated by spaces (``NO;TEXT``).
 
-The rule is a pure function of the text, the language and the templates. :func:`admit` judges
+The rule is a pure function of the text, the language, the templates and the problems shown. :func:`admit` judges
 one edit's text (a principle); :func:`admit_prompt` judges a whole system prompt (a GEPA
 candidate, written by the ``gepa`` library's own proposer) by the same rule, once the markdown
 structure a prompt may use (headings, list items, bold, the empty tag pair naming an answer
@@ -52,7 +57,7 @@ from importlib import resources
 
 import wordfreq
 
-from espl_bench.method.copies import CopyGuard
+from espl_bench.method.copies import CopyGuard, ProblemCopies
 
 MIN_ZIPF = 2.5  # a word is at least this frequent (Zipf 2.5: 3 per ten million words; "numerator" is 2.3)
 # Short strings of an alphabet are mostly abbreviations ("bc", "mr", "cdl" have Zipf 3 to 5.7): a
@@ -72,6 +77,7 @@ class Reason(enum.StrEnum):
     CONTROL = "control characters"
     PLACEHOLDER = "placeholder"
     ECHO = "echoes the instructions"
+    PROBLEM = "copies a problem"
     MARKUP = "markup or code"
     ANSWER = "answers one problem"
     META = "talks about edits or attempts"
@@ -128,8 +134,14 @@ _MARKUP = (
     re.compile(r"(?<![\s\d])[<>]|[<>](?![\s\d])"),  # angle brackets that are not comparisons
 )
 _ANSWER = (
-    re.compile(r"\banswer\s*(?:is|was|should be|would be|=|:)\s*:?\s*(?:-?\d|['\"]\w)", re.I),  # a number or a quoted value
+    # a number or a quoted value: "the answer is 12", "the answer to this question is 1"
+    re.compile(r"\banswer(?:\s+to\s+(?:this|the|that)\s+(?:question|problem|task))?\s*(?:is|was|should be|would be|=|:)"
+               r"\s*:?\s*(?:-?\d|['\"]\w)", re.I),
     re.compile(r"\d\s*[-+*/×x÷]\s*-?\d[\d.]*\s*=\s*-?\d"),  # 7 + 6 = 13
+    # a named letter's count ("the letter 'l' appears only once", "the letter g is 4 times"), not a condition
+    re.compile(r"(?<!\bif the )(?<!\bwhen the )(?<!\bwhether the )\bletter\s+['\"]?[a-z]['\"]?\s+(?:appears?|occurs?|is)"
+               r"\s+(?:only\s+|exactly\s+|just\s+|more\s+than\s+|less\s+than\s+|fewer\s+than\s+|at\s+(?:least|most)\s+)?"
+               r"(?:once|twice|thrice|\d+|one|two|three|four|five|six|seven|eight|nine|ten)\b", re.I),
 )
 _META = re.compile(
     r"\b(edit(s|ed|ing)?|principles?|json|revisions?|reviewers?|G\d+)\b"
@@ -142,10 +154,12 @@ _META = re.compile(
     r"|\b(this|here)\s+is\s+(just\s+)?(an?|one)\s+(\w+\s+)?example\b", re.I)
 
 
-def admit(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None) -> Verdict:
+def admit(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None,
+          problems: ProblemCopies | None = None) -> Verdict:
     """Whether ``text`` may become a principle, under the rule of the module docstring.
 
     ``guard`` is the copy guard of the run's templates (default: the packaged templates);
+    ``problems`` the problems the reflector was shown (None: not checked);
     ``language`` a ``wordfreq`` language code. Raises ``ValueError`` for a language ``wordfreq``
     has no word list for.
     """
@@ -162,6 +176,8 @@ def admit(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None
         return Verdict(text, Reason.PLACEHOLDER, found)
     if (guard or _packaged_guard()).copies(stripped):
         return Verdict(text, Reason.ECHO, "copies a line, sentence or example of the reflection prompts")
+    if problems is not None and (copied := problems.copied(stripped)):
+        return Verdict(text, Reason.PROBLEM, repr(copied))
     for reason, patterns in ((Reason.MARKUP, _MARKUP), (Reason.ANSWER, _ANSWER), (Reason.META, (_META,))):
         if found := _first(patterns, stripped):
             return Verdict(text, reason, found)
@@ -174,7 +190,8 @@ _SENTENCES = re.compile(r"(?<=[.:;!?])\s+|\n+")
 _BOLD = re.compile(r"\*\*([^*\n]+)\*\*|__([^_\n]+)__")
 
 
-def admit_prompt(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None) -> Verdict:
+def admit_prompt(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None = None,
+                 problems: ProblemCopies | None = None) -> Verdict:
     """Whether a whole system prompt may be a candidate: :func:`admit` on its text with each line's
     heading, list or quote marker and any bold markers removed (a prompt may be structured; a
     principle is one plain sentence) and an empty tag pair read as the name of an answer format
@@ -182,7 +199,7 @@ def admit_prompt(text: str, *, language: str = LANGUAGE, guard: CopyGuard | None
     echo of the instructions. The verdict carries the prompt as given."""
     plain = _BOLD.sub(lambda m: m.group(1) or m.group(2), _STRUCTURE.sub("", text))
     plain = _FORMAT_TAGS.sub(r"\1", plain)
-    verdict = admit(plain, language=language, guard=guard)
+    verdict = admit(plain, language=language, guard=guard, problems=problems)
     if verdict.admitted:  # a prompt echoes its instructions sentence by sentence, not as a whole
         guard = guard or _packaged_guard()
         echoed = next((s for s in _SENTENCES.split(plain) if len(s.split()) >= 4 and guard.copies(s)), None)

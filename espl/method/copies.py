@@ -52,3 +52,35 @@ class CopyGuard:
             return True
         return any(normal == example or difflib.SequenceMatcher(None, normal, example).ratio() >= SIMILARITY
                    for example in self.examples)
+
+
+# Words in a row that make a copy of a problem: a letter-counting passage runs 5-15 words, and the
+# v8 letter-counting pools held 15 fragments of them ("He pressed a button After a few seconds");
+# advice about a task restates its question in other words ("count how many times the letter
+# appears" shares four with "how many times does the letter r appear").
+PROBLEM_RUN = 5
+
+
+class ProblemCopies:
+    """Decides whether a text copies the problems shown to the reflector: it shares a run of
+    :data:`PROBLEM_RUN` words with one of them. Runs that every problem shown holds (the env's own
+    question and answer-format wording, when more than one problem is shown) are not copies of a
+    problem; a single problem's every run counts."""
+
+    def __init__(self, problems: Iterable[str]):
+        runs = [_runs(_normal(p).split()) for p in problems]
+        common = set.intersection(*runs) if len(runs) > 1 else set()
+        self.runs = set().union(*runs) - common if runs else set()
+
+    def copied(self, text: str) -> str:
+        """The first copied run of words in ``text`` ('' when none)."""
+        words = _normal(text).split()
+        return next((" ".join(r) for r in _ordered_runs(words) if r in self.runs), "")
+
+
+def _ordered_runs(words: list[str]) -> list[tuple[str, ...]]:
+    return [tuple(words[i:i + PROBLEM_RUN]) for i in range(len(words) - PROBLEM_RUN + 1)]
+
+
+def _runs(words: list[str]) -> set[tuple[str, ...]]:
+    return set(_ordered_runs(words))

@@ -27,6 +27,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -35,7 +36,7 @@ from string import Template
 from espl_bench.agents.reflector import Reflector, ReflectorCallError
 from espl_bench.agents.rollout import Rollout
 from espl_bench.method.admission import LANGUAGE, Reason, Verdict, admit, copy_guard_share
-from espl_bench.method.copies import CopyGuard
+from espl_bench.method.copies import CopyGuard, ProblemCopies
 from espl_bench.method.edits import ReflectionParseError, ops_schema, ops_token_bound, parse_ops
 from espl_bench.method.program import EditOp, Program, apply_edits
 from espl_bench.method.rating import crossover_prior, mutation_prior
@@ -172,7 +173,8 @@ class _Session:
     """
 
     def __init__(self, reflector: Reflector, templates: dict[str, Template], outcome: ReflectionOutcome,
-                 deadline: float | None = None, max_words: int = 32, language: str = LANGUAGE):
+                 deadline: float | None = None, max_words: int = 32, language: str = LANGUAGE,
+                 problems: Iterable[str] = ()):
         self.reflector = reflector
         self.language = language
         self.templates = templates
@@ -180,6 +182,7 @@ class _Session:
         self.deadline = deadline
         self.max_words = max_words
         self.guard = CopyGuard(templates.values())
+        self.problems = ProblemCopies(problems)  # what the reflector is shown: an edit must not copy it
         self._lock = threading.Lock()  # critiques and summaries run in threads and share the counters
 
     def record(self, entry: dict) -> None:
@@ -261,7 +264,7 @@ class _Session:
         return kept
 
     def admit(self, text: str) -> Verdict:
-        return admit(text, language=self.language, guard=self.guard)
+        return admit(text, language=self.language, guard=self.guard, problems=self.problems)
 
     def refused_principle(self, parent: dict[str, str], principles: dict[str, str]) -> str:
         """Why a child's principles cannot stand ('' when every new or changed text is admitted):
@@ -308,7 +311,7 @@ class Mutation:
             outcome.status, outcome.reason = "skipped", "every rollout succeeded: nothing to learn from"
             return outcome
         session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words,
-                           self.language)
+                           self.language, problems={r.problem_id: r.observation for r in rollouts}.values())
         valid_ids = set(parent.principles)
         try:
             summaries = self._summaries(session, parent, chosen)
@@ -419,7 +422,7 @@ class Crossover:
             + "\n".join(f"- {_clip(problems.get(q, q))}" for q in wins[p.id])
             for p in others)
         session = _Session(self.reflector, self.templates, outcome, _deadline(self.deadline_s), self.max_words,
-                           self.language)
+                           self.language, problems=problems.values())
         try:
             ops = session.ask_ops("crossover", "crossover", allowed={"add", "modify", "remove"},
                                   valid_ids=set(best.principles), max_ops=self.max_ops,

@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     principles.add_argument("--file", default=None, help="a JSON list of strings, or one text per line")
     principles.add_argument("--language", default="en", help="the principles' language (a wordfreq code)")
     principles.add_argument("--json", action="store_true", help="machine-readable output")
+    principles.add_argument("--problems", default=None, help="the problems the reflector was shown (a JSON list of "
+                            "strings, or one per line): a text that copies five words in a row of one is refused")
     principles.add_argument("--prompt", action="store_true", help="judge each text as a whole system prompt, as "
                             "GEPA's proposals are (markdown structure allowed; use a JSON list for texts of many lines)")
     from espl_bench.leaderboards.commands import add_parsers
@@ -192,6 +194,7 @@ def _principles(args: argparse.Namespace) -> int:
     """Each text's verdict under the admission rule; 0 when all are admitted, 1 when any is not."""
     from espl_bench.errors import ConfigError
     from espl_bench.method.admission import admit, languages
+    from espl_bench.method.copies import ProblemCopies
 
     texts = list(args.texts) + (_texts_in(args.file) if args.file else [])
     if not texts:
@@ -199,14 +202,15 @@ def _principles(args: argparse.Namespace) -> int:
                           "or --file principles.json")
     if args.language not in languages():
         raise ConfigError(f"--language {args.language!r} has no wordfreq word list; fix: one of {', '.join(languages())}")
+    problems = ProblemCopies(_texts_in(args.problems)) if args.problems else None
     if args.prompt:
         from espl_bench.baselines.gepa import template_guard
         from espl_bench.method.admission import admit_prompt
 
         guard = template_guard()
-        verdicts = [admit_prompt(text, language=args.language, guard=guard) for text in texts]
+        verdicts = [admit_prompt(text, language=args.language, guard=guard, problems=problems) for text in texts]
     else:
-        verdicts = [admit(text, language=args.language) for text in texts]
+        verdicts = [admit(text, language=args.language, problems=problems) for text in texts]
     if args.json:
         sys.stdout.write(json.dumps([{"text": v.text, "admitted": v.admitted, "reason": v.reason and v.reason.value,
                                       "detail": v.detail} for v in verdicts], indent=1, ensure_ascii=False) + "\n")

@@ -181,7 +181,7 @@ class SharedCells:
     b_runs: int
 
     def __str__(self) -> str:
-        return f"identical programs in {self.a} of {self.a_runs} and {self.b} of {self.b_runs} seeds"
+        return f"identical programs in {self.a} of a's {self.a_runs} seeds and {self.b} of b's {self.b_runs}"
 
 
 @dataclass(frozen=True)

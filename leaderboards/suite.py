@@ -71,7 +71,7 @@ BUDGETS: dict[str, RunSizes] = {
                     eval_samples=2, max_new_tokens=64, extra=("--eval-every", "0")),
     "small": RunSizes("small", iterations=4, programs=3, batch_size=4, group_size=4, eval_problems=16,
                     eval_samples=2, max_new_tokens=128),
-    # the calibrated experiment (leaderboards/board/README.md): groups of 4 as calibrated, the
+    # the calibrated experiment (leaderboards/calibrated-v8/README.md): groups of 4 as calibrated, the
     # final evaluation only, one sample on each of 300 problems (sized by scripts/power.py for a
     # detectable difference of 5 points; problems, not samples, buy power);
     # flat groups left out of the step (with dr_grpo the gradient is the same, the compute is not);
@@ -183,11 +183,11 @@ SUITES: dict[str, Suite] = {
     # three seeds per method on a single-turn, a tool-use and a game env
     "standard": Suite("standard", SUITE_VERSION, _grid(
         ("espl/Arithmetic-v0", "espl/ToolUse-v0", "espl/GuessTheNumber-v0"), (0, 1, 2), BUDGETS["small"])),
-    # the leaderboard committed under leaderboards/board/ (hours on a 2-core CPU): a reasoning
+    # a quick board (hours on a 2-core CPU; not the committed one, leaderboards/calibrated-v8/): a reasoning
     # task, a multi-turn tool-use task and a reasoning-gym task, every method, seeds in order
     "board": Suite("board", SUITE_VERSION, _seed_major(
         ("espl/Arithmetic-v0", "espl/ToolUse-v0", "rg/letter_counting-v0"), (0, 1, 2), BUDGETS["board"])),
-    # the experiment on leaderboards/board/: every calibrated env, every method, seeds in order
+    # the experiment on leaderboards/calibrated-v8/: every calibrated env, every method, seeds in order
     "calibrated": Suite("calibrated", SUITE_VERSION, _calibrated((0, 1, 2, 3, 4), BUDGETS["calibrated"])),
     # long runs on the calibrated letter counting: rl's three seeds first, then espl's
     "long": Suite("long", SUITE_VERSION, tuple(

@@ -19,7 +19,7 @@ power for the t test the board runs, whose degrees of freedom few seeds make sma
 of the board's groups (5% familywise, Holm's first step over all pairs of ``--methods``).
 
 Usage: python scripts/power.py calibration/rg_letter_counting-v0/calibration.json --seeds 5 \
-           [--problems 300 500] [--taus 0 0.025] [--records leaderboards/board/records]
+           [--problems 300 500] [--taus 0 0.025] [--records leaderboards/calibrated-v8/records]
 """
 
 from __future__ import annotations

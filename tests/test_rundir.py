@@ -18,7 +18,7 @@ from espl_bench.records import (
 )
 from espl_bench.rundir import IterationRecord, RunDir, atomic_write
 
-BOARD = Path(__file__).resolve().parent.parent / "leaderboards" / "board" / "records"
+BOARD = Path(__file__).resolve().parent.parent / "leaderboards" / "calibrated-v6" / "records"
 
 
 def summary(t: int) -> RunSummary:

@@ -5,6 +5,8 @@ import json
 import random
 import re
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -376,3 +378,19 @@ def test_principles_check_takes_the_problems_shown(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [(r["admitted"], r["reason"]) for r in rows] == [(False, "copies a problem"), (True, None)]
     assert main(["principles", "check", fragment]) == 0
+
+
+RECHECK = Path(__file__).resolve().parents[1] / "scripts" / "recheck_principles.py"
+V8 = Path(__file__).resolve().parents[1] / "leaderboards" / "calibrated-v8" / "records"
+
+
+def test_recheck_reads_a_boards_programs_against_their_envs_train_problems():
+    """scripts/recheck_principles.py on two committed v8 letter-counting runs (made under the rule
+    of 9973318): E-SPL seed 1's passage fragment is refused today, espl seed 0 ended on the root."""
+    runs = [V8 / f"rg_letter_counting-v0--espl--{seed}--calibrated" for seed in (0, 1)]
+    done = subprocess.run([sys.executable, str(RECHECK), *map(str, runs), "--json"], capture_output=True, text=True,
+                          check=True)
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["run"] for r in rows] == ["rg/letter_counting-v0 espl seed 1"]
+    assert [(t["admitted"], t["reason"]) for t in rows[0]["texts"]] == [(True, None), (False, "copies a problem")]
+    assert "1 of 1 runs" in done.stderr

@@ -12,6 +12,10 @@ templates therefore show only placeholders, and :class:`CopyGuard` rejects an ed
 
 The examples and sentences are read from the templates themselves, so a new template is covered
 without a second list to keep in step.
+
+:class:`ProblemCopies` is the same question asked of the problems the reflector was shown: a
+text holding five words in a row of one (a fragment of a letter-counting passage, a problem's
+question) copies the rollouts instead of drawing advice from them.
 """
 
 from __future__ import annotations

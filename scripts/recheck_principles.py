@@ -20,6 +20,7 @@ from pathlib import Path
 
 from espl_bench.baselines.gepa import template_guard
 from espl_bench.envs.registry import make_env
+from espl_bench.errors import RecordError, RunDirError
 from espl_bench.method.admission import Verdict, admit, admit_prompt
 from espl_bench.method.copies import ProblemCopies
 from espl_bench.method.program import Pool
@@ -56,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("records", nargs="+", help="run folders or folders holding them")
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     args = parser.parse_args(argv)
-    found = [v for folder in sorted(find_runs([Path(r) for r in args.records])) if (v := verdicts(RunDir(folder))) is not None]
+    folders = sorted(find_runs([Path(r) for r in args.records]))
+    if not folders:
+        sys.stderr.write(f"no run folders under {', '.join(args.records)}; fix: give run folders or a records folder\n")
+        return 2
+    try:
+        found = [v for folder in folders if (v := verdicts(RunDir(folder))) is not None]
+    except (RunDirError, RecordError) as exc:
+        sys.stderr.write(f"cannot read a run: {exc}; fix: give finished runs (summary.json and run.json)\n")
+        return 2
     for label, program_id, checked in found:
         if args.json:
             sys.stdout.write(json.dumps({"run": label, "program": program_id, "texts": [

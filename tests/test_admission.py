@@ -172,6 +172,8 @@ def test_principles_check_prints_each_verdict(tmp_path, capsys):
     (["--file", "bad.json"], '["unterminated'),
     (["--file", "bad.json"], '["fine", 3]'),
     (["Count each letter.", "--language", "xx"], None),
+    (["Count each letter.", "--problems", "missing.json"], None),
+    (["Count each letter.", "--problems", "bad.json"], '["a problem", 3]'),
 ])
 def test_principles_check_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys, args, content):
     monkeypatch.chdir(tmp_path)
@@ -394,3 +396,12 @@ def test_recheck_reads_a_boards_programs_against_their_envs_train_problems():
     assert [r["run"] for r in rows] == ["rg/letter_counting-v0 espl seed 1"]
     assert [(t["admitted"], t["reason"]) for t in rows[0]["texts"]] == [(True, None), (False, "copies a problem")]
     assert "1 of 1 runs" in done.stderr
+
+
+def test_recheck_refuses_a_folder_without_runs_in_one_line(tmp_path):
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "summary.json").write_text("{not json")
+    for target in (tmp_path / "empty", tmp_path / "broken"):
+        target.mkdir(exist_ok=True)
+        done = subprocess.run([sys.executable, str(RECHECK), str(target)], capture_output=True, text=True)
+        assert done.returncode == 2 and "fix:" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -72,19 +72,16 @@ class ProblemCopies:
     problem; a single problem's every run counts."""
 
     def __init__(self, problems: Iterable[str]):
-        runs = [_runs(_normal(p).split()) for p in problems]
+        runs = [set(_runs(_normal(p).split())) for p in problems]
         common = set.intersection(*runs) if len(runs) > 1 else set()
         self.runs = set().union(*runs) - common if runs else set()
 
     def copied(self, text: str) -> str:
         """The first copied run of words in ``text`` ('' when none)."""
         words = _normal(text).split()
-        return next((" ".join(r) for r in _ordered_runs(words) if r in self.runs), "")
+        return next((" ".join(r) for r in _runs(words) if r in self.runs), "")
 
 
-def _ordered_runs(words: list[str]) -> list[tuple[str, ...]]:
+def _runs(words: list[str]) -> list[tuple[str, ...]]:
+    """Every run of :data:`PROBLEM_RUN` words in ``words``, in order."""
     return [tuple(words[i:i + PROBLEM_RUN]) for i in range(len(words) - PROBLEM_RUN + 1)]
-
-
-def _runs(words: list[str]) -> set[tuple[str, ...]]:
-    return set(_ordered_runs(words))

@@ -48,6 +48,15 @@ def state(out):
     return (out / "iterations" / "000002" / "pool.json").read_text(), metrics, (out / "best_prompt.txt").read_text()
 
 
+def as_expected(metrics: list[dict]) -> list[dict]:
+    """``metrics`` with the learner's float diagnostics (entropy, loss, grad norm) compared to 1e-5:
+    they are float32 reductions whose order two processes may not share (CI saw an iteration-1
+    entropy differ in the 7th digit between the killed and the uninterrupted run, both before any
+    resume). Everything a resume restores (the pool, rewards, counts, test outcomes) stays exact."""
+    return [{**m, "learner": {k: pytest.approx(v, rel=1e-5) if isinstance(v, float) else v
+                              for k, v in m["learner"].items()}} if m.get("learner") else m for m in metrics]
+
+
 def run_alone(tiny_model, root):
     """The run, uninterrupted, in ``root/run``: ``(script, folder)``."""
     script = root / "script.json"
@@ -74,7 +83,7 @@ def test_kill_anywhere_then_resume_matches_uninterrupted_run(point, baseline, ti
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     pool, metrics, best = state(out)
     assert [m["iteration"] for m in metrics] == [1, 2]
-    assert metrics == expected[1]
+    assert metrics == as_expected(expected[1])
     assert pool == expected[0]
     assert best == expected[2]
 
@@ -118,6 +127,6 @@ def test_kill_anywhere_with_max_staleness_then_resume_matches_uninterrupted_run(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     pool, metrics, best = state(out)
     assert [m["iteration"] for m in metrics] == [1, 2] and metrics[1]["staleness"]["staleness"] == 1
-    assert metrics == expected[1]
+    assert metrics == as_expected(expected[1])
     assert pool == expected[0]
     assert best == expected[2]
